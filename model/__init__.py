@@ -1,0 +1,1 @@
+"""The learner: U-Net, training, tiled inference, vectorizing and export. GUI-free."""

@@ -1,0 +1,281 @@
+"""Scene IO: the only module that opens rasters for reading, and the atomic GeoTIFF writer.
+
+A scene is a multi-band GeoTIFF (NAIP: red, green, blue, NIR at ~0.6 m). Pixels never leave this
+module without their georeference: a :class:`Chip` carries scene id, window, CRS and transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from model.errors import SceneError, SceneNotFoundError
+
+BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What is known about a scene without reading its pixels.
+
+    Attributes:
+        path: File path of the GeoTIFF.
+        scene_id: Stable id (file stem plus a short hash of the absolute path).
+        width: Columns.
+        height: Rows.
+        crs: Coordinate reference system (always set; scenes without one are rejected).
+        transform: Pixel to CRS affine transform.
+        bands: 1-based source band indexes read as (red, green, blue, nir).
+        nodata: Nodata value of the source, or None.
+        res: Pixel size in CRS units (x, y).
+        dtype: Source data type.
+    """
+
+    path: Path
+    scene_id: str
+    width: int
+    height: int
+    crs: CRS
+    transform: Affine
+    bands: tuple[int, ...]
+    nodata: float | None
+    res: tuple[float, float]
+    dtype: str = "uint8"
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the scene CRS."""
+        return rasterio.transform.array_bounds(self.height, self.width, self.transform)[:4]
+
+    @property
+    def window(self) -> Window:
+        """The full-scene window."""
+        return Window(0, 0, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class Chip:
+    """Pixels of one window of a scene, with their georeference.
+
+    Attributes:
+        scene_id: Id of the scene the chip was cut from.
+        window: Window in scene pixels.
+        crs: Scene CRS.
+        transform: Affine transform of the chip's own pixel grid.
+        image: uint8 array (C, H, W) in band order :data:`BANDS`.
+        mask: Optional uint8 (H, W) label mask (1 = data center).
+    """
+
+    scene_id: str
+    window: Window
+    crs: CRS
+    transform: Affine
+    image: np.ndarray
+    mask: np.ndarray | None = None
+
+
+def scene_id_for(path: str | os.PathLike) -> str:
+    """A stable, readable id for a scene file: ``stem-<6 hex of its absolute path>``."""
+    p = Path(path).resolve()
+    return f"{p.stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:6]}"
+
+
+def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> SceneInfo:
+    """Open a scene and check that it can be used.
+
+    Args:
+        path: GeoTIFF (or any raster GDAL reads) with at least 4 bands and a CRS.
+        bands: 1-based band indexes to read as (red, green, blue, nir); default ``(1, 2, 3, 4)``.
+
+    Returns:
+        The scene's :class:`SceneInfo`.
+
+    Raises:
+        SceneNotFoundError: The file does not exist.
+        SceneError: Not a raster, no CRS, too few bands, or bad ``bands``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SceneNotFoundError(f"{p}: no such file. Expected a 4-band (R,G,B,NIR) GeoTIFF; check the path.")
+    try:
+        src = rasterio.open(p)
+    except RasterioIOError as exc:
+        raise SceneError(
+            f"{p}: not a raster GDAL can read ({exc}). Expected a 4-band (R,G,B,NIR) GeoTIFF."
+        ) from exc
+    with src:
+        want = tuple(bands) if bands is not None else tuple(range(1, len(BANDS) + 1))
+        if len(want) != len(BANDS):
+            raise SceneError(
+                f"{p}: --bands needs {len(BANDS)} band indexes for {','.join(BANDS)}, got {list(want)}."
+            )
+        if any(b < 1 or b > src.count for b in want):
+            hint = "" if bands is not None else " Use --bands to choose which bands are R,G,B,NIR."
+            raise SceneError(
+                f"{p}: expected {len(BANDS)} bands ({', '.join(BANDS)}), found {src.count}; "
+                f"band indexes {list(want)} are not all in 1..{src.count}.{hint}"
+            )
+        if src.crs is None:
+            raise SceneError(
+                f"{p}: the raster has no CRS, so detections could not be placed on the map. "
+                "Assign one first, e.g. `gdal_edit.py -a_srs EPSG:26918 FILE`."
+            )
+        if src.transform == Affine.identity():
+            raise SceneError(f"{p}: the raster has no geotransform (pixel grid is not georeferenced).")
+        return SceneInfo(
+            path=p,
+            scene_id=scene_id_for(p),
+            width=src.width,
+            height=src.height,
+            crs=src.crs,
+            transform=src.transform,
+            bands=want,
+            nodata=src.nodata,
+            res=(abs(src.transform.a), abs(src.transform.e)),
+            dtype=src.dtypes[0],
+        )
+
+
+def _to_uint8(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if dtype == "uint16":  # some NAIP products are 16-bit; scale the common 0..4095/65535 ranges
+        scale = 255.0 / (4095.0 if arr.max(initial=0) <= 4095 else 65535.0)
+        return np.clip(arr * scale, 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | None = None) -> np.ndarray:
+    """Read a window as uint8 (C, H, W); parts outside the scene are filled with zeros.
+
+    Args:
+        scene: The scene.
+        window: Window in scene pixels; may extend past the edges.
+        src: An already open dataset for the scene (saves re-opening in loops).
+
+    Returns:
+        uint8 array (4, window.height, window.width).
+    """
+    if src is None:
+        with rasterio.open(scene.path) as opened:
+            return read_window(scene, window, opened)
+    arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
+    return _to_uint8(arr, scene.dtype)
+
+
+def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) -> np.ndarray:
+    """Boolean (H, W): True where the window holds real data (inside the scene and not nodata)."""
+    valid = np.zeros((int(window.height), int(window.width)), dtype=bool)
+    inter = window.intersection(scene.window) if _overlaps(window, scene.window) else None
+    if inter is None:
+        return valid
+    r0, c0 = int(inter.row_off - window.row_off), int(inter.col_off - window.col_off)
+    m = src.dataset_mask(window=inter) > 0
+    valid[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] = m
+    return valid
+
+
+def _overlaps(a: Window, b: Window) -> bool:
+    return (
+        a.col_off < b.col_off + b.width
+        and b.col_off < a.col_off + a.width
+        and a.row_off < b.row_off + b.height
+        and b.row_off < a.row_off + a.height
+    )
+
+
+def read_chip(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | None = None) -> Chip:
+    """Read one window as a :class:`Chip` carrying its georeference."""
+    return Chip(
+        scene_id=scene.scene_id,
+        window=window,
+        crs=scene.crs,
+        transform=rasterio.windows.transform(window, scene.transform),
+        image=read_window(scene, window, src),
+    )
+
+
+def chip_windows(width: int, height: int, size: int = 256, stride: int | None = None) -> list[Window]:
+    """Windows of ``size`` covering a ``width`` x ``height`` grid, edges included.
+
+    The last row and column of windows are snapped inside the grid (so they overlap their
+    neighbour) rather than dropped; a grid smaller than ``size`` gets one window of ``size``
+    that reads past the edge (zero fill).
+
+    Args:
+        width: Grid columns.
+        height: Grid rows.
+        size: Window side in pixels.
+        stride: Step between windows; default ``size`` (no overlap).
+
+    Returns:
+        Windows in row-major order.
+    """
+    stride = stride or size
+
+    def starts(n: int) -> list[int]:
+        if n <= size:
+            return [0]
+        s = list(range(0, n - size + 1, stride))
+        if s[-1] + size < n:
+            s.append(n - size)
+        return s
+
+    return [Window(c, r, size, size) for r in starts(height) for c in starts(width)]
+
+
+def write_geotiff(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    crs: CRS,
+    transform: Affine,
+    nodata: float | None = None,
+    tags: dict[str, str] | None = None,
+    **profile,
+) -> Path:
+    """Write a (C, H, W) or (H, W) array as a tiled, compressed GeoTIFF, atomically.
+
+    The file is written under a temporary name in the same folder and renamed when complete,
+    so a crash never leaves a half-written file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = array[None] if array.ndim == 2 else array
+    prof = {
+        "driver": "GTiff",
+        "width": arr.shape[2],
+        "height": arr.shape[1],
+        "count": arr.shape[0],
+        "dtype": arr.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    if arr.shape[1] >= 256 and arr.shape[2] >= 256:
+        prof.update(tiled=True, blockxsize=256, blockysize=256)
+    if nodata is not None:
+        prof["nodata"] = nodata
+    prof.update(profile)
+    fd, tmp = tempfile.mkstemp(suffix=".tif.part", dir=path.parent)
+    os.close(fd)
+    try:
+        with rasterio.open(tmp, "w", **prof) as dst:
+            dst.write(arr)
+            if tags:
+                dst.update_tags(**tags)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
