@@ -1,0 +1,1 @@
+"""The napari application and its widgets: the only package that imports Qt."""

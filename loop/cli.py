@@ -1,0 +1,42 @@
+"""The ``dclabel`` console script: one argparse parser, sub-commands registered per module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from model.errors import DclabelError
+
+# Modules that contribute sub-commands; each has ``register(subparsers)`` and sets ``func`` on its parsers.
+COMMAND_MODULES = [
+    "model.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dclabel",
+        description="Find hyperscale data centers in NAIP imagery: label, train, detect.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a sub-command; dclabel errors print one clear line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DclabelError as exc:
+        print(f"dclabel {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dclabel {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
