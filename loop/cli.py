@@ -1,4 +1,8 @@
-"""The ``dclabel`` console script: one argparse parser, sub-commands registered per module."""
+"""The ``dclabel`` command line: one argparse parser, sub-commands registered per module.
+
+The console script itself is ``labeler.cli:main``, which adds the GUI command ``app`` on top of these
+(``loop`` must not import ``labeler``).
+"""
 
 from __future__ import annotations
 
@@ -14,20 +18,21 @@ COMMAND_MODULES = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_modules: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The ``dclabel`` parser with every GUI-free command, plus those of ``extra_modules``."""
     parser = argparse.ArgumentParser(
         prog="dclabel",
         description="Find hyperscale data centers in NAIP imagery: label, train, detect.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in (*COMMAND_MODULES, *extra_modules):
         importlib.import_module(name).register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> int:
     """Run a sub-command; dclabel errors print one clear line and exit 2."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(extra_modules).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DclabelError as exc:
