@@ -1,0 +1,123 @@
+"""Checkpoint registry: versions, promotion, regression guard, corrupt checkpoints, two processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import torch
+
+from loop.errors import ProjectError
+from loop.registry import CheckpointRegistry
+from model.checkpoint import Checkpoint, Normalization, load_checkpoint
+from model.unet import UNet, UNetConfig
+
+TINY = UNetConfig(base_channels=4, depth=2)
+
+
+def make_ckpt(iou: float | None, seed: int = 0) -> Checkpoint:
+    torch.manual_seed(seed)
+    model = UNet(TINY)
+    return Checkpoint(
+        state_dict=model.state_dict(),
+        unet=TINY,
+        normalization=Normalization((100.0,) * 4, (50.0,) * 4),
+        metrics={} if iou is None else {"iou": iou},
+        data_version="7",
+    )
+
+
+def test_first_version_is_current_and_files_written(tmp_path):
+    reg = CheckpointRegistry(tmp_path / "checkpoints")
+    assert reg.current() is None and reg.versions() == []
+    res = reg.publish(make_ckpt(0.10))
+    assert res.version == "v1" and res.promoted
+    cur = reg.current()
+    assert cur.version == "v1" and cur.parent is None and cur.status == "current"
+    assert cur.path == tmp_path / "checkpoints" / "v1.pt"
+    assert load_checkpoint(cur.path).version == "v1"
+    payload = json.loads((tmp_path / "checkpoints" / "registry.json").read_text())
+    assert payload["versions"][0]["data_version"] == "7"
+    assert not list((tmp_path / "checkpoints").glob("*.part"))
+
+
+def test_regression_guard_keeps_worse_model_as_candidate(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.52))
+    worse = reg.publish(make_ckpt(0.41, seed=1), tolerance=0.02)
+    assert worse.version == "v2" and not worse.promoted
+    assert "0.41 < current 0.52 - 0.02" in worse.reason
+    assert reg.current().version == "v1"
+    assert [c.version for c in reg.candidates()] == ["v2"]
+    assert reg.get("v2").parent == "v1"
+    within = reg.publish(make_ckpt(0.51, seed=2), tolerance=0.02)
+    assert within.promoted and reg.current().version == "v3"
+    assert reg.get("v1").status == "previous"
+
+
+def test_baseline_from_job_overrides_recorded_metric(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.90))  # recorded on other val chips
+    res = reg.publish(make_ckpt(0.60, seed=1), baseline=0.55)
+    assert res.promoted, res.reason
+    assert reg.get("v2").metrics["baseline_iou"] == pytest.approx(0.55)
+    res = reg.publish(make_ckpt(0.50, seed=2), baseline=0.70)
+    assert not res.promoted
+
+
+def test_promote_candidate_by_hand(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.5))
+    reg.publish(make_ckpt(0.1, seed=1))
+    assert reg.current().version == "v1"
+    reg.promote("v2")
+    assert reg.current().version == "v2"
+    with pytest.raises(ProjectError, match="v9"):
+        reg.promote("v9")
+
+
+def test_corrupt_current_falls_back_with_warning(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.3))
+    reg.publish(make_ckpt(0.4, seed=1))
+    assert reg.current().version == "v2"
+    (tmp_path / "v2.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="v2"):
+        cur = reg.current()
+    assert cur.version == "v1"
+    # the next publish warm-starts from (and compares with) the good version
+    with pytest.warns(RuntimeWarning):
+        res = reg.publish(make_ckpt(0.35, seed=2))
+    assert reg.get(res.version).parent == "v1"
+
+
+def test_corrupt_registry_json_is_a_clear_error(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    (tmp_path / "registry.json").write_text("{ truncated")
+    with pytest.raises(ProjectError, match="registry.json"):
+        reg.versions()
+
+
+def _publish_in_child(root: str, seed: int) -> None:
+    torch.set_num_threads(1)
+    CheckpointRegistry(root).publish(make_ckpt(0.5 + seed / 100, seed=seed))
+
+
+def test_two_processes_publish_distinct_versions(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_publish_in_child, args=(str(tmp_path), s)) for s in (1, 2)]
+    for p in procs:
+        p.start()
+    reader = CheckpointRegistry(tmp_path)
+    seen = set()
+    while any(p.is_alive() for p in procs):  # the GUI side keeps reading while jobs write
+        seen.update(v.version for v in reader.versions())
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    names = sorted(v.version for v in reader.versions())
+    assert names == ["v1", "v2"]
+    ious = sorted(np.round([v.metrics["iou"] for v in reader.versions()], 2))
+    assert ious == [0.51, 0.52]
