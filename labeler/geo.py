@@ -1,0 +1,158 @@
+"""Exact conversion between scene-CRS geometries and napari layer coordinates (GUI-free).
+
+napari places the centre of image pixel ``(row, col)`` at layer coordinate ``(row, col)``, so a
+pixel spans ``row - 0.5 .. row + 0.5``. Rasterio's affine maps pixel *corners*: ``transform *
+(col, row)`` is the upper-left corner of pixel ``(row, col)``. The conversion therefore is::
+
+    (x, y) --~transform--> (col, row) --minus 0.5--> napari (row - 0.5, col - 0.5)
+
+and its exact inverse. napari shapes have no holes and no multi-part shapes, so a polygon is
+shown as its exterior ring; :func:`polygon_parts` splits multi-part geometries, and
+:func:`napari_to_geometry` takes the holes to keep back as an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from affine import Affine
+from rasterio.windows import Window
+from shapely import make_valid
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+#: napari coordinate of a pixel's upper-left corner relative to its index.
+PIXEL_CORNER_OFFSET = -0.5
+
+
+def crs_to_napari(xy: np.ndarray, transform: Affine) -> np.ndarray:
+    """CRS coordinates ``(N, 2)`` as ``(x, y)`` to napari ``(N, 2)`` as ``(row, col)``.
+
+    Args:
+        xy: Coordinates in the scene CRS.
+        transform: The scene's pixel-to-CRS affine transform.
+
+    Returns:
+        float64 array of napari ``(row, col)`` coordinates.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    inv = ~transform
+    col = inv.a * xy[:, 0] + inv.b * xy[:, 1] + inv.c
+    row = inv.d * xy[:, 0] + inv.e * xy[:, 1] + inv.f
+    return np.column_stack([row + PIXEL_CORNER_OFFSET, col + PIXEL_CORNER_OFFSET])
+
+
+def napari_to_crs(rc: np.ndarray, transform: Affine) -> np.ndarray:
+    """napari ``(row, col)`` coordinates ``(N, 2)`` (or ``(N, >2)``: last two used) to CRS ``(x, y)``.
+
+    Args:
+        rc: napari coordinates; extra leading dimensions (e.g. a z slice) are ignored.
+        transform: The scene's pixel-to-CRS affine transform.
+
+    Returns:
+        float64 ``(N, 2)`` array of ``(x, y)``.
+    """
+    rc = np.asarray(rc, dtype=np.float64)
+    rc = rc.reshape(-1, rc.shape[-1])[:, -2:]
+    row = rc[:, 0] - PIXEL_CORNER_OFFSET
+    col = rc[:, 1] - PIXEL_CORNER_OFFSET
+    x = transform.a * col + transform.b * row + transform.c
+    y = transform.d * col + transform.e * row + transform.f
+    return np.column_stack([x, y])
+
+
+def polygon_parts(geom: BaseGeometry | None) -> list[Polygon]:
+    """The non-empty polygons of a geometry (Polygon, MultiPolygon or a collection)."""
+    if geom is None or geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    if hasattr(geom, "geoms"):
+        return [p for g in geom.geoms for p in polygon_parts(g)]
+    return []
+
+
+def geometry_to_napari(geom: BaseGeometry, transform: Affine) -> np.ndarray:
+    """Exterior ring of a polygon as napari vertices ``(N, 2)`` (closing vertex dropped).
+
+    A MultiPolygon gives its largest part (use :func:`polygon_parts` to show every part);
+    holes are not representable in a napari shape and are left out.
+
+    Args:
+        geom: Polygon or MultiPolygon in the scene CRS.
+        transform: The scene's affine transform.
+
+    Returns:
+        float64 ``(N, 2)`` array of ``(row, col)``.
+
+    Raises:
+        ValueError: The geometry has no polygonal part.
+    """
+    parts = polygon_parts(geom)
+    if not parts:
+        raise ValueError(f"cannot show a {geom.geom_type if geom is not None else None} as a polygon")
+    poly = max(parts, key=lambda p: p.area)
+    coords = np.asarray(poly.exterior.coords)[:-1, :2]
+    return crs_to_napari(coords, transform)
+
+
+def napari_to_geometry(
+    vertices: np.ndarray,
+    transform: Affine,
+    holes: Iterable[Polygon | Sequence] = (),
+) -> Polygon | MultiPolygon:
+    """napari vertices ``(N, 2)`` to a valid polygon in the scene CRS.
+
+    Args:
+        vertices: Polygon or rectangle vertices as napari ``(row, col)``.
+        transform: The scene's affine transform.
+        holes: Interior rings to keep, as CRS polygons or coordinate sequences; those not
+            inside the new exterior are dropped.
+
+    Returns:
+        A Polygon, or a MultiPolygon when a self-intersecting ring had to be split to be valid.
+
+    Raises:
+        ValueError: Fewer than 3 distinct vertices or zero area.
+    """
+    xy = napari_to_crs(vertices, transform)
+    if len(np.unique(xy, axis=0)) < 3:
+        raise ValueError(f"a polygon needs at least 3 distinct vertices, got {len(xy)}")
+    shell = Polygon(xy)
+    rings = []
+    for hole in holes:
+        ring = hole if isinstance(hole, Polygon) else Polygon(hole)
+        if shell.contains(ring):
+            rings.append(np.asarray(ring.exterior.coords))
+    poly = Polygon(xy, rings)
+    if not poly.is_valid:
+        fixed = MultiPolygon(polygon_parts(make_valid(poly)))
+        poly = fixed.geoms[0] if len(fixed.geoms) == 1 else fixed
+    if poly.is_empty or poly.area == 0:
+        raise ValueError("the polygon has zero area")
+    return poly
+
+
+def join_parts(parts: Sequence[Polygon]) -> Polygon | MultiPolygon:
+    """One geometry from polygon parts: the polygon itself, or a MultiPolygon."""
+    flat = [p for part in parts for p in polygon_parts(part)]
+    if not flat:
+        raise ValueError("no polygon parts to join")
+    return flat[0] if len(flat) == 1 else MultiPolygon(flat)
+
+
+def window_to_napari(window: Window) -> np.ndarray:
+    """A window's outline as a napari rectangle ``(4, 2)`` enclosing its pixels."""
+    r0 = float(window.row_off) + PIXEL_CORNER_OFFSET
+    c0 = float(window.col_off) + PIXEL_CORNER_OFFSET
+    r1, c1 = r0 + float(window.height), c0 + float(window.width)
+    return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
+
+
+def window_centre(window: Window) -> tuple[float, float]:
+    """napari ``(row, col)`` of a window's centre."""
+    return (
+        float(window.row_off) + float(window.height) / 2 + PIXEL_CORNER_OFFSET,
+        float(window.col_off) + float(window.width) / 2 + PIXEL_CORNER_OFFSET,
+    )

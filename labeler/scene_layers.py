@@ -1,0 +1,255 @@
+"""Scene image layers: a lazy, multiscale RGB pyramid read window by window, and the chip grid.
+
+A ~12,000 x 12,000 NAIP scene is never read whole. Each pyramid level is a :class:`LazySceneLevel`
+array-like (``shape``, ``dtype``, ``ndim``, ``__getitem__``) whose ``__getitem__`` reads only the
+requested window with rasterio (decimated via ``out_shape``; GDAL uses the file's overviews when
+it has them). Contrast is a per-band 2-98 percentile stretch computed once on the coarsest level.
+Layer coordinates are scene pixels ``(row, col)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from labeler.geo import window_to_napari
+from model.scene import SceneInfo
+
+Composite = Literal["true", "nir"]
+#: Indexes into SceneInfo.bands (R, G, B, NIR) shown as the display's R, G, B.
+COMPOSITES: dict[str, tuple[int, int, int]] = {"true": (0, 1, 2), "nir": (3, 0, 1)}
+#: The coarsest level has its longer side at most this many pixels (read whole, kept in memory).
+OVERVIEW_SIDE = 1024
+IMAGE_LAYER = "scene"
+GRID_LAYER = "chip grid"
+GRID_COLOURS = {"reviewed": "#33cc66", "queued": "#ffaa00", "unreviewed": "#8899aa"}
+
+
+def _stretch_lut(band: np.ndarray, valid: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
+    """uint8 -> uint8 lookup table stretching the band's ``low``..``high`` percentiles to 0..255."""
+    values = band[valid] if valid.any() else band.ravel()
+    lo, hi = (np.percentile(values, [low, high]) if values.size else (0.0, 255.0))
+    if hi <= lo:
+        lo, hi = 0.0, 255.0
+    x = np.arange(256, dtype=np.float64)
+    return np.clip((x - lo) * 255.0 / (hi - lo), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class SceneDisplay:
+    """What every pyramid level of a scene shares: the open file, the stretch and the composite.
+
+    Attributes:
+        scene: The scene.
+        luts: One uint8 lookup table per source band (R, G, B, NIR order).
+        composite: Which bands are shown as red, green and blue.
+    """
+
+    scene: SceneInfo
+    luts: np.ndarray  # (4, 256) uint8
+    composite: Composite = "true"
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._src: rasterio.DatasetReader | None = None
+
+    def read(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
+        """Read a window (clipped to the scene) decimated to ``out_shape``; display RGB (H, W, 3)."""
+        order = COMPOSITES[self.composite]
+        indexes = [self.scene.bands[i] for i in order]
+        with self._lock:
+            if self._src is None:
+                self._src = rasterio.open(self.scene.path)
+            arr = self._src.read(
+                indexes, window=window, out_shape=(3, *out_shape), resampling=Resampling.nearest
+            )
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        out = np.empty((*out_shape, 3), dtype=np.uint8)
+        for k, band in enumerate(order):
+            out[..., k] = self.luts[band][arr[k]]
+        return out
+
+    def close(self) -> None:
+        """Close the dataset (it is reopened on the next read)."""
+        with self._lock:
+            if self._src is not None:
+                self._src.close()
+                self._src = None
+
+
+def _norm_slice(key: object, n: int) -> tuple[int, int, int]:
+    if isinstance(key, (int, np.integer)):
+        i = int(key) + (n if key < 0 else 0)
+        return i, i + 1, 1
+    if isinstance(key, slice):
+        start, stop, step = key.indices(n)
+        return start, max(stop, start), step
+    raise TypeError(f"unsupported index {key!r}")
+
+
+class LazySceneLevel:
+    """One pyramid level of a scene as a read-on-demand ``(rows, cols, 3)`` uint8 array-like.
+
+    Args:
+        display: Shared reader, stretch and composite.
+        factor: Decimation factor of this level (1 = full resolution).
+    """
+
+    def __init__(self, display: SceneDisplay, factor: int) -> None:
+        self.display = display
+        self.factor = int(factor)
+        sc = display.scene
+        self.shape = (math.ceil(sc.height / factor), math.ceil(sc.width / factor), 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+        self.reads = 0  # number of windowed reads served (for tests and benchmarks)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+        key = tuple(key) + (slice(None),) * (3 - len(key))
+        (r0, r1, rs), (c0, c1, cs) = (_norm_slice(key[0], self.shape[0]), _norm_slice(key[1], self.shape[1]))
+        if r1 <= r0 or c1 <= c0:
+            out = np.zeros((max(r1 - r0, 0), max(c1 - c0, 0), 3), np.uint8)
+        else:
+            f = self.factor
+            sc = self.display.scene
+            win = Window(c0 * f, r0 * f, min(c1 * f, sc.width) - c0 * f, min(r1 * f, sc.height) - r0 * f)
+            out = self.display.read(win, (r1 - r0, c1 - c0))
+            self.reads += 1
+        out = out[::rs, ::cs][:, :, key[2]]
+        squeeze = tuple(i for i in (0, 1) if isinstance(key[i], (int, np.integer)))
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:, :]
+        return arr.astype(dtype) if dtype is not None else arr
+
+
+def pyramid_factors(width: int, height: int, overview_side: int = OVERVIEW_SIDE) -> list[int]:
+    """Decimation factors 1, 2, 4, ... until the longer side is at most ``overview_side``."""
+    factors = [1]
+    while max(width, height) / factors[-1] > overview_side:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def build_display(scene: SceneInfo, overview_side: int = OVERVIEW_SIDE) -> tuple[SceneDisplay, int]:
+    """Open a scene for display: read the decimated overview once and compute the stretch.
+
+    Returns:
+        The shared display state and the coarsest decimation factor.
+    """
+    factor = pyramid_factors(scene.width, scene.height, overview_side)[-1]
+    shape = (math.ceil(scene.height / factor), math.ceil(scene.width / factor))
+    with rasterio.open(scene.path) as src:
+        arr = src.read(list(scene.bands), out_shape=(4, *shape), resampling=Resampling.nearest)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    valid = arr.any(axis=0) if scene.nodata is None else (arr != scene.nodata).any(axis=0)
+    luts = np.stack([_stretch_lut(arr[b], valid) for b in range(4)])
+    return SceneDisplay(scene=scene, luts=luts), factor
+
+
+def scene_pyramid(display: SceneDisplay, overview_side: int = OVERVIEW_SIDE) -> list:
+    """The multiscale list napari takes: lazy levels, the coarsest one read into memory."""
+    sc = display.scene
+    factors = pyramid_factors(sc.width, sc.height, overview_side)
+    levels: list = [LazySceneLevel(display, f) for f in factors]
+    levels[-1] = np.asarray(levels[-1])  # small; napari also builds its thumbnail from it
+    return levels
+
+
+def add_scene_layer(viewer, scene: SceneInfo, composite: Composite = "true"):
+    """Add (or replace) the scene image layer.
+
+    Args:
+        viewer: The napari viewer.
+        scene: The scene to show.
+        composite: ``"true"`` colour (R,G,B) or ``"nir"`` false colour (NIR,R,G).
+
+    Returns:
+        The napari Image layer; ``layer.metadata["display"]`` holds the :class:`SceneDisplay`.
+    """
+    display, _ = build_display(scene)
+    display.composite = composite
+    levels = scene_pyramid(display)
+    data = levels if len(levels) > 1 else levels[0]
+    if IMAGE_LAYER in viewer.layers:
+        viewer.layers.remove(IMAGE_LAYER)
+    layer = viewer.add_image(
+        data,
+        rgb=True,
+        multiscale=len(levels) > 1,
+        name=IMAGE_LAYER,
+        contrast_limits=(0, 255),
+        metadata={"display": display, "scene_id": scene.scene_id},
+    )
+    viewer.layers.move(viewer.layers.index(layer), 0)
+    return layer
+
+
+def set_composite(layer, composite: Composite) -> None:
+    """Switch a scene layer between true colour and NIR false colour (re-reads lazily)."""
+    display: SceneDisplay = layer.metadata["display"]
+    if display.composite == composite:
+        return
+    display.composite = composite
+    levels = scene_pyramid(display)
+    layer.data = levels if len(levels) > 1 else levels[0]
+
+
+def chip_status_colours(
+    windows: Sequence[Window], reviewed: set[tuple[int, int]], queued: set[tuple[int, int]]
+) -> list[str]:
+    """Edge colour per chip: reviewed, queued or unreviewed (keys are ``(row_off, col_off)``)."""
+    out = []
+    for w in windows:
+        key = (int(w.row_off), int(w.col_off))
+        status = "reviewed" if key in reviewed else "queued" if key in queued else "unreviewed"
+        out.append(GRID_COLOURS[status])
+    return out
+
+
+def add_chip_grid(viewer, windows: Sequence[Window], reviewed=(), queued=()):
+    """Add (or replace) the chip-grid Shapes layer (rectangles, not editable)."""
+    rects = [window_to_napari(w) for w in windows]
+    colours = chip_status_colours(windows, set(reviewed), set(queued))
+    if GRID_LAYER in viewer.layers:
+        viewer.layers.remove(GRID_LAYER)
+    layer = viewer.add_shapes(
+        rects,
+        shape_type="rectangle",
+        edge_color=colours,
+        face_color="transparent",
+        edge_width=2,
+        name=GRID_LAYER,
+        opacity=0.6,
+        metadata={"windows": list(windows)},
+    )
+    return layer
+
+
+def update_chip_grid(layer, reviewed=(), queued=()) -> None:
+    """Recolour the chip grid after reviews or a new ranking."""
+    windows = layer.metadata["windows"]
+    layer.edge_color = chip_status_colours(windows, set(reviewed), set(queued))
