@@ -102,7 +102,9 @@ def tta_disagreement(probs: np.ndarray) -> np.ndarray:
     """
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 3 or probs.shape[0] < 2:
-        raise ValueError(f"tta_disagreement expects (T>=2, H, W) probabilities, got shape {probs.shape}")
+        raise ValueError(
+            f"tta_disagreement expects (T>=2, H, W) probabilities, got shape {probs.shape}"
+        )
     return np.clip(4.0 * probs.var(axis=0), 0.0, 1.0).astype(np.float32)
 
 
@@ -186,14 +188,18 @@ def proposals_from_probability(
     if uncertainty is None:
         uncertainty = entropy_map(prob)
     elif uncertainty.shape != prob.shape:
-        raise ValueError(f"uncertainty shape {uncertainty.shape} differs from probability shape {prob.shape}")
+        raise ValueError(
+            f"uncertainty shape {uncertainty.shape} differs from probability shape {prob.shape}"
+        )
     labels, n = ndimage.label(prob >= threshold, structure=_FOUR)
     if n == 0:
         return []
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=n + 1)
     prob_sum = np.bincount(flat, weights=prob.ravel(), minlength=n + 1)
-    unc_sum = np.bincount(flat, weights=np.asarray(uncertainty, dtype=np.float64).ravel(), minlength=n + 1)
+    unc_sum = np.bincount(
+        flat, weights=np.asarray(uncertainty, dtype=np.float64).ravel(), minlength=n + 1
+    )
     keep = counts >= max(int(min_area_px), 1)
     keep[0] = False
     if not keep.any():
@@ -201,7 +207,9 @@ def proposals_from_probability(
     px_area = pixel_area_m2(transform, crs)
     labels = labels.astype(np.int32)
     proposals = []
-    for geom, value in rasterio.features.shapes(labels, mask=keep[labels], connectivity=4, transform=transform):
+    for geom, value in rasterio.features.shapes(
+        labels, mask=keep[labels], connectivity=4, transform=transform
+    ):
         i = int(value)
         proposals.append(
             Proposal(

@@ -74,7 +74,9 @@ def test_proposal_geometry_lands_on_the_blob_in_scene_crs():
     prob[50:53, 5:8] = 0.9  # 9 px speck, below min_area_px
     unc = np.zeros_like(prob)
     unc[10:30, 40:60] = 0.3
-    found = proposals_from_probability(prob, transform, "s1", window, min_area_px=20, uncertainty=unc, crs=UTM)
+    found = proposals_from_probability(
+        prob, transform, "s1", window, min_area_px=20, uncertainty=unc, crs=UTM
+    )
     assert len(found) == 1
     p = found[0]
     assert isinstance(p, Proposal) and p.scene_id == "s1" and p.window == window

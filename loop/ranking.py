@@ -1,0 +1,377 @@
+"""The review queue: rank a project's unreviewed chips by how much labelling them would teach.
+
+:func:`rank_chips` reads every unreviewed chip, predicts with the current checkpoint, turns the
+output into a per-pixel uncertainty map with the chosen strategy (:data:`STRATEGIES`), scores
+each chip (:func:`~loop.ranking_scores.chip_score`), spreads the top of the queue over space
+(:func:`~loop.ranking_scores.diversify`) and attaches the model's proposals. Without a model it
+falls back to a cold start (:func:`~loop.ranking_scores.cold_start_order`). :func:`save_queue`
+and :func:`load_queue` keep the queue in ``queue.json`` of the project folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import shapely.wkt
+from pyproj import Transformer
+from rasterio.windows import Window
+
+from loop.errors import ProjectError
+from loop.proposals import Proposal, proposals_from_probability
+from loop.ranking_predict import predict_probabilities
+from loop.ranking_scores import (
+    DIVERSITY_RADIUS_M,
+    STRATEGIES,
+    TOP_FRACTION,
+    chip_features,
+    chip_score,
+    cold_start_order,
+    diversify,
+)
+from model.checkpoint import Checkpoint, build_model, load_checkpoint
+from model.errors import Cancelled, CheckpointError
+from model.scene import SceneInfo, read_chip
+
+QUEUE_FILE = "queue.json"
+QUEUE_FORMAT = "dclabel-queue/1"
+#: Clusters of the cold start when ``top`` is not given.
+COLD_START_CLUSTERS = 16
+
+__all__ = ["STRATEGIES", "QueueItem", "rank_chips", "save_queue", "load_queue", "window_key"]
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One chip of the review queue.
+
+    Attributes:
+        rank: 1-based position, 1 = most informative.
+        scene_id: Scene of the chip.
+        window: Chip window in scene pixels.
+        score: Chip score of the strategy (higher = more informative; cold start: a priority).
+        proposals: The model's proposals on the chip (empty without a model).
+    """
+
+    rank: int
+    scene_id: str
+    window: Window
+    score: float
+    proposals: tuple[Proposal, ...] = ()
+
+
+def window_key(scene_id: str, window: Window) -> tuple[str, int, int, int, int]:
+    """Hashable identity of a chip: (scene_id, col_off, row_off, width, height)."""
+    return (
+        scene_id,
+        int(window.col_off),
+        int(window.row_off),
+        int(window.width),
+        int(window.height),
+    )
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if callable(is_set) else cancel())
+
+
+def _unreviewed_chips(project) -> list[tuple[SceneInfo, Window]]:
+    reviewed = {window_key(r.scene_id, r.window) for r in project.labels.reviewed_chips()}
+    return [
+        (scene, window)
+        for scene in project.scenes
+        for window in project.chip_windows(scene.scene_id)
+        if window_key(scene.scene_id, window) not in reviewed
+    ]
+
+
+def _resolve_checkpoint(
+    project, checkpoint: str | os.PathLike | Checkpoint | None
+) -> Checkpoint | None:
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    if checkpoint is None:
+        current = project.registry.current()
+        if current is None:
+            return None
+        checkpoint = current.path
+    return load_checkpoint(checkpoint, expected_bands=4)
+
+
+def _centers_m(chips: list[tuple[SceneInfo, Window]]) -> np.ndarray:
+    """Chip centres in a local metric frame shared by all scenes (equirectangular around their mean)."""
+    lonlat = np.zeros((len(chips), 2))
+    by_crs: dict[Any, list[int]] = {}
+    for i, (scene, _) in enumerate(chips):
+        by_crs.setdefault(scene.crs, []).append(i)
+    for crs, idx in by_crs.items():
+        xy = np.array(
+            [
+                chips[i][0].transform
+                @ (
+                    chips[i][1].col_off + chips[i][1].width / 2,
+                    chips[i][1].row_off + chips[i][1].height / 2,
+                )
+                for i in idx
+            ]
+        )
+        to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        lonlat[idx] = np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1]))
+    lat0 = np.deg2rad(lonlat[:, 1].mean()) if len(chips) else 0.0
+    return np.column_stack([lonlat[:, 0] * 111_320.0 * np.cos(lat0), lonlat[:, 1] * 110_574.0])
+
+
+def rank_chips(
+    project,
+    strategy: str = "entropy",
+    top: int | None = None,
+    checkpoint: str | os.PathLike | Checkpoint | None = None,
+    batch_size: int = 8,
+    diversity: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int, dict], None] | None = None,
+    cancel: Callable[[], bool] | Any | None = None,
+    *,
+    mc_samples: int = 8,
+    top_fraction: float = TOP_FRACTION,
+    diversity_radius_m: float = DIVERSITY_RADIUS_M,
+    threshold: float = 0.5,
+    min_area_px: int = 100,
+    device: str | None = None,
+) -> list[QueueItem]:
+    """Rank every unreviewed chip of a project, most informative first.
+
+    Args:
+        project: A :class:`loop.project.Project` (or anything with ``scenes``, ``chip_windows``,
+            ``labels.reviewed_chips()`` and ``registry.current()``).
+        strategy: A key of :data:`STRATEGIES`. Without a model every strategy but ``random``
+            becomes ``cold_start``.
+        top: Keep only the first ``top`` chips (default all).
+        checkpoint: Checkpoint (object or file) to use; default the registry's current one.
+        batch_size: Chips per forward pass.
+        diversity: Penalise chips near already queued ones (not used by random or cold start).
+        seed: Seed of ``random`` and of the cold-start clustering.
+        progress: ``progress(done, total, info)`` after each batch; ``info`` has ``scene_id``,
+            ``strategy`` and ``chips_per_s``.
+        cancel: Callable returning True (or an Event) to stop; checked between batches.
+        mc_samples: MC-dropout samples for ``bald``.
+        top_fraction: Fraction of pixels averaged into a chip's score.
+        diversity_radius_m: Distance scale of the diversity penalty, in metres.
+        threshold: Probability threshold of the proposals.
+        min_area_px: Smallest proposal in chip pixels.
+        device: Torch device (default: best available).
+
+    Returns:
+        Queue items ranked from 1.
+
+    Raises:
+        ProjectError: Unknown strategy.
+        CheckpointError: The checkpoint cannot be loaded, or ``bald`` on a model without dropout.
+        Cancelled: ``cancel`` became true; nothing was saved.
+    """
+    if strategy not in STRATEGIES:
+        raise ProjectError(
+            f"unknown ranking strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}."
+        )
+    chips = _unreviewed_chips(project)
+    ckpt = None if strategy == "cold_start" else _resolve_checkpoint(project, checkpoint)
+    spec = STRATEGIES[strategy]
+    if ckpt is None and not spec.random:
+        spec = STRATEGIES["cold_start"]
+    if not chips:
+        return []
+    if spec.name == "bald" and ckpt.unet.dropout <= 0:
+        raise CheckpointError(
+            f"checkpoint {ckpt.version}: BALD needs MC-dropout but the model has dropout=0, so every "
+            "sample would agree. Use --strategy tta or entropy, or retrain with dropout > 0."
+        )
+    model = build_model(ckpt, device) if ckpt is not None else None
+    scores = np.zeros(len(chips))
+    if spec.random:
+        scores = np.random.default_rng(seed).random(len(chips))
+    features: list[np.ndarray] = []
+    proposals: list[tuple[Proposal, ...]] = []
+    start, done = time.perf_counter(), 0
+    i = 0
+    while i < len(chips):
+        scene = chips[i][0]
+        j = i
+        while j < len(chips) and chips[j][0].scene_id == scene.scene_id:
+            j += 1
+        with rasterio.open(scene.path) as src:
+            for b in range(i, j, batch_size):
+                if _is_cancelled(cancel):
+                    raise Cancelled(
+                        f"ranking cancelled after {done} of {len(chips)} chips; queue not changed."
+                    )
+                batch = [read_chip(scene, w, src) for _, w in chips[b : min(b + batch_size, j)]]
+                if model is None and not spec.random:
+                    features.extend(chip_features(c.image) for c in batch)
+                elif model is not None:
+                    images = np.stack([c.image for c in batch])
+                    preds = predict_probabilities(
+                        model, ckpt.normalization, images, spec.passes, mc_samples, device
+                    )
+                    for k, chip in enumerate(batch):
+                        unc = spec.uncertainty(preds[k])
+                        if not spec.random:
+                            scores[b + k] = chip_score(unc, top_fraction)
+                        prob = preds[k] if preds[k].ndim == 2 else preds[k].mean(axis=0)
+                        found = proposals_from_probability(
+                            prob,
+                            chip.transform,
+                            scene.scene_id,
+                            chip.window,
+                            threshold=threshold,
+                            min_area_px=min_area_px,
+                            uncertainty=unc,
+                            crs=scene.crs,
+                        )
+                        proposals.append(tuple(found))
+                done += len(batch)
+                if progress is not None:
+                    rate = done / max(time.perf_counter() - start, 1e-9)
+                    progress(
+                        done,
+                        len(chips),
+                        {"scene_id": scene.scene_id, "strategy": spec.name, "chips_per_s": rate},
+                    )
+        i = j
+    if not proposals:
+        proposals = [()] * len(chips)
+    if spec.name == "cold_start":
+        k = min(len(chips), top or COLD_START_CLUSTERS)
+        order = cold_start_order(np.stack(features), k, seed)[0]
+        scores = np.empty(len(chips))
+        scores[order] = 1.0 - np.arange(len(chips)) / len(chips)
+    elif diversity and not spec.random:
+        order = diversify(scores, _centers_m(chips), diversity_radius_m, top)
+    else:
+        order = np.argsort(-scores, kind="stable")
+    order = order[:top] if top is not None else order
+    return [
+        QueueItem(
+            rank=r + 1,
+            scene_id=chips[i][0].scene_id,
+            window=chips[i][1],
+            score=float(scores[i]),
+            proposals=proposals[i],
+        )
+        for r, i in enumerate(order)
+    ]
+
+
+def _window_json(window: Window) -> dict[str, int]:
+    return {
+        "col_off": int(window.col_off),
+        "row_off": int(window.row_off),
+        "width": int(window.width),
+        "height": int(window.height),
+    }
+
+
+def _window_from(d: dict) -> Window:
+    return Window(int(d["col_off"]), int(d["row_off"]), int(d["width"]), int(d["height"]))
+
+
+def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> Path:
+    """Store a queue as ``queue.json`` in the project folder (atomic write).
+
+    Args:
+        project: Object with a ``root`` folder.
+        items: The queue from :func:`rank_chips`.
+        strategy: Strategy name recorded with the queue (informative only).
+
+    Returns:
+        Path of the written file.
+    """
+    path = Path(project.root) / QUEUE_FILE
+    payload = {
+        "format": QUEUE_FORMAT,
+        "strategy": strategy,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "items": [
+            {
+                "rank": it.rank,
+                "scene_id": it.scene_id,
+                "window": _window_json(it.window),
+                "score": it.score,
+                "proposals": [
+                    {
+                        "geometry": p.geometry.wkt,
+                        "score": p.score,
+                        "uncertainty": p.uncertainty,
+                        "area_m2": p.area_m2,
+                    }
+                    for p in it.proposals
+                ],
+            }
+            for it in items
+        ],
+    }
+    fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:
+    """Read the queue saved by :func:`save_queue`.
+
+    Args:
+        project: Object with ``root`` (and ``labels.reviewed_chips()`` if ``skip_reviewed``).
+        skip_reviewed: Drop chips reviewed since the queue was ranked (ranks are kept).
+
+    Returns:
+        The queue, or an empty list when none was saved yet.
+
+    Raises:
+        ProjectError: The file exists but is not a dclabel queue.
+    """
+    path = Path(project.root) / QUEUE_FILE
+    if not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if payload.get("format") != QUEUE_FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}")
+        items = []
+        for d in payload["items"]:
+            window = _window_from(d["window"])
+            props = tuple(
+                Proposal(
+                    d["scene_id"],
+                    window,
+                    shapely.wkt.loads(p["geometry"]),
+                    float(p["score"]),
+                    float(p["uncertainty"]),
+                    float(p["area_m2"]),
+                )
+                for p in d["proposals"]
+            )
+            items.append(QueueItem(int(d["rank"]), d["scene_id"], window, float(d["score"]), props))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProjectError(
+            f"{path}: expected a {QUEUE_FORMAT} review queue, found something else ({exc}). "
+            "Delete it and run `dclabel rank` again."
+        ) from exc
+    if skip_reviewed:
+        reviewed = {window_key(r.scene_id, r.window) for r in project.labels.reviewed_chips()}
+        items = [it for it in items if window_key(it.scene_id, it.window) not in reviewed]
+    return items

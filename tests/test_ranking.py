@@ -1,0 +1,323 @@
+"""Ranking strategies, diversity, cold start, the queue file and the full rank_chips path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from torch import nn
+
+from loop.ranking import QueueItem, load_queue, rank_chips, save_queue, window_key
+from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabilities
+from loop.ranking_scores import STRATEGIES, chip_features, chip_score, cold_start_order, diversify
+from model.checkpoint import Checkpoint, Normalization, save_checkpoint
+from model.errors import Cancelled, CheckpointError
+from model.scene import chip_windows, open_scene, write_geotiff
+from model.unet import UNet, UNetConfig
+
+torch.set_num_threads(1)
+UTM = CRS.from_epsg(32618)
+CHIP = 32
+NORM = Normalization((100.0,) * 4, (50.0,) * 4)
+
+
+# ----- a small stand-in project (rank_chips needs only these attributes) ---------------------------
+@dataclass(frozen=True)
+class Reviewed:
+    scene_id: str
+    window: Window
+
+
+@dataclass
+class FakeLabels:
+    reviewed: list[Reviewed] = field(default_factory=list)
+
+    def reviewed_chips(self, scene_id=None):
+        return [r for r in self.reviewed if scene_id in (None, r.scene_id)]
+
+
+@dataclass(frozen=True)
+class FakeVersion:
+    path: Path
+
+
+@dataclass
+class FakeRegistry:
+    path: Path | None = None
+
+    def current(self):
+        return FakeVersion(self.path) if self.path else None
+
+
+@dataclass
+class FakeProject:
+    root: Path
+    scenes: list
+    labels: FakeLabels = field(default_factory=FakeLabels)
+    registry: FakeRegistry = field(default_factory=FakeRegistry)
+
+    def chip_windows(self, scene_id):
+        scene = next(s for s in self.scenes if s.scene_id == scene_id)
+        return chip_windows(scene.width, scene.height, CHIP)
+
+
+def _scene(path: Path, seed: int, width: int = 96, height: int = 64):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(40, 120, size=(4, height, width), dtype=np.uint8)
+    img[:3, 10:30, 40:70] = 230  # a bright roof
+    write_geotiff(path, img, UTM, Affine(0.6, 0, 500_000.0 + seed * 1000, 0, -0.6, 4_300_000.0))
+    return open_scene(path)
+
+
+def _checkpoint(tmp_path: Path, dropout: float = 0.2, head_bias: float | None = None) -> Path:
+    torch.manual_seed(0)
+    config = UNetConfig(base_channels=4, depth=2, dropout=dropout)
+    model = UNet(config)
+    if head_bias is not None:
+        nn.init.zeros_(model.head.weight)
+        nn.init.constant_(model.head.bias, head_bias)
+    return save_checkpoint(Checkpoint(model.state_dict(), config, NORM), tmp_path / "ckpt.pt")
+
+
+@pytest.fixture
+def project(tmp_path):
+    scenes = [_scene(tmp_path / "a.tif", 1), _scene(tmp_path / "b.tif", 2, width=64)]
+    return FakeProject(tmp_path, scenes)
+
+
+# ----- pure scoring -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["entropy", "margin"])
+def test_half_probability_chip_outranks_confident_chips(name):
+    strategy = STRATEGIES[name]
+    scores = {
+        p: chip_score(strategy.uncertainty(np.full((16, 16), p, np.float32)))
+        for p in (0.5, 0.01, 0.99)
+    }
+    assert scores[0.5] > scores[0.01] and scores[0.5] > scores[0.99]
+    assert scores[0.01] == pytest.approx(scores[0.99], abs=1e-5)
+
+
+def test_one_uncertain_building_outranks_a_mildly_uncertain_field():
+    building = np.full((64, 64), 0.01, np.float32)
+    building[20:36, 20:36] = 0.5  # 6 % of the chip
+    field_ = np.full((64, 64), 0.2, np.float32)
+    ent = STRATEGIES["entropy"].uncertainty
+    assert chip_score(ent(building)) > chip_score(ent(field_))
+    assert chip_score(ent(building), top_fraction=1.0) < chip_score(ent(field_), top_fraction=1.0)
+
+
+def test_tta_and_bald_strategies_score_disagreement_not_ambiguity():
+    agree_half = np.full((8, 16, 16), 0.5, np.float32)
+    disagree = np.where(np.arange(8)[:, None, None] % 2 == 0, 0.95, 0.05) * np.ones(
+        (8, 16, 16), np.float32
+    )
+    for name in ("tta", "bald"):
+        u = STRATEGIES[name].uncertainty
+        assert chip_score(u(disagree)) > 0.5 > chip_score(u(agree_half)) + 0.4
+    ent = STRATEGIES["entropy"].uncertainty
+    # Entropy of the mean cannot tell them apart: the mean of the split samples is 0.5 too.
+    assert (
+        chip_score(ent(agree_half))
+        == pytest.approx(chip_score(ent(disagree)), abs=1e-6)
+        == pytest.approx(1.0)
+    )
+
+
+def test_diversity_spreads_the_top_of_the_queue():
+    rng = np.random.default_rng(3)
+    near = np.column_stack(
+        [rng.uniform(0, 150, 8), rng.uniform(0, 150, 8)]
+    )  # 8 chips, one building
+    far = np.array([[5_000.0, 0.0], [0.0, 5_000.0], [5_000.0, 5_000.0]])
+    centers = np.vstack([near, far])
+    scores = np.concatenate([0.9 + 0.05 * rng.random(8), [0.7, 0.6, 0.5]])
+    plain = np.argsort(-scores)[:4]
+    spread = diversify(scores, centers, radius_m=300.0)
+    assert set(plain) <= set(range(8))  # without diversity: four neighbours
+    assert spread[0] == np.argmax(scores)
+    assert set(spread[:4]) == {int(np.argmax(scores)), 8, 9, 10}
+    assert sorted(spread.tolist()) == list(range(11))
+    assert list(diversify(scores, centers, radius_m=0)) == list(np.argsort(-scores, kind="stable"))
+
+
+def test_cold_start_covers_distinct_clusters():
+    rng = np.random.default_rng(7)
+
+    def chip(kind):
+        img = rng.normal(0, 6, size=(4, 32, 32))
+        if kind == "forest":
+            img += np.array([40, 70, 40, 180])[:, None, None]
+        elif kind == "water":
+            img += np.array([20, 30, 50, 10])[:, None, None]
+        else:  # built-up: bright roofs and pavement with sharp edges
+            img += 150 + 80 * (rng.random((1, 32, 32)) > 0.5)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    kinds = ["forest"] * 12 + ["water"] * 6 + ["roofs"] * 3
+    feats = np.stack([chip_features(chip(k)) for k in kinds])
+    order, labels = cold_start_order(feats, k=3, seed=0)
+    assert sorted(order.tolist()) == list(range(len(kinds)))
+    assert {kinds[i] for i in order[:3]} == {"forest", "water", "roofs"}
+    assert len(set(labels.tolist())) == 3
+
+
+# ----- prediction helpers -----------------------------------------------------------------------
+def test_dihedral_inverse_round_trips_and_transforms_are_distinct():
+    x = torch.arange(16.0).view(1, 4, 4)
+    outs = [dihedral(x, k) for k in range(8)]
+    assert len({tuple(o.flatten().tolist()) for o in outs}) == 8
+    for k in range(8):
+        assert torch.equal(dihedral_inverse(outs[k], k), x)
+
+
+class _FixedPattern(nn.Module):
+    """Ignores its input and predicts a fixed, non-symmetric map: every TTA view disagrees."""
+
+    def __init__(self):
+        super().__init__()
+        self.pattern = nn.Parameter(torch.linspace(-4, 4, 64).view(1, 1, 8, 8), requires_grad=False)
+
+    def forward(self, x):
+        return self.pattern.expand(x.shape[0], 1, -1, -1)
+
+
+def test_tta_disagreement_zero_for_equivariant_model_and_high_for_fixed_pattern():
+    images = np.random.default_rng(0).integers(0, 255, (2, 4, 8, 8), dtype=np.uint8)
+    pointwise = nn.Conv2d(4, 1, 1)  # a 1x1 conv commutes with every dihedral transform
+    probs = forward_probabilities(pointwise, NORM, images, tta=True)
+    assert probs.shape == (2, 8, 8, 8)
+    assert STRATEGIES["tta"].uncertainty(probs[0]).max() < 1e-5
+    fixed = forward_probabilities(_FixedPattern(), NORM, images, tta=True)
+    assert chip_score(STRATEGIES["tta"].uncertainty(fixed[0])) > 0.3
+
+
+def test_mc_dropout_samples_differ_and_batchnorm_stays_frozen():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2, dropout=0.5)).eval()
+    stats = model.down[0][1].running_mean.clone()
+    images = np.random.default_rng(1).integers(0, 255, (2, 4, 16, 16), dtype=np.uint8)
+    probs = forward_probabilities(model, NORM, images, mc_samples=4)
+    assert probs.shape == (2, 4, 16, 16)
+    assert probs.std(axis=1).mean() > 1e-3
+    assert torch.equal(model.down[0][1].running_mean, stats) and not model.training
+    single = forward_probabilities(model, NORM, images)
+    assert np.allclose(single, forward_probabilities(model, NORM, images))  # eval is deterministic
+
+
+# ----- rank_chips end to end --------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["random", "entropy", "margin", "tta", "bald"])
+def test_rank_chips_runs_every_strategy_with_a_real_unet(project, tmp_path, strategy):
+    project.registry.path = _checkpoint(tmp_path)
+    reviewed = Window(32, 0, CHIP, CHIP)
+    project.labels.reviewed.append(Reviewed(project.scenes[0].scene_id, reviewed))
+    calls = []
+    queue = rank_chips(
+        project,
+        strategy,
+        batch_size=4,
+        mc_samples=3,
+        diversity=False,
+        progress=lambda d, t, info: calls.append((d, t, info)),
+    )
+    total = sum(len(project.chip_windows(s.scene_id)) for s in project.scenes) - 1
+    assert len(queue) == total == calls[-1][0] == calls[-1][1]
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls) and calls[-1][2]["chips_per_s"] > 0
+    assert [q.rank for q in queue] == list(range(1, total + 1))
+    assert window_key(project.scenes[0].scene_id, reviewed) not in {
+        window_key(q.scene_id, q.window) for q in queue
+    }
+    scores = [q.score for q in queue]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert len(set(scores)) > 1
+
+
+def test_random_is_seeded(project, tmp_path):
+    keys = [
+        [window_key(q.scene_id, q.window) for q in rank_chips(project, "random", seed=s)]
+        for s in (1, 1, 2)
+    ]
+    assert keys[0] == keys[1] and keys[0] != keys[2] and sorted(keys[0]) == sorted(keys[2])
+
+
+def test_proposals_of_a_confident_model_cover_their_chip_in_scene_crs(project, tmp_path):
+    path = _checkpoint(tmp_path, dropout=0.0, head_bias=6.0)  # p = 0.998 everywhere
+    queue = rank_chips(project, "entropy", checkpoint=path, top=3)
+    assert len(queue) == 3
+    scenes = {s.scene_id: s for s in project.scenes}
+    for item in queue:
+        assert len(item.proposals) == 1
+        prop = item.proposals[0]
+        w, t = item.window, scenes[item.scene_id].transform
+        left, top = t @ (w.col_off, w.row_off)
+        right, bottom = t @ (w.col_off + w.width, w.row_off + w.height)
+        assert prop.geometry.bounds == pytest.approx((left, bottom, right, top))
+        assert prop.score > 0.99 and prop.area_m2 == pytest.approx(CHIP * CHIP * 0.36)
+
+
+def test_without_model_rank_chips_falls_back_to_cold_start(project):
+    queue = rank_chips(project, "entropy", top=4)
+    assert len(queue) == 4 and all(q.proposals == () for q in queue)
+    assert len({window_key(q.scene_id, q.window) for q in queue}) == 4
+
+
+def test_bald_without_dropout_is_refused(project, tmp_path):
+    with pytest.raises(CheckpointError, match="dropout"):
+        rank_chips(project, "bald", checkpoint=_checkpoint(tmp_path, dropout=0.0))
+
+
+def test_cancel_between_batches_raises(project, tmp_path):
+    seen = []
+    with pytest.raises(Cancelled):
+        rank_chips(
+            project,
+            "entropy",
+            checkpoint=_checkpoint(tmp_path),
+            batch_size=2,
+            progress=lambda d, t, i: seen.append(d),
+            cancel=lambda: len(seen) >= 2,
+        )
+    assert seen == [2, 4]
+
+
+def test_queue_round_trips_through_json(project, tmp_path):
+    path = _checkpoint(tmp_path, dropout=0.0, head_bias=6.0)
+    queue = rank_chips(project, "margin", checkpoint=path)
+    saved = save_queue(project, queue, strategy="margin")
+    assert saved == tmp_path / "queue.json" and not list(tmp_path.glob("*.part"))
+    loaded = load_queue(project)
+    assert [(q.rank, q.scene_id, q.window, q.score) for q in loaded] == [
+        (q.rank, q.scene_id, q.window, q.score) for q in queue
+    ]
+    assert all(
+        a.geometry.equals(b.geometry)
+        for x, y in zip(loaded, queue, strict=True)
+        for a, b in zip(x.proposals, y.proposals, strict=True)
+    )
+    first = queue[0]
+    project.labels.reviewed.append(Reviewed(first.scene_id, first.window))
+    assert len(load_queue(project)) == len(queue) - 1
+    assert len(load_queue(project, skip_reviewed=False)) == len(queue)
+
+
+def test_cli_rank_prints_and_stores_the_queue(project, monkeypatch, capsys):
+    import argparse
+
+    from loop import cli_rank
+
+    monkeypatch.setattr(cli_rank, "_open_project", lambda root: project)
+    parser = argparse.ArgumentParser()
+    cli_rank.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["rank", str(project.root), "--strategy", "random", "--top", "3", "--quiet"]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["rank", "score", "scene"]
+    assert len(load_queue(project)) == 3 and "3 chip(s) queued" in out
+    assert isinstance(load_queue(project)[0], QueueItem)
