@@ -1,0 +1,395 @@
+"""The project folder: scenes, settings, label store and checkpoint registry in one place.
+
+Layout::
+
+    PROJECT/
+        project.json      settings and scenes (atomic writes)
+        labels.gpkg       the label store (footprints, reviewed chips)
+        checkpoints/      model versions (registry.json + vN.pt)
+        logs/             training logs
+        scenes/           imagery copied or downloaded into the project
+
+Scenes inside the project folder are stored by relative path (the folder can move), others by
+absolute path. Each scene keeps the id it was given when added, so labels stay attached to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import rasterio
+from rasterio.windows import Window
+
+from loop.errors import ProjectError
+from model.errors import SceneError
+from model.scene import Chip, SceneInfo, chip_windows, open_scene, read_chip, scene_id_for
+
+if TYPE_CHECKING:  # imported lazily at run time: the store and registry land in their own modules
+    from loop.labelstore import LabelStore
+    from loop.registry import CheckpointRegistry
+
+CLASSES: tuple[str, ...] = ("datacenter", "warehouse", "retail", "other")
+POSITIVE_CLASS = "datacenter"
+PROJECT_FILE = "project.json"
+FORMAT = "dclabel-project/1"
+TIF_SUFFIXES = (".tif", ".tiff")
+MASK_FOLDERS = ("mask", "masks", "label", "labels")
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """Settings shared by every scene of a project.
+
+    Attributes:
+        chip_size: Side of a review/training chip in pixels.
+        classes: Footprint classes; ``classes[0]`` (``datacenter``) is the positive one.
+        bands: Default 1-based source bands read as (red, green, blue, nir).
+        version: Settings format version.
+    """
+
+    chip_size: int = 256
+    classes: tuple[str, ...] = CLASSES
+    bands: tuple[int, ...] = (1, 2, 3, 4)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.chip_size < 16:
+            raise ValueError(f"ProjectSettings.chip_size must be >= 16, got {self.chip_size}")
+        if len(self.bands) != 4:
+            raise ValueError(f"ProjectSettings.bands needs 4 band indexes (R,G,B,NIR), got {self.bands}")
+
+
+def _atomic_write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files stay as they are; a folder becomes its GeoTIFFs (mask/label sub-folders skipped)."""
+    out: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if not p.exists():
+            raise ProjectError(
+                f"{p}: no such file or folder. Expected a 4-band GeoTIFF or a folder of chip GeoTIFFs."
+            )
+        if p.is_dir():
+            tifs = sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in TIF_SUFFIXES
+                and not any(part.lower() in MASK_FOLDERS for part in f.relative_to(p).parts[:-1])
+            )
+            if not tifs:
+                raise ProjectError(
+                    f"{p}: folder holds no GeoTIFFs (*.tif). Expected chip images such as "
+                    "data/chips/*.tif; point --image at a scene file or a folder of chips."
+                )
+            out.extend(tifs)
+        else:
+            out.append(p)
+    return out
+
+
+class Project:
+    """A project folder holding scenes, labels and model versions.
+
+    Use :meth:`create` or :meth:`open`; the constructor does not touch the disk.
+
+    Attributes:
+        root: Project folder.
+        settings: Project-wide settings.
+    """
+
+    def __init__(
+        self, root: Path, settings: ProjectSettings, scene_entries: list[dict], read_only: bool = False
+    ) -> None:
+        self.root = Path(root)
+        self.read_only = read_only
+        self.settings = settings
+        self._entries = scene_entries
+        self._scenes: dict[str, SceneInfo] = {}
+        self._labels: LabelStore | None = None
+        self._registry: CheckpointRegistry | None = None
+
+    # ----- creation and persistence -------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        root: str | os.PathLike,
+        images: Iterable[str | os.PathLike] = (),
+        bands: Sequence[int] | None = None,
+        chip_size: int = 256,
+    ) -> Project:
+        """Create a project folder (or re-open an existing one) and add scenes to it.
+
+        Args:
+            root: Project folder; created if missing.
+            images: Scene GeoTIFFs and/or folders of chip GeoTIFFs (each chip becomes a scene).
+            bands: Default 1-based bands read as (R, G, B, NIR); default ``(1, 2, 3, 4)``.
+            chip_size: Review and training chip side in pixels.
+
+        Returns:
+            The project.
+
+        Raises:
+            ProjectError: A path does not exist, or a folder holds no GeoTIFFs.
+            SceneError: A scene cannot be used (no CRS, too few bands, ...).
+        """
+        root = Path(root)
+        if (root / PROJECT_FILE).exists():
+            project = cls.open(root)
+        else:
+            settings = ProjectSettings(
+                chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4)
+            )
+            project = cls(root, settings, [])
+            for sub in ("checkpoints", "logs", "scenes"):
+                (root / sub).mkdir(parents=True, exist_ok=True)
+            project._save()
+        for path in _expand_images(images):
+            project.add_scene(path, bands=bands)
+        return project
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, read_only: bool = False) -> Project:
+        """Open an existing project folder.
+
+        Args:
+            root: Project folder.
+            read_only: Open the label store read-only (for readers such as the retraining process).
+
+        Raises:
+            ProjectError: The folder or its ``project.json`` is missing or unreadable.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise ProjectError(
+                f"{root}: no such project folder. Create one with `dclabel init {root} --image SCENE.tif`."
+            )
+        path = root / PROJECT_FILE
+        if not path.exists():
+            raise ProjectError(
+                f"{path}: missing. {root} is not a dclabel project; create one with "
+                f"`dclabel init {root} --image SCENE.tif`."
+            )
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            settings = ProjectSettings(
+                chip_size=int(payload["chip_size"]),
+                classes=tuple(payload["classes"]),
+                bands=tuple(int(b) for b in payload["bands"]),
+                version=int(payload.get("version", 1)),
+            )
+            entries = [
+                {"id": str(s["id"]), "path": str(s["path"]), "bands": [int(b) for b in s["bands"]]}
+                for s in payload["scenes"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ProjectError(
+                f"{path}: expected a dclabel project file (JSON with chip_size, classes, bands, scenes), "
+                f"found something unreadable ({type(exc).__name__}: {exc}). Restore it from a backup "
+                "or re-create the project with `dclabel init`."
+            ) from exc
+        return cls(root, settings, entries, read_only=read_only)
+
+    def _save(self) -> None:
+        payload = {"format": FORMAT, **asdict(self.settings), "scenes": self._entries}
+        payload["classes"] = list(self.settings.classes)
+        payload["bands"] = list(self.settings.bands)
+        _atomic_write_json(self.root / PROJECT_FILE, payload)
+
+    # ----- scenes -------------------------------------------------------------------------------
+    def add_scene(self, path: str | os.PathLike, bands: Sequence[int] | None = None) -> SceneInfo:
+        """Add a scene GeoTIFF (validated) to the project; adding it again is a no-op.
+
+        Args:
+            path: The GeoTIFF.
+            bands: 1-based bands read as (R, G, B, NIR); default the project's bands.
+
+        Returns:
+            The scene's :class:`SceneInfo`.
+
+        Raises:
+            SceneNotFoundError, SceneError: The file is missing or cannot be used.
+        """
+        path = Path(path)
+        info = open_scene(path, bands if bands is not None else self.settings.bands)
+        for entry in self._entries:
+            if self._resolve(entry["path"]) == path.resolve():
+                return self.scene(entry["id"])
+        resolved = path.resolve()
+        try:
+            stored = resolved.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            stored = str(resolved)
+        entry = {"id": scene_id_for(path), "path": stored, "bands": list(info.bands)}
+        self._entries.append(entry)
+        self._save()
+        info = replace(info, scene_id=entry["id"])
+        self._scenes[entry["id"]] = info
+        if self._labels is not None:
+            self._labels.register_scene(info.scene_id, info.crs)
+        return info
+
+    def _resolve(self, stored: str) -> Path:
+        p = Path(stored)
+        return (p if p.is_absolute() else self.root / p).resolve()
+
+    @property
+    def scene_ids(self) -> list[str]:
+        """Ids of the project's scenes, in the order they were added."""
+        return [e["id"] for e in self._entries]
+
+    @property
+    def scenes(self) -> list[SceneInfo]:
+        """Every scene of the project, opened and validated (cached)."""
+        return [self.scene(sid) for sid in self.scene_ids]
+
+    def scene(self, scene_id: str) -> SceneInfo:
+        """One scene by id.
+
+        Raises:
+            ProjectError: No scene has this id.
+            SceneError: The scene file is gone or unusable.
+        """
+        if scene_id in self._scenes:
+            return self._scenes[scene_id]
+        for entry in self._entries:
+            if entry["id"] == scene_id:
+                info = open_scene(self._resolve(entry["path"]), entry["bands"])
+                info = replace(info, scene_id=scene_id)
+                self._scenes[scene_id] = info
+                return info
+        known = ", ".join(self.scene_ids[:5]) + (" ..." if len(self._entries) > 5 else "")
+        raise ProjectError(
+            f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
+            f"{len(self._entries)} scene(s) ({known or 'none'}). Add it with `dclabel init {self.root} --image FILE`."
+        )
+
+    def chip_windows(self, scene_id: str) -> list[Window]:
+        """Chip windows (``settings.chip_size``, edges covered) of a scene."""
+        info = self.scene(scene_id)
+        return chip_windows(info.width, info.height, self.settings.chip_size)
+
+    def chips(self, scene_id: str) -> list[Window]:
+        """Alias of :meth:`chip_windows` (the name used in the architecture table)."""
+        return self.chip_windows(scene_id)
+
+    # ----- label store, registry, logs ------------------------------------------------------------
+    @property
+    def labels(self) -> LabelStore:
+        """The label store ``labels.gpkg``, opened on first use with every scene registered."""
+        if self._labels is None:
+            from loop.labelstore import LabelStore
+
+            if self.read_only:
+                store = LabelStore(self.root / "labels.gpkg", read_only=True)
+            else:
+                store = LabelStore(self.root / "labels.gpkg")
+                for info in self.scenes:
+                    store.register_scene(info.scene_id, info.crs)
+            self._labels = store
+        return self._labels
+
+    @property
+    def registry(self) -> CheckpointRegistry:
+        """The checkpoint registry in ``checkpoints/``."""
+        if self._registry is None:
+            from loop.registry import CheckpointRegistry
+
+            self._registry = CheckpointRegistry(self.root / "checkpoints")
+        return self._registry
+
+    @property
+    def logs_dir(self) -> Path:
+        """Folder for training logs (created on access)."""
+        path = self.root / "logs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.root)!r}, scenes={len(self._entries)})"
+
+
+def _window_box(info: SceneInfo, window: Window):
+    from shapely.geometry import box
+
+    left, bottom, right, top = rasterio.windows.bounds(window, info.transform)
+    return box(left, bottom, right, top)
+
+
+def reviewed_training_chips(project: Project, scene_id: str | None = None) -> list[Chip]:
+    """Training chips (image + mask) for every reviewed chip of the project.
+
+    The mask is 1 inside the store's ``datacenter`` footprints (clipped to the chip) and 0
+    elsewhere; hard-negative classes (warehouse, retail, other) are background.
+
+    Args:
+        project: The project.
+        scene_id: Only this scene; default every scene.
+
+    Returns:
+        One :class:`Chip` with ``mask`` per reviewed chip.
+    """
+    from model.masks import rasterize_footprints
+
+    store = project.labels
+    by_scene: dict[str, list] = {}
+    for rc in store.reviewed_chips(scene_id):
+        by_scene.setdefault(rc.scene_id, []).append(rc)
+    chips: list[Chip] = []
+    for sid, items in by_scene.items():
+        info = project.scene(sid)
+        positives = _positive_geoms(store, sid)
+        with rasterio.open(info.path) as src:
+            for rc in items:
+                chip = read_chip(info, rc.window, src)
+                box = _window_box(info, rc.window)
+                geoms = [g for g in positives if g.intersects(box)]
+                shape = (int(rc.window.height), int(rc.window.width))
+                mask = rasterize_footprints(geoms, None, info.crs, chip.transform, shape)
+                chips.append(replace(chip, mask=mask.astype("uint8")))
+    return chips
+
+
+def positive_reviewed_count(project: Project) -> tuple[int, int]:
+    """(reviewed chips, reviewed chips touching a ``datacenter`` footprint), without reading pixels."""
+    store = project.labels
+    reviewed = store.reviewed_chips()
+    n_pos = 0
+    cache: dict[str, list] = {}
+    for rc in reviewed:
+        try:
+            info = project.scene(rc.scene_id)
+        except (ProjectError, SceneError):
+            continue
+        if rc.scene_id not in cache:
+            cache[rc.scene_id] = _positive_geoms(store, rc.scene_id)
+        box = _window_box(info, rc.window)
+        if any(g.intersection(box).area > 0 for g in cache[rc.scene_id] if g.intersects(box)):
+            n_pos += 1
+    return len(reviewed), n_pos
+
+
+def _positive_geoms(store, scene_id: str) -> list:
+    """Active ``datacenter`` footprints of a scene, in the scene CRS."""
+    gdf = store.footprints(scene_id)
+    if gdf.empty:
+        return []
+    return [g for g in gdf[gdf["class"] == POSITIVE_CLASS].geometry if g is not None and not g.is_empty]

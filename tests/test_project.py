@@ -1,0 +1,128 @@
+"""Project folder: create, open, reopen, chip folders, errors, training chips from reviews."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from shapely.geometry import box
+
+from loop.errors import ProjectError
+from loop.project import (
+    CLASSES,
+    Project,
+    ProjectSettings,
+    positive_reviewed_count,
+    reviewed_training_chips,
+)
+from model.errors import SceneError
+from model.scene import write_geotiff
+
+UTM = CRS.from_epsg(32618)
+
+
+def make_scene(path, width=96, height=80, seed=0, origin=(500_000.0, 4_300_000.0), bands=4):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (bands, height, width), dtype=np.uint8)
+    transform = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
+    write_geotiff(path, img, UTM, transform)
+    return path, img, transform
+
+
+def test_create_open_reopen(tmp_path):
+    scene, _, _ = make_scene(tmp_path / "outside" / "a.tif")
+    root = tmp_path / "proj"
+    project = Project.create(root, images=[scene], chip_size=32)
+    assert (root / "project.json").exists() and (root / "checkpoints").is_dir() and (root / "logs").is_dir()
+    assert project.settings == ProjectSettings(chip_size=32)
+    assert project.settings.classes == CLASSES
+    [info] = project.scenes
+    assert (info.width, info.height) == (96, 80)
+    assert len(project.chip_windows(info.scene_id)) == 3 * 3  # edges covered, last window snapped
+    # inside-project scenes are stored relative, outside ones absolute
+    inside, _, _ = make_scene(root / "scenes" / "b.tif", seed=1)
+    b = project.add_scene(inside)
+    stored = {s["id"]: s["path"] for s in json.loads((root / "project.json").read_text())["scenes"]}
+    assert stored == {info.scene_id: str(scene.resolve()), b.scene_id: "scenes/b.tif"}
+    again = Project.open(root)
+    assert again.scene_ids == project.scene_ids
+    assert again.scene(info.scene_id).transform == info.transform
+    # adding the same file twice is a no-op
+    again.add_scene(scene)
+    assert len(Project.open(root).scenes) == 2
+
+
+def test_project_folder_moves_and_keeps_scene_ids(tmp_path):
+    root = tmp_path / "proj"
+    make_scene(root / "scenes" / "a.tif")
+    project = Project.create(root, images=[root / "scenes" / "a.tif"])
+    sid = project.scene_ids[0]
+    moved = root.rename(tmp_path / "moved")
+    reopened = Project.open(moved)
+    assert reopened.scene_ids == [sid]
+    assert reopened.scene(sid).path.resolve() == (moved / "scenes" / "a.tif").resolve()
+
+
+def test_chip_folder_becomes_one_scene_per_tif(tmp_path):
+    chips = tmp_path / "data" / "chips"
+    for i in range(3):
+        make_scene(chips / f"chip_{i}.tif", 32, 32, seed=i, origin=(500_000.0 + 40 * i, 4_300_000.0))
+    make_scene(chips / "masks" / "chip_0.tif", 32, 32, bands=1)  # mask sub-folders are skipped
+    (chips / "labels.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    project = Project.create(tmp_path / "proj", images=[chips], chip_size=32)
+    assert len(project.scenes) == 3
+    assert all(len(project.chip_windows(s.scene_id)) == 1 for s in project.scenes)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(ProjectError, match="no such file or folder"):
+        Project.create(tmp_path / "p", images=[tmp_path / "missing_folder"])
+    with pytest.raises(ProjectError, match="holds no GeoTIFFs"):
+        (tmp_path / "empty").mkdir()
+        Project.create(tmp_path / "p2", images=[tmp_path / "empty"])
+    with pytest.raises(ProjectError, match="no such project folder"):
+        Project.open(tmp_path / "nope")
+    (tmp_path / "notproj").mkdir()
+    with pytest.raises(ProjectError, match="project.json: missing"):
+        Project.open(tmp_path / "notproj")
+    project = Project.create(tmp_path / "ok")
+    with pytest.raises(ProjectError, match="no scene with id 'zzz'"):
+        project.scene("zzz")
+    (tmp_path / "ok" / "project.json").write_text('{"chip_size": 256, "classes": ')
+    with pytest.raises(ProjectError, match="unreadable"):
+        Project.open(tmp_path / "ok")
+    three, _, _ = make_scene(tmp_path / "three.tif", bands=3)
+    with pytest.raises(SceneError, match="bands"):
+        Project.create(tmp_path / "p3", images=[three])
+
+
+def test_reviewed_training_chips_burn_only_datacenters(tmp_path):
+    scene, img, transform = make_scene(tmp_path / "a.tif", 64, 64)
+    project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
+    sid = project.scene_ids[0]
+    x0, y0 = transform * (0, 0)
+    # a data center straddling chips (0,0) and (32,0): pixels 20..40 x 4..12
+    dc = box(x0 + 20 * 0.6, y0 - 12 * 0.6, x0 + 40 * 0.6, y0 - 4 * 0.6)
+    warehouse = box(x0 + 4 * 0.6, y0 - 40 * 0.6, x0 + 12 * 0.6, y0 - 36 * 0.6)  # in chip (0,32)
+    project.labels.add_footprint(sid, dc, "datacenter")
+    project.labels.add_footprint(sid, warehouse, "warehouse")
+    assert positive_reviewed_count(project) == (0, 0)
+    for w in project.chip_windows(sid)[:3]:  # (0,0), (32,0), (0,32)
+        project.labels.mark_reviewed(sid, w)
+    chips = {(int(c.window.col_off), int(c.window.row_off)): c for c in reviewed_training_chips(project)}
+    assert set(chips) == {(0, 0), (32, 0), (0, 32)}
+    assert positive_reviewed_count(project) == (3, 2)
+    left, right, below = chips[(0, 0)], chips[(32, 0)], chips[(0, 32)]
+    np.testing.assert_array_equal(left.image, img[:, :32, :32])
+    np.testing.assert_array_equal(right.image, img[:, :32, 32:])
+    assert left.mask.sum() == 12 * 8 and left.mask[4:12, 20:32].all()
+    assert right.mask.sum() == 8 * 8 and right.mask[4:12, 0:8].all()
+    assert below.mask.sum() == 0  # hard negatives are background
+    assert below.crs == UTM and below.window == Window(0, 32, 32, 32)
+    # a read-only reopen (the retraining process) sees the same chips
+    ro = Project.open(tmp_path / "proj", read_only=True)
+    assert sum(c.mask.sum() for c in reviewed_training_chips(ro)) == 12 * 8 + 8 * 8
