@@ -1,0 +1,275 @@
+"""GeoPackage plumbing for the label store: schema, spatial reference rows, geometry blobs.
+
+Written for Python's ``sqlite3`` (a GeoPackage is a SQLite file) following OGC GeoPackage 1.3:
+``application_id`` 'GPKG', ``user_version`` 10300, the required ``gpkg_spatial_ref_sys``,
+``gpkg_contents`` and ``gpkg_geometry_columns`` tables, and geometries stored as GeoPackage binary
+(``GP`` header with srs_id and xy envelope, then ISO WKB). GDAL and QGIS read the result.
+
+Footprints live in one feature table per CRS, ``footprints_<srs_id>`` (srs_id = the EPSG code, or
+a custom id >= 100000 for CRSs without one), declared ``MULTIPOLYGON``; single polygons are stored
+promoted to one-part multipolygons (spec requirement: a row's type matches its column type).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from datetime import UTC, datetime
+
+import shapely
+from pyproj import CRS as ProjCRS
+from pyproj.enums import WktVersion
+from shapely.geometry import MultiPolygon, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from loop.errors import StoreError
+from model.errors import LabelError
+
+APPLICATION_ID = 0x47504B47  # 'GPKG'
+USER_VERSION = 10300  # GeoPackage 1.3.0
+SCHEMA_VERSION = "1"
+CUSTOM_SRS_BASE = 100000
+FEATURE_PREFIX = "footprints_"
+CHIPS_TABLE = "reviewed_chips"
+FOOTPRINT_COLUMNS = ("scene_id", "class", "status", "source", "model_version", "created", "updated")
+
+_ENVELOPE_BYTES = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}
+
+CORE_DDL = [
+    """CREATE TABLE IF NOT EXISTS gpkg_spatial_ref_sys (
+        srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY, organization TEXT NOT NULL,
+        organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, description TEXT)""",
+    """CREATE TABLE IF NOT EXISTS gpkg_contents (
+        table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT UNIQUE,
+        description TEXT DEFAULT '',
+        last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+        min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+        CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id))""",
+    """CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
+        table_name TEXT NOT NULL, column_name TEXT NOT NULL, geometry_type_name TEXT NOT NULL,
+        srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+        CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name),
+        CONSTRAINT uk_gc_table_name UNIQUE (table_name),
+        CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
+        CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id))""",
+    # dclabel's own tables (not listed in gpkg_contents, so GIS tools ignore them)
+    "CREATE TABLE IF NOT EXISTS dclabel_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS dclabel_scenes (
+        scene_id TEXT PRIMARY KEY, srs_id INTEGER NOT NULL, registered TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dclabel_edit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, txn INTEGER NOT NULL, op TEXT NOT NULL,
+        fid INTEGER, before_wkb BLOB, before_attrs TEXT, after_wkb BLOB, after_attrs TEXT,
+        time TEXT NOT NULL, undone INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS dclabel_edit_log_txn ON dclabel_edit_log (txn)",
+    f"""CREATE TABLE IF NOT EXISTS {CHIPS_TABLE} (
+        fid INTEGER PRIMARY KEY AUTOINCREMENT, scene_id TEXT NOT NULL, col_off INTEGER NOT NULL,
+        row_off INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+        empty BOOLEAN NOT NULL, time DATETIME NOT NULL)""",
+    f"""CREATE UNIQUE INDEX IF NOT EXISTS {CHIPS_TABLE}_key
+        ON {CHIPS_TABLE} (scene_id, col_off, row_off, width, height)""",
+]
+
+_DEFAULT_SRS = [
+    ("WGS 84 geodetic", 4326, "EPSG", 4326, ProjCRS.from_epsg(4326).to_wkt(WktVersion.WKT1_GDAL),
+     "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid"),
+    ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate reference system"),
+    ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference system"),
+]
+
+
+def utc_now() -> str:
+    """Current UTC time as GeoPackage DATETIME text (``YYYY-MM-DDTHH:MM:SS.sssZ``)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def create_schema(cur: sqlite3.Cursor) -> None:
+    """Create the GeoPackage core tables and dclabel's tables (inside the caller's transaction).
+
+    The header fields (``application_id``, ``user_version``) are set by the caller beforehand.
+    """
+    for ddl in CORE_DDL:
+        cur.execute(ddl)
+    cur.executemany("INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES (?,?,?,?,?,?)", _DEFAULT_SRS)
+    cur.execute(
+        "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description, "
+        "last_change) VALUES (?, 'attributes', ?, ?, ?)",
+        (CHIPS_TABLE, CHIPS_TABLE, "dclabel: chips a person has reviewed (empty = no footprint)", utc_now()),
+    )
+    for key, value in (("schema", SCHEMA_VERSION), ("version", "0"), ("next_fid", "1")):
+        cur.execute("INSERT OR IGNORE INTO dclabel_meta VALUES (?, ?)", (key, value))
+
+
+def srs_for(crs) -> tuple[int, str, int, str, str]:
+    """GeoPackage srs row parts for a CRS: (srs_id, organization, org_id, name, WKT1 definition).
+
+    Args:
+        crs: Anything pyproj understands (rasterio ``CRS``, ``"EPSG:32618"``, WKT, pyproj ``CRS``).
+
+    Raises:
+        StoreError: The CRS cannot be interpreted.
+    """
+    try:
+        pcrs = ProjCRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    except Exception as exc:  # pyproj raises its own CRSError; report it as ours
+        raise StoreError(f"label store: cannot interpret the scene CRS {crs!r} ({exc}).") from exc
+    epsg = pcrs.to_epsg()
+    wkt = pcrs.to_wkt(WktVersion.WKT1_GDAL) or pcrs.to_wkt()
+    if epsg is not None:
+        return epsg, "EPSG", epsg, pcrs.name, wkt
+    return -2, "NONE", -2, pcrs.name, wkt  # -2: caller allocates a custom id
+
+
+def ensure_srs(cur: sqlite3.Cursor, crs) -> int:
+    """Insert the CRS into ``gpkg_spatial_ref_sys`` if missing and return its srs_id."""
+    srs_id, org, org_id, name, wkt = srs_for(crs)
+    if srs_id == -2:
+        row = cur.execute(
+            "SELECT srs_id FROM gpkg_spatial_ref_sys WHERE definition = ? AND srs_id >= ?",
+            (wkt, CUSTOM_SRS_BASE),
+        ).fetchone()
+        if row:
+            return int(row[0])
+        srs_id = max(
+            CUSTOM_SRS_BASE,
+            1 + (cur.execute("SELECT max(srs_id) FROM gpkg_spatial_ref_sys").fetchone()[0] or 0),
+        )
+        org_id = srs_id
+    cur.execute(
+        "INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES (?,?,?,?,?,?)",
+        (name, srs_id, org, org_id, wkt, f"dclabel scene CRS {name}"),
+    )
+    return srs_id
+
+
+def feature_table(srs_id: int) -> str:
+    """Name of the footprint feature table for a srs_id."""
+    return f"{FEATURE_PREFIX}{srs_id}"
+
+
+def ensure_feature_table(cur: sqlite3.Cursor, srs_id: int) -> str:
+    """Create the footprint table of a srs_id and register it in the GeoPackage tables."""
+    table = feature_table(srs_id)
+    cur.execute(
+        f"""CREATE TABLE IF NOT EXISTS "{table}" (
+            fid INTEGER PRIMARY KEY AUTOINCREMENT, geom MULTIPOLYGON NOT NULL,
+            scene_id TEXT NOT NULL, class TEXT NOT NULL, status TEXT NOT NULL, source TEXT NOT NULL,
+            model_version TEXT, created DATETIME NOT NULL, updated DATETIME NOT NULL)"""
+    )
+    cur.execute(f'CREATE INDEX IF NOT EXISTS "{table}_scene" ON "{table}" (scene_id, status)')
+    cur.execute(
+        "INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier, description, "
+        "last_change, srs_id) VALUES (?, 'features', ?, ?, ?, ?)",
+        (table, table, f"dclabel footprints, CRS srs_id {srs_id}", utc_now(), srs_id),
+    )
+    cur.execute(
+        "INSERT OR IGNORE INTO gpkg_geometry_columns VALUES (?, 'geom', 'MULTIPOLYGON', ?, 0, 0)",
+        (table, srs_id),
+    )
+    return table
+
+
+def touch_contents(cur: sqlite3.Cursor, table: str, bounds: tuple[float, ...] | None = None) -> None:
+    """Update ``gpkg_contents.last_change`` of a table and grow its extent to cover ``bounds``."""
+    if bounds is None:
+        cur.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?", (utc_now(), table))
+        return
+    minx, miny, maxx, maxy = bounds
+    cur.execute(
+        "UPDATE gpkg_contents SET last_change = ?, min_x = min(coalesce(min_x, ?), ?), "
+        "min_y = min(coalesce(min_y, ?), ?), max_x = max(coalesce(max_x, ?), ?), "
+        "max_y = max(coalesce(max_y, ?), ?) WHERE table_name = ?",
+        (utc_now(), minx, minx, miny, miny, maxx, maxx, maxy, maxy, table),
+    )
+
+
+def to_multipolygon(geom: BaseGeometry) -> MultiPolygon:
+    """Promote a Polygon to a one-part MultiPolygon (MultiPolygons pass through)."""
+    return MultiPolygon([geom]) if isinstance(geom, Polygon) else geom
+
+
+def from_multipolygon(geom: BaseGeometry) -> BaseGeometry:
+    """A one-part MultiPolygon back to its Polygon (what editors expect); others unchanged."""
+    if isinstance(geom, MultiPolygon) and len(geom.geoms) == 1:
+        return geom.geoms[0]
+    return geom
+
+
+def encode_geometry(geom: BaseGeometry, srs_id: int) -> bytes:
+    """GeoPackage binary: ``GP``, version 0, flags (little endian, xy envelope), srs_id, envelope, WKB."""
+    wkb = shapely.to_wkb(geom, byte_order=1, flavor="iso", output_dimension=2)
+    if geom.is_empty:
+        return b"GP" + struct.pack("<BBi", 0, 0b00010001, srs_id) + wkb
+    minx, miny, maxx, maxy = geom.bounds
+    return b"GP" + struct.pack("<BBi4d", 0, 0b00000011, srs_id, minx, maxx, miny, maxy) + wkb
+
+
+def decode_geometry(blob: bytes) -> BaseGeometry:
+    """Shapely geometry from GeoPackage binary (any envelope kind, either byte order).
+
+    Raises:
+        StoreError: The blob is not GeoPackage binary.
+    """
+    if blob is None or len(blob) < 8 or blob[:2] != b"GP":
+        raise StoreError("label store: a geometry is not GeoPackage binary (no 'GP' header); the file is damaged.")
+    flags = blob[3]
+    env = _ENVELOPE_BYTES.get((flags >> 1) & 0b111)
+    if env is None:
+        raise StoreError(f"label store: unknown GeoPackage envelope code in flags {flags:#04x}.")
+    return shapely.from_wkb(bytes(blob[8 + env :]))
+
+
+def to_wkb(geom: BaseGeometry) -> bytes:
+    """2D little-endian ISO WKB (what the edit log stores)."""
+    return shapely.to_wkb(geom, byte_order=1, flavor="iso", output_dimension=2)
+
+
+def clean_polygon(geometry: BaseGeometry, what: str = "footprint") -> BaseGeometry:
+    """Repair a footprint geometry: 2D, ``make_valid``, polygonal parts only.
+
+    Returns:
+        A valid Polygon or MultiPolygon.
+
+    Raises:
+        LabelError: The geometry is missing, empty or has no polygonal part.
+    """
+    if geometry is None or not isinstance(geometry, BaseGeometry):
+        raise LabelError(f"{what}: expected a shapely Polygon, found {type(geometry).__name__}.")
+    if geometry.is_empty:
+        raise LabelError(f"{what}: the geometry is empty; draw a polygon with at least 3 corners.")
+    geom = shapely.force_2d(geometry)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
+    polys = [q for p in parts for q in shapely.get_parts(p) if not q.is_empty and q.area > 0]
+    if not polys:
+        raise LabelError(
+            f"{what}: expected a polygon with an area, found {geometry.geom_type} "
+            f"{geometry.wkt[:80]}; draw a polygon with at least 3 corners."
+        )
+    return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+
+
+def write_footprint(cur: sqlite3.Cursor, table: str, srs_id: int, fid: int, geom: BaseGeometry, attrs: dict) -> None:
+    """Insert or overwrite footprint ``fid`` of a feature table (geometry in that table's CRS)."""
+    blob = encode_geometry(to_multipolygon(geom), srs_id)
+    cols = ", ".join(f'"{c}"' for c in ("fid", "geom", *FOOTPRINT_COLUMNS))
+    sets = ", ".join(f'"{c}"=excluded."{c}"' for c in ("geom", *FOOTPRINT_COLUMNS))
+    cur.execute(
+        f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * (2 + len(FOOTPRINT_COLUMNS)))}) '
+        f"ON CONFLICT(fid) DO UPDATE SET {sets}",
+        (int(fid), blob, *(attrs[c] for c in FOOTPRINT_COLUMNS)),
+    )
+    touch_contents(cur, table, geom.bounds)
+
+
+def find_footprint(cur: sqlite3.Cursor, fid: int) -> tuple[str, int, bytes, dict] | None:
+    """(table, srs_id, geometry blob, attributes) of footprint ``fid`` in any feature table, or None."""
+    tables = cur.execute(
+        "SELECT table_name, srs_id FROM gpkg_geometry_columns WHERE table_name LIKE 'footprints!_%' ESCAPE '!'"
+    ).fetchall()
+    cols = ", ".join(f'"{c}"' for c in FOOTPRINT_COLUMNS)
+    for table, srs_id in tables:
+        row = cur.execute(f'SELECT geom, {cols} FROM "{table}" WHERE fid=?', (int(fid),)).fetchone()
+        if row:
+            return table, int(srs_id), row[0], dict(zip(FOOTPRINT_COLUMNS, row[1:], strict=True))
+    return None

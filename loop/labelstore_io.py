@@ -1,0 +1,207 @@
+"""GeoJSON in and out of the label store.
+
+Import reads polygons of any CRS (a file without a CRS is taken as RFC 7946 lon/lat), maps their
+class (``class`` property, ``datacemter`` read as ``datacenter``; or a boolean ``label`` property:
+true = ``datacenter``, false = ``other``; no property at all = ``datacenter``), reprojects them to
+the scene CRS, clips them to the scene bounds and adds them with source ``imported`` in one
+transaction (one undo step). Export writes RFC 7946 (EPSG:4326, right-hand rule), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import shapely
+from rasterio.warp import transform_bounds
+from rasterio.windows import bounds as window_bounds
+
+from loop import labelstore_gpkg as gp
+from loop.project import CLASSES
+from model.errors import LabelError
+from model.scene import SceneInfo, chip_windows
+
+if TYPE_CHECKING:
+    import geopandas
+
+    from loop.labelstore import LabelStore
+
+_ALIASES = {"datacemter": "datacenter", "data center": "datacenter", "data_center": "datacenter",
+            "data-center": "datacenter"}
+_TRUE = {"true", "1", "yes", "t", "y"}
+
+
+def _fmt(b) -> str:
+    return f"lon {b[0]:.4f}..{b[2]:.4f}, lat {b[1]:.4f}..{b[3]:.4f}"
+
+
+def _classes(gdf, path: Path) -> list[str]:
+    """One class per row from ``class`` (or ``label``) properties."""
+    out: list[str] = []
+    has_class, has_label = "class" in gdf.columns, "label" in gdf.columns
+    unknown: set[str] = set()
+    for _, row in gdf.iterrows():
+        cls = None
+        if has_class and isinstance(row["class"], str) and row["class"].strip():
+            cls = _ALIASES.get(row["class"].strip().lower(), row["class"].strip().lower())
+            if cls not in CLASSES:
+                unknown.add(row["class"])
+        elif has_label and row["label"] is not None and str(row["label"]) not in ("nan", "None"):
+            cls = "datacenter" if str(row["label"]).strip().lower() in _TRUE else "other"
+        out.append(cls or "datacenter")
+    if unknown:
+        raise LabelError(
+            f"{path}: unknown class value(s) {sorted(unknown)}; expected one of {', '.join(CLASSES)} "
+            "(or a boolean 'label' property). Fix the 'class' property and import again."
+        )
+    return out
+
+
+def footprint_frame(parts: list[tuple], target) -> geopandas.GeoDataFrame:
+    """GeoDataFrame of footprint rows ``(fid, *FOOTPRINT_COLUMNS, geom blob)`` grouped by CRS.
+
+    Args:
+        parts: ``(crs, rows)`` per feature table.
+        target: CRS of the result (parts in another CRS are reprojected).
+    """
+    import geopandas
+    import pandas
+
+    columns = ["fid", *gp.FOOTPRINT_COLUMNS]
+    frames = []
+    for crs, rows in parts:
+        geoms = [gp.from_multipolygon(gp.decode_geometry(r[-1])) for r in rows]
+        gdf = geopandas.GeoDataFrame([r[:-1] for r in rows], columns=columns, geometry=geoms, crs=crs)
+        frames.append(gdf if gdf.crs == target else gdf.to_crs(target))
+    if not frames:
+        return geopandas.GeoDataFrame(columns=columns, geometry=[], crs=target)
+    if len(frames) == 1:
+        return frames[0]
+    out = pandas.concat(frames, ignore_index=True).sort_values("fid", ignore_index=True)
+    return geopandas.GeoDataFrame(out, geometry="geometry", crs=target)
+
+
+def import_geojson(
+    store: LabelStore, path: str | os.PathLike, scene: SceneInfo, reviewed: bool = True, chip_size: int = 256
+) -> int:
+    """Import the polygons of a vector file (GeoJSON, GeoPackage, ...) that overlap a scene.
+
+    Footprints already in the store with the same class and geometry are skipped, so importing
+    a file twice adds nothing the second time.
+
+    Args:
+        store: The label store (the scene is registered if needed).
+        path: Vector file; any CRS (none = EPSG:4326).
+        scene: Scene to attach the footprints to; they are reprojected to its CRS and clipped to it.
+        reviewed: Also mark every chip (``chip_windows(width, height, chip_size)``) touched by an
+            imported footprint as reviewed.
+        chip_size: Chip side for ``reviewed``.
+
+    Returns:
+        Number of footprints added.
+
+    Raises:
+        LabelError: Missing/unreadable file, no polygons, unknown class, or nothing overlaps the scene.
+    """
+    import geopandas
+
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"{path}: no such file. Expected a GeoJSON of footprint polygons; check the path.")
+    try:
+        gdf = geopandas.read_file(path)
+    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
+        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    gdf = gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+    if gdf.empty:
+        raise LabelError(
+            f"{path}: holds no polygons. Expected footprint Polygons/MultiPolygons with a 'class' "
+            "(datacenter/warehouse/retail/other) or boolean 'label' property."
+        )
+    if gdf.crs is None:
+        gdf = gdf.set_crs("EPSG:4326")
+    classes = _classes(gdf, path)
+    file_ll = gdf.to_crs("EPSG:4326").total_bounds
+    geoms = gdf.to_crs(scene.crs).geometry.to_numpy()
+    scene_box = shapely.box(*scene.bounds)
+    shapes: list[tuple] = []
+    for geom, cls in zip(geoms, classes, strict=True):
+        clipped = shapely.intersection(shapely.make_valid(geom), scene_box)
+        polys = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area > 0]
+        if polys:
+            shapes.append((polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys), cls))
+    if not shapes:
+        scene_ll = transform_bounds(scene.crs, "EPSG:4326", *scene.bounds)
+        raise LabelError(
+            f"{path}: none of its {len(gdf)} polygons overlaps scene {scene.scene_id!r} ({scene.path}). "
+            f"File covers {_fmt(file_ll)}; scene covers {_fmt(scene_ll)}. "
+            "Choose the scene these labels belong to (--scene) or the matching labels file."
+        )
+    store.register_scene(scene.scene_id, scene.crs)
+    existing = store.footprints(scene.scene_id)
+    tree = shapely.STRtree(existing.geometry.to_numpy()) if len(existing) else None
+    added = 0
+    touched = []
+    with store.transaction():
+        for geom, cls in shapes:
+            norm = shapely.normalize(geom)
+            if tree is not None and any(
+                existing["class"].iloc[i] == cls and shapely.equals_exact(shapely.normalize(
+                    existing.geometry.iloc[i]), norm, 1e-6)
+                for i in tree.query(geom)
+            ):
+                continue
+            store.add_footprint(scene.scene_id, geom, cls=cls, source="imported")
+            touched.append(geom)
+            added += 1
+        if reviewed and touched:
+            windows = chip_windows(scene.width, scene.height, chip_size)
+            boxes = [shapely.box(*window_bounds(w, scene.transform)) for w in windows]
+            hits = sorted(set(shapely.STRtree(boxes).query(touched, predicate="intersects")[1].tolist()))
+            for i in hits:
+                store.mark_reviewed(scene.scene_id, windows[i], empty=False)
+    return added
+
+
+def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | None = None) -> Path:
+    """Write active footprints as RFC 7946 GeoJSON (EPSG:4326, counter-clockwise shells), atomically.
+
+    Properties: ``fid, scene_id, class, label`` (true for datacenter)``, status, source,
+    model_version, created, updated``; the file re-imports with :func:`import_geojson`.
+
+    Args:
+        store: The label store.
+        path: Output ``.geojson``.
+        scene_id: Only this scene; default every scene.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    gdf = store.footprints(scene_id)
+    if len(gdf):
+        gdf = gdf.to_crs("EPSG:4326")
+    features = []
+    for row, geom in zip(gdf.drop(columns="geometry").to_dict("records"), gdf.geometry, strict=True):
+        props = {k: (None if v is None or v != v else v) for k, v in row.items()}
+        props["fid"] = int(props["fid"])
+        props["label"] = props["class"] == "datacenter"
+        features.append({"type": "Feature", "id": props["fid"], "properties": props,
+                         "geometry": shapely.geometry.mapping(shapely.orient_polygons(geom))})
+    collection = {"type": "FeatureCollection", "name": path.stem, "features": features}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".geojson.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(collection, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
