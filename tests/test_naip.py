@@ -1,0 +1,263 @@
+"""NAIP download against the loopback Planetary Computer (tests/stac_server.py); no internet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from planetary_computer.settings import Settings
+from pyproj import Transformer
+from stac_server import ACCOUNT, NaipStacServer
+
+from loop.errors import NaipError
+from loop.naip import download_naip, search_naip, utm_crs
+from loop.naip_assets import RetryPolicy, gdal_path, http_status
+from model.errors import Cancelled
+
+RES = 0.6
+SIZE = 512  # pixels per side of a test quarter-quad
+FAST = RetryPolicy(attempts=4, backoff_s=0.01, max_backoff_s=0.05)
+LAT, LON = 38.0, -77.0  # zone 18 (EPSG:26918), Virginia
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """The loopback server, with dclabel and planetary-computer pointed at it; always stopped."""
+    srv = NaipStacServer().start()
+    monkeypatch.setenv("DCLABEL_STAC_URL", srv.stac_url)
+    monkeypatch.setenv("DCLABEL_BLOB_ENDPOINT", srv.root)
+    monkeypatch.setenv("PC_SDK_SAS_URL", srv.sas_url)
+    monkeypatch.delenv("PC_SDK_SUBSCRIPTION_KEY", raising=False)
+    Settings.get.cache_clear()  # planetary-computer reads its settings once per process
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        Settings.get.cache_clear()
+
+
+def _pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 256, (4, SIZE, SIZE), dtype=np.uint8)
+
+
+def _corner(lon: float, lat: float, epsg: int, dx_px: int = 0, dy_px: int = 0):
+    """Top-left corner on the 0.6 m lattice near lon/lat, shifted by whole pixels."""
+    x, y = Transformer.from_crs("EPSG:4326", epsg, always_xy=True).transform(lon, lat)
+    x = np.floor(x / RES) * RES + dx_px * RES
+    y = np.floor(y / RES) * RES + dy_px * RES
+    return Affine(RES, 0, x, 0, -RES, y)
+
+
+def _add(srv: NaipStacServer, name: str, year: int, transform: Affine, seed: int, epsg=26918):
+    array = _pixels(seed)
+    srv.add_item(f"m_{name}_{year}", year, epsg, transform, array)
+    return array
+
+
+def _expected(out_path, sources):
+    """Nearest source pixel for every output pixel, computed independently, per source."""
+    with rasterio.open(out_path) as out:
+        image, crs, tf = out.read(), out.crs, out.transform
+    rows, cols = np.mgrid[0:image.shape[1], 0:image.shape[2]]
+    xs, ys = tf @ (cols + 0.5, rows + 0.5)
+    result = []
+    for array, transform, epsg in sources:
+        sx, sy = Transformer.from_crs(crs, epsg, always_xy=True).transform(xs, ys)
+        c, r = ~transform @ (sx, sy)
+        r, c = np.floor(r).astype(int), np.floor(c).astype(int)
+        inside = (r >= 0) & (r < SIZE) & (c >= 0) & (c < SIZE)
+        values = np.zeros_like(image)
+        values[:, inside] = array[:, r[inside], c[inside]]
+        result.append((values, inside))
+    return image, result
+
+
+def test_one_quarter_quad_matches_source_and_is_tagged(server, tmp_path):
+    tf = _corner(LON, LAT, 26918, dx_px=-256, dy_px=256)  # the point sits mid-item
+    array = _add(server, "3807701_ne", 2021, tf, seed=1)
+    calls = []
+    out = download_naip(LAT, LON, 120, tmp_path / "one.tif", retry=FAST,
+                        progress=lambda d, t, info: calls.append((d, t)))
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 26918 and src.count == 4
+        assert src.res == pytest.approx((RES, RES))
+        assert abs(src.width * RES - 120) <= RES and src.profile["tiled"]
+        assert src.profile["compress"] == "deflate"
+        assert src.tags()["stac_items"] == "m_3807701_ne_2021"
+        assert src.tags()["naip_year"] == "2021"
+        assert src.tags()["source"] == server.stac_url
+        col, row = ~tf @ (src.transform.c, src.transform.f)
+        r, c = int(round(row)), int(round(col))
+        np.testing.assert_array_equal(src.read(), array[:, r:r + src.height, c:c + src.width])
+        # the requested centre is the output's centre
+        cx, cy = src.xy(src.height / 2, src.width / 2, offset="ul")
+    x, y = Transformer.from_crs("EPSG:4326", 26918, always_xy=True).transform(LON, LAT)
+    assert abs(cx - x) <= RES and abs(cy - y) <= RES
+    assert calls and calls[-1][0] == calls[-1][1]
+    # only windows were read: every blob GET was a Range request of part of the file
+    blob = server.blob_reads()
+    assert blob and all(status in (200, 206) for _, _, status in blob)
+    assert "sig=" in blob[-1][1]  # the SAS query planetary-computer appended reached the server
+    assert not list(tmp_path.glob(".*part*"))
+
+
+def test_mosaic_across_two_items_has_no_seam(server, tmp_path):
+    west_tf = _corner(LON, LAT, 26918, dx_px=-SIZE, dy_px=256)
+    east_tf = west_tf @ Affine.translation(SIZE, 0)
+    west = _add(server, "3807701_nw", 2021, west_tf, seed=2)
+    east = _add(server, "3807701_ne", 2021, east_tf, seed=3)
+    out = download_naip(LAT, LON, 200, tmp_path / "mosaic.tif", retry=FAST)
+    image, [(exp_w, in_w), (exp_e, in_e)] = _expected(out, [(west, west_tf, 26918),
+                                                          (east, east_tf, 26918)])
+    assert in_w.any() and in_e.any() and (in_w | in_e).all()
+    assert not (in_w & in_e).any()  # shared edge, no overlap: the seam is between two columns
+    np.testing.assert_array_equal(image[:, in_w], exp_w[:, in_w])
+    np.testing.assert_array_equal(image[:, in_e], exp_e[:, in_e])
+    with rasterio.open(out) as src:
+        assert set(src.tags()["stac_items"].split(",")) == {"m_3807701_nw_2021",
+                                                            "m_3807701_ne_2021"}
+
+
+def test_area_across_utm_zones_is_reprojected_to_the_centre_zone(server, tmp_path):
+    lat, lon = 38.0, -77.9995  # zone 18, 44 m east of the 17/18 boundary at -78
+    assert utm_crs(lon, lat).to_epsg() == 26918
+    east_tf = _corner(lon, lat, 26918, dx_px=-100, dy_px=256)
+    west_tf = _corner(-78.0006, lat, 26917, dx_px=-256, dy_px=256)
+    east = _add(server, "3807801_ne", 2021, east_tf, seed=4, epsg=26918)
+    west = _add(server, "3807801_nw", 2021, west_tf, seed=5, epsg=26917)
+    out = download_naip(lat, lon, 200, tmp_path / "zones.tif", retry=FAST)
+    image, [(exp_e, in_e), (exp_w, in_w)] = _expected(out, [(east, east_tf, 26918),
+                                                          (west, west_tf, 26917)])
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 26918
+        west_lon = Transformer.from_crs(src.crs, 4326, always_xy=True).transform(
+            src.bounds.left, (src.bounds.bottom + src.bounds.top) / 2)[0]
+    assert west_lon < -78.0  # the output really reaches into zone 17
+    assert (in_e | in_w).all() and (in_w & ~in_e).any()
+    only_w, only_e, both = in_w & ~in_e, in_e & ~in_w, in_w & in_e
+    np.testing.assert_array_equal(image[:, only_w], exp_w[:, only_w])
+    np.testing.assert_array_equal(image[:, only_e], exp_e[:, only_e])
+    from_either = (image == exp_e).all(axis=0) | (image == exp_w).all(axis=0)
+    assert from_either[both].all()
+
+
+def test_newest_full_year_is_chosen_and_year_argument_overrides(server, tmp_path):
+    tf = _corner(LON, LAT, 26918, dx_px=-256, dy_px=256)
+    old = _add(server, "q", 2019, tf, seed=6)
+    new = _add(server, "q", 2021, tf, seed=7)
+    # 2023 exists but covers only part of the area: not chosen by default
+    _add(server, "q", 2023, _corner(LON, LAT, 26918, dx_px=-30, dy_px=256), seed=8)
+    newest = download_naip(LAT, LON, 60, tmp_path / "newest.tif", retry=FAST)
+    chosen = download_naip(LAT, LON, 60, tmp_path / "y2019.tif", year=2019, retry=FAST)
+    for path, year, array in ((newest, "2021", new), (chosen, "2019", old)):
+        with rasterio.open(path) as src:
+            assert src.tags()["naip_year"] == year
+            col, row = ~tf @ (src.transform.c, src.transform.f)
+            r, c = int(round(row)), int(round(col))
+            np.testing.assert_array_equal(src.read(), array[:, r:r + src.height, c:c + src.width])
+    with pytest.raises(NaipError, match="no single NAIP year fully covers.*2023"):
+        download_naip(LAT, LON, 60, tmp_path / "y2023.tif", year=2023, retry=FAST)
+    with pytest.raises(NaipError, match="in 2015"):
+        download_naip(LAT, LON, 60, tmp_path / "y2015.tif", year=2015, retry=FAST)
+
+
+def test_token_born_expired_is_re_signed(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=9)
+    server.expire_tokens(next_issued=1)  # the first SAS token is already past msft:expiry
+    out = download_naip(LAT, LON, 60, tmp_path / "token.tif", retry=FAST)
+    statuses = [s for _, _, s in server.blob_reads()]
+    assert statuses[0] == 403 and statuses[-1] in (200, 206)
+    tokens = [p for _, p, _ in server.requests if p.startswith("/api/sas/v1/token/")]
+    assert tokens == [f"/api/sas/v1/token/{ACCOUNT}/naip"] * 2
+    assert out.exists()
+
+
+def test_revoked_cached_token_is_forgotten_and_replaced(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=10)
+    download_naip(LAT, LON, 60, tmp_path / "a.tif", retry=FAST)
+    server.expire_tokens()  # the SDK still caches that token as valid for an hour
+    before = len(server.requests)
+    download_naip(LAT, LON, 90, tmp_path / "b.tif", retry=FAST)
+    later = server.requests[before:]
+    assert any(s == 403 for _, p, s in later if p.startswith(f"/{ACCOUNT}/"))
+    assert any(p.startswith("/api/sas/v1/token/") for _, p, _ in later)
+    assert (tmp_path / "b.tif").exists()
+
+
+def test_transient_503_is_retried(server, tmp_path):
+    tf = _corner(LON, LAT, 26918, dx_px=-256, dy_px=256)
+    array = _add(server, "q", 2021, tf, seed=11)
+    server.fail_next(1, 503, prefix="/api/stac/v1/search")
+    server.fail_next(2, 503, prefix=f"/{ACCOUNT}/")
+    out = download_naip(LAT, LON, 60, tmp_path / "retry.tif", retry=FAST)
+    assert sum(s == 503 for _, _, s in server.requests) == 3
+    with rasterio.open(out) as src:
+        col, row = ~tf @ (src.transform.c, src.transform.f)
+        r, c = int(round(row)), int(round(col))
+        np.testing.assert_array_equal(src.read(), array[:, r:r + src.height, c:c + src.width])
+
+
+def test_persistent_503_gives_up_with_clear_error_and_no_file(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=12)
+    server.fail_next(50, 503, prefix=f"/{ACCOUNT}/")
+    with pytest.raises(NaipError, match="gave up reading NAIP asset.*4 attempts"):
+        download_naip(LAT, LON, 60, tmp_path / "fail.tif", retry=FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outside_the_us_is_a_clear_error(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=13)
+    with pytest.raises(NaipError, match=r"no NAIP imagery covers lat, lon 48\.85.*United States"):
+        download_naip(48.85, 2.35, 500, tmp_path / "paris.tif", retry=FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_network_down_names_endpoint_and_variable_and_leaves_no_file(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=14)
+    url = server.stac_url
+    server.go_down()
+    with pytest.raises(NaipError) as info:
+        download_naip(LAT, LON, 60, tmp_path / "down.tif", retry=FAST)
+    assert url in str(info.value) and "DCLABEL_STAC_URL" in str(info.value)
+    assert isinstance(info.value, RuntimeError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_run_reuses_the_finished_output(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=15)
+    out = download_naip(LAT, LON, 60, tmp_path / "resume.tif", retry=FAST)
+    stamp, count = out.stat().st_mtime_ns, len(server.requests)
+    assert download_naip(LAT, LON, 60, out, retry=FAST) == out
+    assert len(server.requests) == count and out.stat().st_mtime_ns == stamp
+    # a different request for the same file is not mistaken for a finished one
+    download_naip(LAT, LON, 90, out, retry=FAST)
+    assert len(server.requests) > count
+
+
+def test_cancel_leaves_nothing(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=16)
+    with pytest.raises(Cancelled):
+        download_naip(LAT, LON, 60, tmp_path / "c.tif", retry=FAST, cancel=lambda: True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_search_follows_next_pages(server, method):
+    for i in range(3):
+        _add(server, f"p{i}", 2020 + i, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=i)
+    items = search_naip((LON - 0.01, LAT - 0.01, LON + 0.01, LAT + 0.01), page_size=1,
+                        method=method, policy=FAST)
+    assert [i.id for i in items] == ["m_p2_2022", "m_p1_2021", "m_p0_2020"]
+    searches = [p for m, p, _ in server.requests if "/search" in p and m == method]
+    assert len(searches) == 3
+
+
+def test_blob_endpoint_mapping_and_error_classification():
+    href = "https://naipeuwest.blob.core.windows.net/naip/v002/a.tif?se=x&sig=y"
+    assert gdal_path(href, "http://127.0.0.1:9") == (
+        "/vsicurl/http://127.0.0.1:9/naipeuwest/naip/v002/a.tif?se=x&sig=y")
+    assert gdal_path(href) == f"/vsicurl/{href}"
+    assert http_status(OSError("HTTP response code: 403")) == 403
+    assert http_status(OSError("CURL error: Could not connect to server")) == 0
+    assert http_status(OSError("not a TIFF file")) is None
