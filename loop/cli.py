@@ -16,6 +16,7 @@ from model.errors import DclabelError
 COMMAND_MODULES = [
     "model.cli",
     "loop.cli_rank",
+    "loop.cli_naip",
 ]
 
 

@@ -138,6 +138,7 @@ class NaipStacServer:
     def __init__(self) -> None:
         self.items: list[NaipItem] = []
         self.requests: list[tuple[str, str, int]] = []
+        self.blob_bytes = 0
         self.token_ttl_s = 3600.0
         self._tokens: dict[str, datetime] = {}
         self._fail: list[tuple[int, str]] = []
@@ -307,6 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: bytes = b"", ctype: str = "application/json",
               headers: dict | None = None, head: bool = False) -> None:
         self.stac.requests.append((self.command, self.path, status))
+        if not head and self.path.startswith(f"/{ACCOUNT}/"):
+            self.stac.blob_bytes += len(body)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
