@@ -1,0 +1,414 @@
+"""Active-learning simulation: an oracle plays the reviewer, strategies compete on label efficiency.
+
+The scene is split in two: the left part is the *pool* offered to the oracle (a project of its
+own per strategy and seed), the right ``holdout_fraction`` is never offered and measures every
+model (pixel IoU and object F1 from :mod:`model.metrics`). Each round the strategy picks chips
+with :func:`loop.ranking.rank_chips`; the oracle marks them reviewed and adds the ground-truth
+footprints touching them to the label store (hard negatives keep their class); the model is
+retrained (warm start, in-process :func:`model.train.fit`) and scored. The first round is the
+same seeded random pick for every strategy, so curves differ only by what the strategy chose.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from loop.ranking import rank_chips
+from model.checkpoint import Checkpoint, build_model
+from model.errors import Cancelled
+from model.scene import SceneInfo, open_scene, read_window, write_geotiff
+
+Progress = Callable[[int, int, dict], None]
+CSV_FIELDS = ("strategy", "seed", "round", "n_reviewed", "fraction", "n_positive", "iou", "dice", "precision",
+              "recall", "object_f1", "train_s", "rank_s")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """How to simulate. ``dclabel simulate`` flags map onto these fields.
+
+    Attributes:
+        strategies: Ranking strategies to compare (keys of ``loop.ranking_scores.STRATEGIES``).
+        rounds: Label-and-retrain rounds per strategy and seed.
+        batch: Chips the oracle labels per round.
+        seeds: Number of seeds (0, 1, ...): initial pick, training and random ranking.
+        chip_size: Chip side in pixels.
+        holdout_fraction: Right-hand share of the scene kept for evaluation only.
+        epochs: Training epochs per round.
+        full_epochs: Epochs of the full-label reference model (default ``3 * epochs``).
+        base_channels: U-Net width.
+        depth: U-Net levels.
+        dropout: Dropout (> 0 so ``bald`` has MC samples).
+        lr: Learning rate.
+        batch_size: Chips per training step.
+        warm_start: Start each round from the previous round's model.
+        full_label: Also train on every pool chip for the reference line.
+        min_object_px: Predicted objects under this size are ignored by object F1.
+        threads: Torch CPU threads.
+    """
+
+    strategies: tuple[str, ...] = ("random", "entropy", "tta", "bald")
+    rounds: int = 5
+    batch: int = 8
+    seeds: int = 3
+    chip_size: int = 256
+    holdout_fraction: float = 0.25
+    epochs: int = 3
+    full_epochs: int | None = None
+    base_channels: int = 16
+    depth: int = 4
+    dropout: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 8
+    warm_start: bool = True
+    full_label: bool = True
+    min_object_px: int = 100
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.batch < 1 or self.seeds < 1 or self.epochs < 1:
+            raise ValueError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
+        if not 0.05 <= self.holdout_fraction <= 0.5:
+            raise ValueError(f"SimulationConfig.holdout_fraction must be in 0.05..0.5, got {self.holdout_fraction}")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The evaluation region: pixels, true mask and true object labels."""
+
+    image: np.ndarray  # uint8 (4, H, W)
+    labels: np.ndarray  # int32 (H, W): 0 background, i = i-th true data center
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.labels > 0
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What :func:`run_simulation` produced."""
+
+    rows: list[dict]
+    full_label: dict | None
+    summary: dict
+    csv_path: Path
+    png_path: Path
+
+
+def split_scene(scene: SceneInfo, truth, work_dir: Path, holdout_fraction: float, chip_size: int) -> tuple[Path, Holdout]:
+    """Write the pool (left) part of a scene as a GeoTIFF and read the held-out right part.
+
+    The split column is a multiple of ``chip_size`` so pool chips never reach into the holdout.
+    """
+    split = int(round(scene.width * (1 - holdout_fraction) / chip_size)) * chip_size
+    split = min(max(split, chip_size), scene.width - chip_size)
+    pool_win, hold_win = Window(0, 0, split, scene.height), Window(split, 0, scene.width - split, scene.height)
+    with rasterio.open(scene.path) as src:
+        pool = read_window(scene, pool_win, src)
+        hold = read_window(scene, hold_win, src)
+    pool_tif = write_geotiff(work_dir / "pool.tif", pool, scene.crs, scene.transform)
+    hold_transform = rasterio.windows.transform(hold_win, scene.transform)
+    positives = [g for g, c in zip(truth.geometry, truth["class"], strict=True) if c == "datacenter"]
+    shape = (hold.shape[1], hold.shape[2])
+    labels = (rasterize(((g, i + 1) for i, g in enumerate(positives)), out_shape=shape, transform=hold_transform,
+                        fill=0, dtype="int32") if positives else np.zeros(shape, np.int32))
+    return pool_tif, Holdout(hold, labels)
+
+
+def evaluate(ckpt: Checkpoint, holdout: Holdout, chip_size: int, min_object_px: int = 100) -> dict[str, float]:
+    """Pixel metrics and object F1 of a model over the held-out region (tiled, edges covered)."""
+    from model.inference import predict_tiles
+    from model.metrics import object_f1, pixel_metrics
+    from model.scene import chip_windows
+
+    model = build_model(ckpt, "cpu")
+    _, h, w = holdout.image.shape
+    prob = np.zeros((h, w), np.float32)
+    pad = np.zeros((holdout.image.shape[0], max(h, chip_size), max(w, chip_size)), np.uint8)
+    pad[:, :h, :w] = holdout.image
+    windows = chip_windows(w, h, chip_size)
+    for b in range(0, len(windows), 8):
+        batch = windows[b : b + 8]
+        tiles = np.stack([pad[:, int(x.row_off) : int(x.row_off) + chip_size, int(x.col_off) : int(x.col_off) + chip_size]
+                          for x in batch])
+        for win, p in zip(batch, predict_tiles(model, ckpt.normalization, tiles, "cpu"), strict=True):
+            r, c = int(win.row_off), int(win.col_off)
+            prob[r : r + chip_size, c : c + chip_size] = p[: h - r, : w - c]
+    pred = prob >= 0.5
+    out = pixel_metrics(pred, holdout.mask)
+    out["object_f1"] = object_f1(pred, holdout.labels, min_size=min_object_px)["f1"]
+    return out
+
+
+class Oracle:
+    """Plays the reviewer: marks chips reviewed and adds the true footprints touching them."""
+
+    def __init__(self, project, truth) -> None:
+        from shapely.geometry import box
+
+        self.project = project
+        self.scene = project.scenes[0]
+        left, bottom, right, top = self.scene.bounds
+        region = box(left, bottom, right, top)
+        self._truth = [(g, c) for g, c in zip(truth.geometry, truth["class"], strict=True) if g.intersects(region)]
+        self._added: set[int] = set()
+
+    def review(self, windows: Sequence[Window]) -> None:
+        """Label these chips of the pool scene."""
+        from shapely.geometry import box
+
+        store = self.project.labels
+        for window in windows:
+            left, bottom, right, top = rasterio.windows.bounds(window, self.scene.transform)
+            chip = box(left, bottom, right, top)
+            for i, (geom, cls) in enumerate(self._truth):
+                if i not in self._added and geom.intersects(chip) and geom.intersection(chip).area > 0:
+                    store.add_footprint(self.scene.scene_id, geom, cls, source="imported")
+                    self._added.add(i)
+            store.mark_reviewed(self.scene.scene_id, window)
+
+
+def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None, cancel) -> Checkpoint:
+    from loop.project import reviewed_training_chips
+    from loop.retrain_worker import split_train_val
+    from model.train import TrainConfig, fit
+
+    chips = reviewed_training_chips(project)
+    train, val = split_train_val(chips, 0.2)
+    tc = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                     base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
+                     accelerator="cpu")
+    return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc,
+               init=init if config.warm_start else None, cancel=cancel)
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if callable(is_set) else cancel())
+
+
+def run_simulation(
+    image: str | os.PathLike,
+    truth: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: SimulationConfig = SimulationConfig(),
+    progress: Progress | None = None,
+    cancel: Any = None,
+) -> SimulationResult:
+    """Run every strategy for every seed; write ``simulation.csv``, ``learning_curve.png``.
+
+    Args:
+        image: Scene GeoTIFF.
+        truth: Ground-truth footprints (any vector format and CRS; ``class`` column).
+        output_dir: Where the CSV, PNG and the per-run projects go.
+        config: Simulation settings.
+        progress: ``progress(done, total, info)`` after each round (info: strategy, seed, round, iou).
+        cancel: Callable or Event; checked between rounds (raises :class:`Cancelled`).
+
+    Returns:
+        Rows, full-label scores, label-efficiency summary and output paths.
+    """
+    import torch
+
+    from loop.project import Project, positive_reviewed_count
+    from model.masks import load_footprints
+
+    torch.set_num_threads(max(1, config.threads))
+    out = Path(output_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    scene = open_scene(image)
+    gt = load_footprints(truth).to_crs(scene.crs)
+    pool_tif, holdout = split_scene(scene, gt, out, config.holdout_fraction, config.chip_size)
+    pool = open_scene(pool_tif)
+    n_pool = len(_pool_windows(pool, config.chip_size))
+    rows: list[dict] = []
+    total = len(config.strategies) * config.seeds * config.rounds + int(config.full_label)
+    done = 0
+    full = None
+    if config.full_label:
+        full = _full_label(pool, gt, holdout, config, cancel)
+        rows.append({"strategy": "full", "seed": 0, "round": 0, "n_reviewed": n_pool, "fraction": 1.0, **full})
+        done += 1
+        if progress:
+            progress(done, total, {"strategy": "full", "iou": full["iou"]})
+    for seed in range(config.seeds):
+        initial = _initial_pick(pool, config, seed)
+        for strategy in config.strategies:
+            project = Project.create(out / "runs" / f"{strategy}-s{seed}", images=[pool_tif], chip_size=config.chip_size)
+            oracle = Oracle(project, gt)
+            ckpt: Checkpoint | None = None
+            pick, rank_s = initial, 0.0
+            for rnd in range(1, config.rounds + 1):
+                if _is_cancelled(cancel):
+                    raise Cancelled(f"simulation cancelled after {done} of {total} rounds.")
+                oracle.review(pick)
+                t0 = time.perf_counter()
+                ckpt = _train(project, config, seed, ckpt, cancel)
+                train_s = time.perf_counter() - t0
+                scores = evaluate(ckpt, holdout, config.chip_size, config.min_object_px)
+                n_rev, n_pos = positive_reviewed_count(project)
+                rows.append({"strategy": strategy, "seed": seed, "round": rnd, "n_reviewed": n_rev,
+                             "fraction": n_rev / n_pool, "n_positive": n_pos, **scores,
+                             "train_s": round(train_s, 2), "rank_s": round(rank_s, 2)})
+                done += 1
+                if progress:
+                    progress(done, total, {"strategy": strategy, "seed": seed, "round": rnd, "iou": scores["iou"],
+                                           "n_reviewed": n_rev})
+                if rnd < config.rounds:
+                    t0 = time.perf_counter()
+                    queue = rank_chips(project, strategy, top=config.batch, checkpoint=ckpt, seed=seed,
+                                       device="cpu", cancel=cancel)
+                    pick, rank_s = [q.window for q in queue], time.perf_counter() - t0
+            project.labels.close()
+    csv_path = write_csv(rows, out / "simulation.csv")
+    summary = label_efficiency(rows, full["iou"] if full else None, n_pool)
+    png_path = plot_learning_curves(rows, full, out / "learning_curve.png", summary)
+    return SimulationResult(rows, full, summary, csv_path, png_path)
+
+
+def _pool_windows(pool: SceneInfo, chip_size: int) -> list[Window]:
+    from model.scene import chip_windows
+
+    return chip_windows(pool.width, pool.height, chip_size)
+
+
+def _initial_pick(pool: SceneInfo, config: SimulationConfig, seed: int) -> list[Window]:
+    windows = _pool_windows(pool, config.chip_size)
+    idx = np.random.default_rng(1000 + seed).permutation(len(windows))[: config.batch]
+    return [windows[i] for i in sorted(idx)]
+
+
+def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig, cancel) -> dict:
+    """Train on every pool chip with its true mask: the reference the strategies chase."""
+    from model.masks import rasterize_footprints
+    from model.scene import read_chip
+    from model.train import TrainConfig, fit
+
+    positives = [g for g, c in zip(gt.geometry, gt["class"], strict=True) if c == "datacenter"]
+    pairs = []
+    with rasterio.open(pool.path) as src:
+        for w in _pool_windows(pool, config.chip_size):
+            chip = read_chip(pool, w, src)
+            shape = (int(w.height), int(w.width))
+            pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
+    t0 = time.perf_counter()
+    tc = TrainConfig(epochs=config.full_epochs or 3 * config.epochs, batch_size=config.batch_size, lr=config.lr,
+                     base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=0,
+                     accelerator="cpu")
+    ckpt = fit(pairs, [], tc, cancel=cancel)
+    scores = evaluate(ckpt, holdout, config.chip_size, config.min_object_px)
+    n_pos = sum(int(m.any()) for _, m in pairs)
+    return {**scores, "n_positive": n_pos, "train_s": round(time.perf_counter() - t0, 2), "rank_s": 0.0}
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Write the rows atomically (temporary file, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.part")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)
+    return path
+
+
+def _curves(rows: list[dict], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per strategy: (mean fraction, mean metric, std metric) by round, over seeds."""
+    out = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows if r["strategy"] != "full"):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        rounds = sorted({r["round"] for r in mine})
+        frac = np.array([np.mean([r["fraction"] for r in mine if r["round"] == k]) for k in rounds])
+        vals = [[r[metric] for r in mine if r["round"] == k] for k in rounds]
+        out[strategy] = (frac, np.array([np.mean(v) for v in vals]), np.array([np.std(v) for v in vals]))
+    return out
+
+
+def label_efficiency(rows: list[dict], full_iou: float | None, n_pool: int, budget: float = 0.10) -> dict:
+    """Label-efficiency figures of a simulation.
+
+    Args:
+        rows: Rows of :func:`run_simulation`.
+        full_iou: Holdout IoU of the full-label model (None: no fraction-to-95% figures).
+        n_pool: Chips in the pool.
+        budget: Labelling budget (fraction of pool chips) for the comparison with random.
+
+    Returns:
+        ``per_strategy``: {strategy: ``fraction_to_95`` (mean fraction of chips at the first round whose
+        mean IoU reaches 95% of full-label IoU, or None), ``iou_at_budget`` (mean IoU interpolated at
+        ``budget``; clamped to the nearest round outside the simulated range), ``final_iou``};
+        ``best`` (fewest chips to 95%, then highest mean IoU), ``best_fraction_to_95`` and
+        ``best_minus_random_at_budget``.
+    """
+    curves = _curves(rows, "iou")
+    per: dict[str, dict] = {}
+    for s, (frac, mean, _) in curves.items():
+        reach = None
+        if full_iou is not None:
+            hit = np.nonzero(mean >= 0.95 * full_iou)[0]
+            reach = float(frac[hit[0]]) if hit.size else None
+        per[s] = {"fraction_to_95": reach, "iou_at_budget": float(np.interp(budget, frac, mean)),
+                  "final_iou": float(mean[-1]), "mean_iou": float(mean.mean()),
+                  "budget_in_range": bool(frac[0] <= budget <= frac[-1])}
+    best = min(per, key=lambda s: (per[s]["fraction_to_95"] if per[s]["fraction_to_95"] is not None else 2.0,
+                                   -per[s]["mean_iou"])) if per else None
+    summary = {"full_iou": full_iou, "n_pool": n_pool, "budget": budget, "per_strategy": per, "best": best,
+               "best_fraction_to_95": per[best]["fraction_to_95"] if best else None,
+               "best_minus_random_at_budget": None}
+    if best and "random" in per:
+        summary["best_minus_random_at_budget"] = per[best]["iou_at_budget"] - per["random"]["iou_at_budget"]
+    return summary
+
+
+def plot_learning_curves(rows: list[dict], full: dict | None, path: Path, summary: dict | None = None) -> Path:
+    """Pixel IoU and object F1 against reviewed chips: mean +- std over seeds, full-label line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    n_pool = (summary or {}).get("n_pool") or 1
+    for ax, metric, title in ((axes[0], "iou", "holdout pixel IoU"), (axes[1], "object_f1", "holdout object F1")):
+        for strategy, (frac, mean, std) in _curves(rows, metric).items():
+            x = frac * n_pool
+            (line,) = ax.plot(x, mean, marker="o", label=strategy)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        if full is not None:
+            ax.axhline(full[metric], color="black", linestyle="--", label="all pool chips labelled")
+        ax.set_xlabel(f"reviewed chips (pool: {n_pool})")
+        ax.set_ylabel(title)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("dclabel active learning: mean +- std over seeds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def config_dict(config: SimulationConfig) -> dict:
+    """The config as plain data (for logs and bench output)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+__all__ = ["SimulationConfig", "SimulationResult", "Holdout", "Oracle", "run_simulation", "evaluate",
+           "split_scene", "write_csv", "label_efficiency", "plot_learning_curves"]
