@@ -1,0 +1,119 @@
+"""Chips and masks on disk: the seed's ``create_masks.py`` and a scene-to-chips writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from tqdm import tqdm
+
+from model.errors import LabelError, SceneError
+from model.masks import load_footprints, rasterize_footprints
+from model.scene import SceneInfo, chip_windows, read_chip, write_geotiff
+
+
+def _tifs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise SceneError(f"{folder}: no such folder. Expected a folder of chip GeoTIFFs.")
+    tifs = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    if not tifs:
+        raise SceneError(f"{folder}: holds no .tif files.")
+    return tifs
+
+
+def create_masks(
+    chips_dir: str | os.PathLike,
+    geojson: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    buffer: float = 0.0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Rasterize data-center footprints onto the grid of every chip in ``chips_dir``.
+
+    Footprints may be in any CRS (reprojected per chip); hard-negative classes are background;
+    invalid polygons are repaired. A mask of the same name is written to ``output_dir``.
+
+    Returns:
+        ``{"chips": n, "with_positives": k}``.
+
+    Raises:
+        LabelError: The labels hold no data-center polygon, or none overlaps any chip.
+    """
+    footprints = load_footprints(geojson)
+    positives = footprints[footprints["class"] == "datacenter"]
+    if positives.empty:
+        raise LabelError(f"{geojson}: holds no data-center polygons (class 'datacenter' or label true).")
+    out = Path(output_dir)
+    counts = {"chips": 0, "with_positives": 0}
+    by_crs: dict[str, gpd.GeoDataFrame] = {}
+    for chip in tqdm(_tifs(Path(chips_dir)), desc="masks", unit="chip", disable=not progress):
+        with rasterio.open(chip) as src:
+            if src.crs is None:
+                raise SceneError(f"{chip}: the chip has no CRS, so labels cannot be placed on it.")
+            key = src.crs.to_string()
+            if key not in by_crs:
+                by_crs[key] = positives.to_crs(src.crs)
+            local = by_crs[key]
+            hits = local.iloc[local.sindex.query(_bbox(src.bounds))] if len(local) else local
+            mask = rasterize_footprints(hits.geometry.values, None, src.crs, src.transform,
+                                        (src.height, src.width), buffer)
+            write_geotiff(out / chip.name, mask, src.crs, src.transform)
+        counts["chips"] += 1
+        counts["with_positives"] += int(mask.any())
+    if counts["with_positives"] == 0:
+        raise LabelError(
+            f"{geojson}: no data-center polygon overlaps any of the {counts['chips']} chips in {chips_dir}; "
+            "check that labels and chips cover the same place. Masks (all empty) were written."
+        )
+    return counts
+
+
+def _bbox(bounds):
+    from shapely.geometry import box
+
+    return box(*bounds)
+
+
+def write_chips(
+    scene: SceneInfo,
+    footprints: gpd.GeoDataFrame,
+    out_dir: str | os.PathLike,
+    size: int = 256,
+    only_labeled: bool = False,
+    buffer: float = 0.0,
+) -> list[Path]:
+    """Cut a scene and its footprints into ``size`` chips: ``out_dir/chips`` and ``out_dir/masks``.
+
+    Args:
+        scene: The scene.
+        footprints: Polygons (any CRS) with a ``class`` column; ``datacenter`` is positive.
+        out_dir: Output folder.
+        size: Chip side in pixels.
+        only_labeled: Write only chips that touch a footprint of any class.
+        buffer: Grow positives by this many metres.
+
+    Returns:
+        Paths of the chips written.
+    """
+    out = Path(out_dir)
+    local = footprints.to_crs(scene.crs)
+    pos = local[local["class"] == "datacenter"]
+    written = []
+    with rasterio.open(scene.path) as src:
+        for win in chip_windows(scene.width, scene.height, size):
+            chip = read_chip(scene, win, src)
+            bounds = rasterio.windows.bounds(win, scene.transform)
+            touching = local.sindex.query(_bbox(bounds))
+            if only_labeled and len(touching) == 0:
+                continue
+            hits = pos.iloc[pos.sindex.query(_bbox(bounds))]
+            mask = rasterize_footprints(hits.geometry.values, None, scene.crs, chip.transform,
+                                        (size, size), buffer)
+            name = f"{scene.scene_id}_r{int(win.row_off)}_c{int(win.col_off)}.tif"
+            write_geotiff(out / "chips" / name, chip.image, scene.crs, chip.transform)
+            write_geotiff(out / "masks" / name, mask.astype(np.uint8), scene.crs, chip.transform)
+            written.append(out / "chips" / name)
+    return written

@@ -1,0 +1,172 @@
+"""Learner sub-commands with the seed scripts' flag names: create-masks, train, detect, batch-detect."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from tqdm import tqdm
+
+from model.detect import DetectConfig, batch_detect, detect_scene
+from model.train import TrainConfig
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--bands takes 1-based indexes like 1,2,3,4; got {text!r}") from exc
+    if len(bands) != 4:
+        raise argparse.ArgumentTypeError(f"--bands needs 4 indexes (R,G,B,NIR), got {text!r}")
+    return bands
+
+
+class TqdmProgress:
+    """A ``progress(done, total, info)`` callback drawing a tqdm bar."""
+
+    def __init__(self, desc: str, unit: str) -> None:
+        self.desc, self.unit = desc, unit
+        self.bar: tqdm | None = None  # created on the first update, so an early error prints no bar
+
+    def __call__(self, done: int, total: int, info: dict) -> None:
+        if self.bar is None:
+            self.bar = tqdm(desc=self.desc, unit=self.unit, total=total, dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.n = done
+        shown = {k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in info.items() if k != "event"}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_detect_flags(p: argparse.ArgumentParser) -> None:
+    d = DetectConfig()
+    p.add_argument("--checkpoint", required=True, type=Path, help="trained model (.pt)")
+    p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile side in px (default 256)")
+    p.add_argument("--overlap", type=int, default=d.overlap, help="tile overlap in px (default 32)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="tiles per forward pass")
+    p.add_argument("--threshold", type=float, default=d.threshold, help="probability threshold")
+    p.add_argument("--min-area", type=float, default=d.min_area, help="drop footprints under this many px")
+    p.add_argument("--merge-distance", type=float, default=d.merge_distance, help="merge within metres")
+    p.add_argument("--simplify", type=float, default=d.simplify, help="simplify tolerance in metres")
+    p.add_argument("--device", default=None, help="torch device (default: GPU when present, else CPU)")
+    p.add_argument("--bands", type=_bands, default=None, help="source bands as R,G,B,NIR, e.g. 3,2,1,4")
+
+
+def _detect_config(a: argparse.Namespace) -> DetectConfig:
+    return DetectConfig(**{f.name: getattr(a, f.name) for f in fields(DetectConfig)})
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the learner's sub-commands to the ``dclabel`` parser."""
+    p = sub.add_parser("create-masks", help="rasterize footprint polygons onto chip grids")
+    p.add_argument("--chips-dir", required=True, type=Path)
+    p.add_argument("--geojson", required=True, type=Path, help="footprints, any CRS")
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--buffer", type=float, default=0.0, help="grow footprints by metres")
+    p.set_defaults(func=_create_masks)
+
+    t = TrainConfig()
+    p = sub.add_parser("train", help="train the U-Net on chip and mask folders")
+    p.add_argument("--chips-dir", required=True, type=Path)
+    p.add_argument("--masks-dir", required=True, type=Path)
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--batch-size", type=int, default=t.batch_size)
+    p.add_argument("--epochs", type=int, default=t.epochs)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--loss", choices=["dice_bce", "focal_dice", "ce"], default=t.loss)
+    p.add_argument("--pos-weight", type=float, default=t.pos_weight)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--base-channels", type=int, default=t.base_channels)
+    p.add_argument("--depth", type=int, default=t.depth)
+    p.add_argument("--dropout", type=float, default=t.dropout)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--max-time", dest="max_time_s", type=float, default=None, help="seconds")
+    p.add_argument("--accelerator", default=t.accelerator, help="auto (GPU when present), cpu, gpu")
+    p.add_argument("--devices", default=t.devices, help="device count or 'auto'")
+    p.add_argument("--num-nodes", type=int, default=t.num_nodes)
+    p.add_argument("--strategy", default=t.strategy, help="auto, ddp, ...")
+    p.add_argument("--num-workers", type=int, default=t.num_workers)
+    p.add_argument("--init", type=Path, default=None, help="warm start from this checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("detect", help="detect data centers over a scene")
+    p.add_argument("--image", required=True, type=Path, help="4-band GeoTIFF scene")
+    p.add_argument("--output-geojson", type=Path, help="polygons, EPSG:4326")
+    p.add_argument("--output-gpkg", type=Path, help="polygons, scene CRS")
+    p.add_argument("--output-csv", type=Path, help="centroids, area, confidence")
+    p.add_argument("--output-mask", type=Path, help="0/1 GeoTIFF mask")
+    p.add_argument("--output-prob", type=Path, help="probability GeoTIFF (p*255)")
+    _add_detect_flags(p)
+    p.set_defaults(func=_detect)
+
+    p = sub.add_parser("batch-detect", help="detect over many scenes")
+    p.add_argument("--input-dir", type=Path, help="folder of GeoTIFF scenes")
+    p.add_argument("--images", type=Path, nargs="*", default=[], help="scene files")
+    p.add_argument("--output-dir", required=True, type=Path)
+    p.add_argument("--output-mask", action="store_true", help="also write a mask per scene")
+    _add_detect_flags(p)
+    p.set_defaults(func=_batch_detect)
+
+
+def _create_masks(a: argparse.Namespace) -> int:
+    from model.chips import create_masks
+
+    counts = create_masks(a.chips_dir, a.geojson, a.output_dir, a.buffer)
+    print(f"wrote {counts['chips']} masks ({counts['with_positives']} with data centers) to {a.output_dir}")
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    from model.checkpoint import load_checkpoint
+    from model.train import train_from_folders
+
+    devices = int(a.devices) if str(a.devices).isdigit() else a.devices
+    cfg = TrainConfig(
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, loss=a.loss, pos_weight=a.pos_weight,
+        augment=a.augment, base_channels=a.base_channels, depth=a.depth, dropout=a.dropout, seed=a.seed,
+        accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes, strategy=a.strategy,
+        max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers,
+    )
+    init = load_checkpoint(a.init) if a.init else None
+    path = train_from_folders(a.chips_dir, a.masks_dir, a.output_dir, cfg, a.val_fraction, init)
+    from model.checkpoint import load_checkpoint as _load
+
+    m = _load(path).metrics
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+    print(f"best checkpoint: {path} ({shown}); metrics log: {a.output_dir / 'logs' / 'metrics.csv'}")
+    return 0
+
+
+def _detect(a: argparse.Namespace) -> int:
+    outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
+    if not any(outputs):
+        raise SystemExit("dclabel detect: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
+    bar = TqdmProgress("detect", "tile")
+    try:
+        table = detect_scene(a.checkpoint, a.image, _detect_config(a), a.output_geojson, a.output_gpkg,
+                             a.output_csv, a.output_mask, a.output_prob, progress=bar)
+    finally:
+        bar.close()
+    print(f"{len(table)} data-center footprints; wrote {', '.join(str(o) for o in outputs if o)}")
+    return 0
+
+
+def _batch_detect(a: argparse.Namespace) -> int:
+    images = list(a.images)
+    if a.input_dir:
+        images += sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    if not images:
+        raise SystemExit("dclabel batch-detect: no scenes; give --input-dir or --images")
+    bar = TqdmProgress("batch-detect", "scene")
+    try:
+        table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)
+    finally:
+        bar.close()
+    print(f"{len(table)} footprints over {len(images)} scenes; see {a.output_dir / 'all_detections.geojson'}")
+    return 0

@@ -1,0 +1,116 @@
+"""Datasets and augmentation. Datasets only read and return ``{"image", "mask"}`` dicts.
+
+Images stay in raw uint8 units (as float32 0..255); the model normalises them with the
+per-band statistics stored in its checkpoint, so training and inference share one path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from torch.utils.data import Dataset
+
+from model.checkpoint import Normalization
+from model.errors import LabelError, SceneError
+
+ChipPair = tuple[np.ndarray, np.ndarray]  # (image uint8 (C,H,W), mask uint8 (H,W))
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 dihedral transforms (rotations by 90 degrees, then a flip) of (..., H, W)."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def dihedral_inverse(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Undo :func:`dihedral` with the same ``k``."""
+    if k >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, -(k % 4), dims=(-2, -1))
+
+
+def compute_normalization(images: Sequence[np.ndarray], max_images: int = 512) -> Normalization:
+    """Per-band mean and std over (a sample of) uint8 (C, H, W) images."""
+    if len(images) == 0:
+        raise LabelError("cannot compute band statistics: no training images were given.")
+    idx = np.linspace(0, len(images) - 1, min(len(images), max_images)).astype(int)
+    total = total_sq = 0.0
+    count = 0
+    for i in idx:
+        img = np.asarray(images[i], dtype=np.float64)
+        total = total + img.sum(axis=(1, 2))
+        total_sq = total_sq + (img**2).sum(axis=(1, 2))
+        count += img.shape[1] * img.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1.0))
+    return Normalization(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+class ChipDataset(Dataset):
+    """Chips and masks held by (or lazily read through) a sequence of ``(image, mask)`` pairs.
+
+    Args:
+        pairs: Sequence of (uint8 (C,H,W), uint8 (H,W)); may be lazy (see :class:`ChipFolder`).
+        augment: Random dihedral transform and per-band brightness/contrast jitter.
+        seed: Seed of the augmentation generator.
+    """
+
+    def __init__(self, pairs: Sequence[ChipPair], augment: bool = False, seed: int = 0) -> None:
+        self.pairs = pairs
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        image, mask = self.pairs[i]
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        if self.augment:
+            k = int(self.rng.integers(8))
+            x, y = dihedral(x, k), dihedral(y, k)
+            gain = torch.from_numpy(self.rng.uniform(0.85, 1.15, (x.shape[0], 1, 1)).astype(np.float32))
+            offset = torch.from_numpy(self.rng.uniform(-12, 12, (x.shape[0], 1, 1)).astype(np.float32))
+            mean = x.mean(dim=(1, 2), keepdim=True)
+            x = ((x - mean) * gain + mean + offset).clamp(0, 255)
+        return {"image": x.contiguous(), "mask": y.contiguous()}
+
+
+class ChipFolder(Sequence):
+    """Lazy ``(image, mask)`` pairs from the seed's layout: ``chips/NAME.tif`` + ``masks/NAME.tif``.
+
+    A chip without a mask file raises :class:`LabelError` naming both folders.
+    """
+
+    def __init__(self, chips_dir: str | os.PathLike, masks_dir: str | os.PathLike, bands=(1, 2, 3, 4)):
+        self.chips_dir, self.masks_dir = Path(chips_dir), Path(masks_dir)
+        if not self.chips_dir.is_dir():
+            raise SceneError(f"{self.chips_dir}: no such folder. Expected a folder of chip GeoTIFFs.")
+        self.chips = sorted(p for p in self.chips_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        if not self.chips:
+            raise SceneError(f"{self.chips_dir}: holds no .tif chips.")
+        missing = [p.name for p in self.chips if not (self.masks_dir / p.name).exists()]
+        if missing:
+            raise LabelError(
+                f"{self.masks_dir}: no mask for {len(missing)} chip(s) of {self.chips_dir} "
+                f"(first: {missing[0]}). Run `dclabel create-masks` first."
+            )
+        self.bands = tuple(bands)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        with rasterio.open(self.chips[i]) as src:
+            if src.count < len(self.bands):
+                raise SceneError(f"{self.chips[i]}: expected {len(self.bands)} bands, found {src.count}.")
+            image = src.read(list(self.bands))
+        with rasterio.open(self.masks_dir / self.chips[i].name) as src:
+            mask = (src.read(1) > 0).astype(np.uint8)
+        return image.astype(np.uint8), mask

@@ -1,0 +1,97 @@
+"""Detection outputs: GeoJSON (EPSG:4326, RFC 7946), GeoPackage (scene CRS), CSV, mask GeoTIFF.
+
+Every file is written under a temporary name in its folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from model.predict_scene import PROB_SCALE
+
+COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
+
+
+def detection_table(gdf: gpd.GeoDataFrame, model_version: str, scene_id: str | None = None) -> gpd.GeoDataFrame:
+    """Add ``id``, ``area_m2``, ``centroid_lat``, ``centroid_lon`` and ``model_version`` to detections.
+
+    Areas are computed in the scene CRS when it is projected in metres, otherwise in the local UTM
+    zone; centroids are taken in that metric CRS and then converted to lon/lat.
+    """
+    out = gdf.copy()
+    metric = out if out.crs is not None and out.crs.is_projected else out.to_crs(out.estimate_utm_crs())
+    centroids = metric.geometry.centroid.to_crs("EPSG:4326") if len(out) else gpd.GeoSeries([], crs="EPSG:4326")
+    unit = metric.crs.axis_info[0].unit_conversion_factor if len(out) else 1.0
+    out.insert(0, "id", np.arange(1, len(out) + 1))
+    out["area_m2"] = (metric.geometry.area * unit * unit).round(1).to_numpy()
+    out["centroid_lat"] = centroids.y.round(7).to_numpy()
+    out["centroid_lon"] = centroids.x.round(7).to_numpy()
+    if "mean_confidence" not in out:
+        out["mean_confidence"] = np.nan
+    out["mean_confidence"] = out["mean_confidence"].astype(float).round(4)
+    out["model_version"] = model_version
+    if scene_id is not None:
+        out["scene_id"] = scene_id
+    cols = COLUMNS + (["scene_id"] if scene_id is not None else [])
+    return out[cols + ["geometry"]]
+
+
+def _atomic(path: str | os.PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # OGR drivers refuse to overwrite an existing (empty) file
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_detections(
+    table: gpd.GeoDataFrame,
+    geojson: str | os.PathLike | None = None,
+    gpkg: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+    layer: str = "detections",
+) -> list[Path]:
+    """Write a :func:`detection_table` to the requested formats; returns the paths written."""
+    written = []
+    if geojson is not None:
+        wgs = table.to_crs("EPSG:4326")
+        name = Path(geojson).stem
+        written.append(_atomic(geojson, lambda p: wgs.to_file(p, driver="GeoJSON", engine="pyogrio", layer=name,
+                                                               layer_options={"RFC7946": "YES"})))
+    if gpkg is not None:
+        written.append(_atomic(gpkg, lambda p: table.to_file(p, driver="GPKG", layer=layer, engine="pyogrio")))
+    if csv is not None:
+        frame = table.drop(columns="geometry")
+        written.append(_atomic(csv, lambda p: frame.to_csv(p, index=False)))
+    return written
+
+
+def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, threshold: float = 0.5,
+               block_rows: int = 2048) -> Path:
+    """Threshold a probability GeoTIFF into a 0/1 uint8 mask GeoTIFF, block by block."""
+    cut = max(int(np.ceil(threshold * PROB_SCALE - 1e-9)), 1)
+
+    def write(tmp: str) -> None:
+        with rasterio.open(prob_path) as src:
+            profile = src.profile | {"dtype": "uint8", "nodata": None, "compress": "deflate"}
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for r in range(0, src.height, block_rows):
+                    win = Window(0, r, src.width, min(block_rows, src.height - r))
+                    dst.write((src.read(1, window=win) >= cut).astype(np.uint8)[None], window=win)
+                dst.update_tags(threshold=str(threshold), source=str(prob_path))
+
+    return _atomic(mask_path, write)

@@ -1,0 +1,107 @@
+"""Footprint polygons to masks on any pixel grid (the seed's ``create_masks.py``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from shapely.geometry.base import BaseGeometry
+
+from model.errors import LabelError
+
+POSITIVE_CLASSES = frozenset({"datacenter", "datacemter", "data_center", "data center"})
+CLASS_ALIASES = {"datacemter": "datacenter", "data_center": "datacenter", "data center": "datacenter"}
+
+
+def load_footprints(path: str | os.PathLike) -> gpd.GeoDataFrame:
+    """Read footprint polygons (any CRS, any OGR format) with a normalised ``class`` column.
+
+    Rows with ``class`` in :data:`POSITIVE_CLASSES` (or, without a class column, ``label`` true)
+    become ``datacenter``; other classes are kept as hard negatives. Invalid polygons are repaired
+    with ``make_valid`` and non-polygonal parts dropped.
+
+    Raises:
+        LabelError: Unreadable file, no CRS, or no polygons.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"{path}: no such labels file. Expected GeoJSON/GeoPackage footprints.")
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:
+        raise LabelError(f"{path}: cannot read it as vector data ({exc}).") from exc
+    if gdf.crs is None:
+        raise LabelError(f"{path}: the labels have no CRS; save them with one (GeoJSON is EPSG:4326).")
+    gdf = gdf[gdf.geometry.notna()].copy()
+    if "class" in gdf.columns:
+        cls = gdf["class"].astype(str).str.strip().str.lower().replace(CLASS_ALIASES)
+    elif "label" in gdf.columns:
+        cls = np.where(gdf["label"].astype(bool), "datacenter", "other")
+    else:
+        cls = "datacenter"
+    gdf["class"] = cls
+    gdf["geometry"] = polygonal(gdf.geometry.values)
+    gdf = gdf[~gdf.geometry.is_empty]
+    if gdf.empty:
+        raise LabelError(f"{path}: holds no polygons. Expected data-center footprint polygons.")
+    return gdf
+
+
+def polygonal(geoms: Iterable[BaseGeometry]) -> np.ndarray:
+    """Repair geometries with ``make_valid`` and keep only their polygonal parts."""
+    out = []
+    for g in shapely.make_valid(np.asarray(list(geoms), dtype=object)):
+        if g is None or g.is_empty:
+            out.append(shapely.Polygon())
+        elif g.geom_type in ("Polygon", "MultiPolygon"):
+            out.append(g)
+        else:
+            parts = [p for p in getattr(g, "geoms", [g]) if p.geom_type in ("Polygon", "MultiPolygon")]
+            out.append(shapely.union_all(parts) if parts else shapely.Polygon())
+    return np.asarray(out, dtype=object)
+
+
+def rasterize_footprints(
+    geoms: Iterable[BaseGeometry],
+    crs_of_geoms: CRS | str | None,
+    out_crs: CRS | str,
+    transform: Affine,
+    shape: tuple[int, int],
+    buffer_m: float = 0.0,
+) -> np.ndarray:
+    """Burn polygons onto a pixel grid as a uint8 mask (1 inside, 0 outside).
+
+    Args:
+        geoms: Polygons (invalid ones are repaired).
+        crs_of_geoms: CRS of ``geoms``; None means already in ``out_crs``.
+        out_crs: CRS of the grid.
+        transform: Affine transform of the grid.
+        shape: (height, width) of the grid.
+        buffer_m: Grow (or shrink, if negative) polygons by this many metres first.
+
+    Returns:
+        uint8 mask of ``shape``.
+    """
+    geoms = polygonal(geoms)
+    if crs_of_geoms is not None and CRS.from_user_input(crs_of_geoms) != CRS.from_user_input(out_crs):
+        geoms = gpd.GeoSeries(geoms, crs=crs_of_geoms).to_crs(out_crs).values
+    if buffer_m:
+        geoms = shapely.buffer(np.asarray(geoms, dtype=object), buffer_m / _metres_per_unit(out_crs))
+    geoms = [g for g in geoms if g is not None and not g.is_empty]
+    if not geoms:
+        return np.zeros(shape, np.uint8)
+    return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8")
+
+
+def _metres_per_unit(crs: CRS | str) -> float:
+    crs = CRS.from_user_input(crs)
+    if crs.is_geographic:
+        return 111_320.0  # degrees: approximate, only used for buffering
+    return float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0

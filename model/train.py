@@ -1,0 +1,269 @@
+"""Training entry point (no CLI parsing): in-memory or lazy chip pairs in, a :class:`Checkpoint` out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from model.checkpoint import Checkpoint, save_checkpoint
+from model.data import ChipDataset, ChipFolder, ChipPair, compute_normalization
+from model.errors import Cancelled, LabelError
+from model.task import SegmentationTask
+from model.unet import UNetConfig
+
+Progress = Callable[[int, int, dict], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. CLI flags of ``dclabel train`` map onto these fields one to one.
+
+    Attributes:
+        epochs: Passes over the training chips.
+        batch_size: Chips per step.
+        lr: AdamW learning rate (cosine-annealed over ``epochs``).
+        loss: ``dice_bce``, ``focal_dice`` or ``ce`` (the seed's plain cross-entropy).
+        pos_weight: BCE weight of data-center pixels (``dice_bce`` only).
+        augment: Dihedral flips/rotations and brightness/contrast jitter.
+        base_channels: U-Net width (the seed used 32).
+        depth: U-Net levels (the seed used 4).
+        dropout: Dropout before the head (enables MC-dropout uncertainty).
+        weight_decay: AdamW weight decay.
+        seed: Seed for initialisation, shuffling and augmentation.
+        accelerator: Lightning accelerator: ``auto`` (GPU when present), ``cpu``, ``gpu``, ``mps``.
+        devices: Lightning devices (count or ``auto``).
+        num_nodes: Lightning nodes.
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        max_time_s: Stop training after this many seconds (None = no limit).
+        log_dir: Folder for the CSV metrics log (None = no log).
+        progress_bar: Show Lightning's progress bar.
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    loss: Literal["dice_bce", "focal_dice", "ce"] = "dice_bce"
+    pos_weight: float = 1.0
+    augment: bool = True
+    base_channels: int = 32
+    depth: int = 4
+    dropout: float = 0.1
+    weight_decay: float = 1e-4
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    max_time_s: float | None = None
+    log_dir: Path | None = None
+    progress_bar: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+        if self.loss not in ("dice_bce", "focal_dice", "ce"):
+            raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
+
+
+class _Reporter(L.Callback):
+    """Forwards steps and epochs to ``progress``, stops on ``cancel``, keeps the best weights."""
+
+    def __init__(self, progress: Progress | None, cancel: CancelCheck | None, total_steps: int) -> None:
+        self.progress, self.cancel, self.total_steps = progress, cancel, total_steps
+        self.cancelled = False
+        self.best_score = -1.0
+        self.best_state: dict | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.history: list[dict] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.progress is not None:
+            loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+            self.progress(
+                trainer.global_step, self.total_steps, {"event": "step", "epoch": trainer.current_epoch, "loss": loss}
+            )
+        if self.cancel is not None and self.cancel():
+            self.cancelled = True
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        loss = trainer.callback_metrics.get("train_loss_epoch")
+        record = {"epoch": trainer.current_epoch + 1, "loss": float(loss) if loss is not None else float("nan"), **m}
+        self.history.append(record)
+        score = m.get("val_iou", -float(record["loss"]) if not m else -1.0)
+        if self.best_state is None or score > self.best_score:
+            self.best_score = score
+            self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+            self.best_metrics = {k.removeprefix("val_"): v for k, v in m.items()}
+            self.best_metrics["epoch"] = record["epoch"]
+        if self.progress is not None:
+            self.progress(record["epoch"], trainer.max_epochs, {"event": "epoch", **record})
+        if self.cancel is not None and self.cancel():
+            self.cancelled = True
+            trainer.should_stop = True
+
+
+def fit(
+    train: Sequence[ChipPair],
+    val: Sequence[ChipPair],
+    config: TrainConfig,
+    init: Checkpoint | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> Checkpoint:
+    """Train a U-Net and return the weights of its best validation epoch.
+
+    Args:
+        train: Training ``(image uint8 (4,H,W), mask uint8 (H,W))`` pairs; H and W multiples of 16.
+        val: Validation pairs (may be empty: then the last epoch is returned).
+        config: Training settings.
+        init: Warm start from this checkpoint (its model shape and normalisation are kept).
+        progress: ``progress(done, total, info)`` with ``info["event"]`` ``step`` or ``epoch``.
+        cancel: Returns True to stop; checked after every step.
+
+    Returns:
+        A checkpoint with ``metrics`` of the best validation epoch (``iou``, ``dice``, ``precision``,
+        ``recall``, ``object_f1``, ``loss``, ``epoch``) and ``parent`` set to ``init.version``.
+
+    Raises:
+        LabelError: No training chips.
+        Cancelled: ``cancel()`` returned True; nothing is returned or saved.
+    """
+    if len(train) == 0:
+        raise LabelError("no training chips: label or review some chips first.")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if not config.progress_bar:  # keep library callers' output clean ("GPU available: ..." lines)
+        for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if init is not None:
+        unet, norm = init.unet, init.normalization
+    else:
+        unet = UNetConfig(base_channels=config.base_channels, depth=config.depth, dropout=config.dropout)
+        norm = compute_normalization([train[i][0] for i in range(len(train))])
+    task = SegmentationTask(
+        unet=asdict(unet),
+        mean=norm.mean,
+        std=norm.std,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        loss=config.loss,
+        pos_weight=config.pos_weight,
+        max_epochs=config.epochs,
+    )
+    if init is not None:
+        task.model.load_state_dict(init.state_dict)
+    gen = torch.Generator().manual_seed(config.seed)
+    train_dl = DataLoader(
+        ChipDataset(train, augment=config.augment, seed=config.seed),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
+    )
+    val_dl = (
+        DataLoader(ChipDataset(val), batch_size=config.batch_size, num_workers=config.num_workers)
+        if len(val)
+        else None
+    )
+    reporter = _Reporter(progress, cancel, total_steps=len(train_dl) * config.epochs)
+    logger = CSVLogger(str(config.log_dir), name="", version="") if config.log_dir else False
+    trainer = L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        max_epochs=config.epochs,
+        max_time=timedelta(seconds=config.max_time_s) if config.max_time_s else None,
+        logger=logger,
+        callbacks=[reporter],
+        enable_checkpointing=False,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(10, len(train_dl))),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        trainer.fit(task, train_dl, val_dl)
+    if reporter.cancelled:
+        raise Cancelled("training was cancelled; no checkpoint was written.")
+    state = reporter.best_state or {k: v.detach().cpu() for k, v in task.model.state_dict().items()}
+    metrics = dict(reporter.best_metrics)
+    if "object_f1" not in metrics and "iou" in metrics:
+        metrics["object_f1"] = float("nan")
+    return Checkpoint(
+        state_dict=state,
+        unet=unet,
+        normalization=norm,
+        parent=init.version if init is not None else None,
+        metrics=metrics,
+        train={
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "train_chips": len(train),
+            "val_chips": len(val),
+            "epochs_run": len(reporter.history),
+        },
+    )
+
+
+def split_random(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The seed's random chip split: indexes of training and validation chips."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction)) if n > 1 else 0
+    n_val = min(max(n_val, 1 if n > 1 and val_fraction > 0 else 0), n - 1)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+class _Subset(Sequence):
+    def __init__(self, base: Sequence, idx: list[int]) -> None:
+        self.base, self.idx = base, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.base[self.idx[i]]
+
+
+def train_from_folders(
+    chips_dir: str | os.PathLike,
+    masks_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: TrainConfig,
+    val_fraction: float = 0.2,
+    init: Checkpoint | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Train on the seed's chip/mask folders; write ``best.pt`` and ``metrics.csv`` into ``output_dir``.
+
+    Returns:
+        Path of the best checkpoint.
+    """
+    pairs = ChipFolder(chips_dir, masks_dir)
+    tr, va = split_random(len(pairs), val_fraction, config.seed)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.log_dir is None:
+        config = TrainConfig(**{**asdict(config), "log_dir": out / "logs"})
+    ckpt = fit(_Subset(pairs, tr), _Subset(pairs, va), config, init=init, progress=progress)
+    ckpt.train["chips_dir"] = str(Path(chips_dir).resolve())
+    return save_checkpoint(ckpt, out / "best.pt")
