@@ -15,6 +15,7 @@ from model.errors import DclabelError
 # Modules that contribute sub-commands; each has ``register(subparsers)`` and sets ``func`` on its parsers.
 COMMAND_MODULES = [
     "model.cli",
+    "loop.cli_labels",
     "loop.cli_rank",
     "loop.cli_naip",
 ]

@@ -130,7 +130,8 @@ def import_geojson(
     scene_box = shapely.box(*scene.bounds)
     shapes: list[tuple] = []
     for geom, cls in zip(geoms, classes, strict=True):
-        clipped = shapely.intersection(shapely.make_valid(geom), scene_box)
+        geom = geom if geom.is_valid else shapely.make_valid(geom)
+        clipped = geom if scene_box.contains(geom) else shapely.intersection(geom, scene_box)
         polys = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area > 0]
         if polys:
             shapes.append((polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys), cls))

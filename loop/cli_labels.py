@@ -1,0 +1,116 @@
+"""``dclabel labels``: move footprint labels in and out of a project's label store.
+
+* ``dclabel labels import PROJECT --geojson F [--scene ID] [--no-reviewed]``
+* ``dclabel labels export PROJECT --output F [--scene ID]``
+* ``dclabel labels info PROJECT``
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from model.errors import LabelError
+
+
+def _open_project(root: str):
+    from loop.project import Project
+
+    return Project.open(root)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Import a GeoJSON into one scene, or into every scene of the project it overlaps."""
+    project = _open_project(args.project)
+    store = project.labels
+    scenes = [project.scene(args.scene)] if args.scene else project.scenes
+    if not scenes:
+        raise LabelError(
+            f"{args.project}: the project has no scenes to attach labels to; add one with "
+            f"`dclabel init {args.project} --image FILE` first."
+        )
+    errors: list[LabelError] = []
+    total = 0
+    for scene in scenes:
+        before = len(store.reviewed_chips(scene.scene_id))
+        try:
+            added = store.import_geojson(
+                args.geojson, scene, reviewed=not args.no_reviewed, chip_size=project.settings.chip_size
+            )
+        except LabelError as exc:
+            errors.append(exc)
+            continue
+        marked = len(store.reviewed_chips(scene.scene_id)) - before
+        total += added
+        print(f"{scene.scene_id}: {added} footprint(s) imported, {marked} chip(s) marked reviewed")
+    if len(errors) == len(scenes):
+        if len(errors) == 1:
+            raise errors[0]
+        detail = "\n  ".join(str(e) for e in errors)
+        raise LabelError(f"{args.geojson}: nothing imported into any of the {len(scenes)} scenes:\n  {detail}")
+    print(f"{total} footprint(s) imported into {args.project} (label store version {store.version})")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export active footprints as RFC 7946 GeoJSON."""
+    project = _open_project(args.project)
+    store = project.labels
+    if args.scene:
+        project.scene(args.scene)  # unknown ids fail with the project's own message
+    path = store.export_geojson(args.output, scene_id=args.scene)
+    n = len(store.footprints(args.scene))
+    print(f"{n} footprint(s) -> {path}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print footprint and reviewed-chip counts per scene."""
+    project = _open_project(args.project)
+    store = project.labels
+    print(f"{store.path}  (version {store.version})")
+    for scene_id in store.scene_ids():
+        fp = store.footprints(scene_id)
+        counts = fp["class"].value_counts().to_dict() if len(fp) else {}
+        chips = store.reviewed_chips(scene_id)
+        classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no footprints"
+        print(f"  {scene_id}: {classes}; {len(chips)} reviewed chip(s) ({sum(c.empty for c in chips)} empty)")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``labels`` sub-command with ``import``, ``export`` and ``info``."""
+    p = subparsers.add_parser(
+        "labels",
+        help="import, export or summarise footprint labels of a project",
+        description="Move footprint labels in and out of PROJECT/labels.gpkg.",
+    )
+    sub = p.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+
+    imp = sub.add_parser(
+        "import",
+        help="add the polygons of a GeoJSON (any CRS) that overlap the project's scenes",
+        description="Read polygons (class datacenter/warehouse/retail/other, or a boolean 'label'), "
+        "reproject them to each scene's CRS, clip them to the scene and add them with source "
+        "'imported'. The chips they touch are marked reviewed unless --no-reviewed.",
+    )
+    imp.add_argument("project", help="project folder")
+    imp.add_argument("--geojson", required=True, type=Path, help="footprint polygons (GeoJSON or any OGR vector file)")
+    imp.add_argument("--scene", default=None, help="only this scene id (default: every scene it overlaps)")
+    imp.add_argument("--no-reviewed", action="store_true", help="do not mark touched chips as reviewed")
+    imp.set_defaults(func=run_import)
+
+    exp = sub.add_parser(
+        "export",
+        help="write active footprints as RFC 7946 GeoJSON (EPSG:4326)",
+        description="Write the project's active footprints with fid, scene_id, class, label, source, "
+        "model_version, created and updated, atomically.",
+    )
+    exp.add_argument("project", help="project folder")
+    exp.add_argument("--output", "-o", required=True, type=Path, help="output .geojson")
+    exp.add_argument("--scene", default=None, help="only this scene id")
+    exp.set_defaults(func=run_export)
+
+    info = sub.add_parser("info", help="footprint and reviewed-chip counts per scene")
+    info.add_argument("project", help="project folder")
+    info.set_defaults(func=run_info)

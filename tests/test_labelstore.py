@@ -1,0 +1,356 @@
+"""Label store: GeoPackage validity (GDAL reads it), transactions, undo/redo, persistence, import/export."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import geopandas
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from affine import Affine
+from pyproj import Transformer
+from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from loop.errors import StoreError
+from loop.labelstore import LabelStore, ReviewedChip
+from model.errors import LabelError
+from model.scene import open_scene, write_geotiff
+
+ROOT = Path(__file__).resolve().parents[1]
+UTM18 = CRS.from_epsg(32618)
+UTM17 = CRS.from_epsg(32617)
+X0, Y0, RES = 300000.0, 4320000.0, 0.6  # scene origin in UTM 18N (northern Virginia)
+
+
+def _scene_tif(path: Path, width: int = 600, height: int = 500, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, size=(4, height, width), dtype=np.uint8)
+    return write_geotiff(path, img, UTM18, Affine(RES, 0, X0, 0, -RES, Y0))
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return open_scene(_scene_tif(tmp_path / "scene.tif"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = LabelStore(tmp_path / "labels.gpkg")
+    s.register_scene("a", UTM18)
+    yield s
+    s.close()
+
+
+def _box(dx: float, dy: float, w: float = 40.0, h: float = 30.0):
+    return shapely.box(X0 + dx, Y0 - dy - h, X0 + dx + w, Y0 - dy)
+
+
+def _to_multi(g):
+    return shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g
+
+
+def _write_geojson(path: Path, features: list[tuple], crs: str | None = "EPSG:4326") -> Path:
+    """features: (geometry in lon/lat or ``crs``, properties)."""
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(geom)}
+        for geom, props in features
+    ]}
+    if crs and crs != "EPSG:4326":
+        doc["crs"] = {"type": "name", "properties": {"name": crs}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _lonlat(x: float, y: float) -> tuple[float, float]:
+    return Transformer.from_crs(UTM18, "EPSG:4326", always_xy=True).transform(x, y)
+
+
+def _ll_box(x0, y0, x1, y1):
+    """A box given in UTM 18N corners, written as a lon/lat polygon (densified corners only)."""
+    pts = [_lonlat(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+    return shapely.Polygon(pts)
+
+
+# ----- GeoPackage format ---------------------------------------------------------------------------
+def test_gdal_reads_store_exactly(tmp_path):
+    path = tmp_path / "labels.gpkg"
+    store = LabelStore(path)
+    store.register_scene("a", UTM18)
+    store.register_scene("b", UTM17)
+    rng = np.random.default_rng(1)
+    shapes = {}
+    for i in range(5):
+        g = shapely.Polygon(X0 + rng.uniform(0, 300, (6, 2)) * [1, -1] + [0, 0]).convex_hull
+        g = shapely.affinity.translate(g, 0, Y0 - X0)  # second column becomes northing
+        shapes[store.add_footprint("a", g, cls=("datacenter", "warehouse")[i % 2])] = g
+    far = shapely.box(700000, 4100000, 700100, 4100080)
+    fb = store.add_footprint("b", far, cls="retail", source="imported", model_version="v3")
+    store.mark_reviewed("a", Window(256, 0, 256, 256), empty=True)
+    store.close()  # GDAL links its own SQLite: never read with it while a connection is open
+
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    assert header[68:72] == b"GPKG"
+    assert int.from_bytes(header[60:64], "big") == 10300
+    layers = dict(pyogrio.list_layers(path))
+    assert layers == {"footprints_32618": "MultiPolygon", "footprints_32617": "MultiPolygon",
+                      "reviewed_chips": None}
+    gdf = pyogrio.read_dataframe(path, layer="footprints_32618", fid_as_index=True)
+    assert gdf.crs.to_epsg() == 32618
+    assert sorted(gdf.index) == sorted(shapes)
+    for fid, geom in shapes.items():
+        assert shapely.equals_exact(gdf.geometry.loc[fid], _to_multi(geom), 0.0)
+        assert gdf.loc[fid, "status"] == "active" and gdf.loc[fid, "source"] == "manual"
+    other = geopandas.read_file(path, layer="footprints_32617", fid_as_index=True)
+    assert other.crs.to_epsg() == 32617 and list(other.index) == [fb]
+    assert shapely.equals_exact(other.geometry.iloc[0], _to_multi(far), 0.0)
+    assert other["model_version"].iloc[0] == "v3" and other["class"].iloc[0] == "retail"
+    chips = pyogrio.read_dataframe(path, layer="reviewed_chips", read_geometry=False)
+    assert chips[["col_off", "row_off", "width", "height"]].values.tolist() == [[256, 0, 256, 256]]
+    assert bool(chips["empty"].iloc[0]) is True
+    info = pyogrio.read_info(path, layer="footprints_32618")
+    assert info["features"] == 5 and info["geometry_type"] == "MultiPolygon"
+
+
+def test_invalid_polygon_repaired_and_bad_input_rejected(store):
+    bowtie = shapely.Polygon([(X0, Y0), (X0 + 10, Y0 - 10), (X0 + 10, Y0), (X0, Y0 - 10)])
+    assert not bowtie.is_valid
+    fid = store.add_footprint("a", bowtie)
+    geom = store.footprints("a").set_index("fid").geometry.loc[fid]
+    assert geom.is_valid and geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2
+    assert geom.area == pytest.approx(50.0)
+    with pytest.raises(LabelError, match="empty"):
+        store.add_footprint("a", shapely.Polygon())
+    with pytest.raises(LabelError, match="polygon"):
+        store.add_footprint("a", shapely.LineString([(X0, Y0), (X0 + 5, Y0)]))
+    with pytest.raises(LabelError, match="datacenter, warehouse"):
+        store.add_footprint("a", _box(0, 0), cls="parking")
+    with pytest.raises(LabelError, match="not registered"):
+        store.add_footprint("nope", _box(0, 0))
+    with pytest.raises(LabelError, match="no footprint with fid 999"):
+        store.update_footprint(999, cls="retail")
+    assert store.version == 1
+
+
+def test_not_a_store_is_refused(tmp_path):
+    other = tmp_path / "other.gpkg"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    with pytest.raises(StoreError, match="not a dclabel label store"):
+        LabelStore(other)
+    with pytest.raises(StoreError, match="no label store here"):
+        LabelStore(tmp_path / "missing.gpkg", read_only=True)
+
+
+# ----- transactions, persistence -------------------------------------------------------------------
+def test_each_edit_committed_before_return_and_failed_batch_rolls_back(store, tmp_path):
+    fid = store.add_footprint("a", _box(0, 0))
+    # A second connection (as a reader process would) sees the edit at once.
+    with closing(sqlite3.connect(tmp_path / "labels.gpkg")) as conn:
+        assert conn.execute("SELECT fid, status FROM footprints_32618").fetchall() == [(fid, "active")]
+        assert conn.execute("SELECT value FROM dclabel_meta WHERE key='version'").fetchone()[0] == "1"
+    with pytest.raises(RuntimeError, match="boom"), store.transaction():
+        store.add_footprint("a", _box(100, 0))
+        store.mark_reviewed("a", Window(0, 0, 256, 256))
+        raise RuntimeError("boom")
+    assert list(store.footprints("a")["fid"]) == [fid]
+    assert store.reviewed_chips() == [] and store.version == 1
+    with store.transaction():  # a batch is one version step and one undo step
+        store.add_footprint("a", _box(100, 0))
+        store.add_footprint("a", _box(200, 0))
+    assert store.version == 2 and len(store.footprints("a")) == 3
+    assert store.undo() and len(store.footprints("a")) == 1
+
+
+def test_reopen_keeps_everything(tmp_path):
+    path = tmp_path / "labels.gpkg"
+    with LabelStore(path) as s:
+        s.register_scene("a", UTM18)
+        f1 = s.add_footprint("a", _box(0, 0), cls="warehouse")
+        f2 = s.add_footprint("a", _box(100, 0))
+        s.delete_footprint(f2)
+        s.mark_reviewed("a", Window(0, 0, 256, 256), empty=True)
+        version = s.version
+    with LabelStore(path) as s:
+        assert s.version == version == 4
+        fp = s.footprints("a")
+        assert list(fp["fid"]) == [f1] and fp["class"].iloc[0] == "warehouse"
+        assert fp.crs.to_epsg() == 32618
+        assert [(c.window, c.empty) for c in s.reviewed_chips("a")] == [(Window(0, 0, 256, 256), True)]
+        assert s.undo() and s.undo()  # undo history survives a restart
+        assert set(s.footprints("a")["fid"]) == {f1, f2} and s.reviewed_chips() == []
+    with LabelStore(path, read_only=True) as reader:
+        assert set(reader.footprints("a")["fid"]) == {f1, f2}
+        with pytest.raises(StoreError, match="read-only"):
+            reader.add_footprint("a", _box(0, 0))
+
+
+# ----- undo / redo -----------------------------------------------------------------------------------
+def test_undo_redo_add_update_delete(store):
+    assert not store.undo() and not store.redo()
+    a = _box(0, 0)
+    fid = store.add_footprint("a", a)
+    b = _box(10, 10, 60, 50)
+    store.update_footprint(fid, geometry=b, cls="retail", source="proposal-edited")
+    store.delete_footprint(fid)
+    assert store.footprints("a").empty
+    assert store.footprints("a", include_deleted=True)["status"].tolist() == ["deleted"]
+    v = store.version
+
+    assert store.undo()  # undo delete: same fid, same shape
+    row = store.footprints("a").iloc[0]
+    assert row["fid"] == fid and row["class"] == "retail" and row.geometry.equals_exact(b, 0)
+    assert store.undo()  # undo update
+    row = store.footprints("a").iloc[0]
+    assert row["class"] == "datacenter" and row["source"] == "manual" and row.geometry.equals_exact(a, 0)
+    assert store.undo()  # undo add: gone entirely
+    assert store.footprints("a", include_deleted=True).empty and not store.undo()
+    assert store.version == v + 3
+
+    assert store.redo() and store.redo()
+    row = store.footprints("a").iloc[0]
+    assert row["fid"] == fid and row.geometry.equals_exact(b, 0) and row["class"] == "retail"
+    # A new edit clears the redo stack; fids are never reused.
+    new = store.add_footprint("a", _box(200, 0))
+    assert new > fid and not store.redo() and store.can_undo and not store.can_redo
+    assert len(store.footprints("a")) == 2
+
+
+def test_undo_redo_mark_reviewed(store):
+    w = Window(0, 0, 256, 256)
+    store.mark_reviewed("a", w)
+    store.mark_reviewed("a", w, empty=True)  # upsert
+    chips = store.reviewed_chips("a")
+    assert len(chips) == 1 and isinstance(chips[0], ReviewedChip) and chips[0].empty
+    assert store.undo()
+    assert [c.empty for c in store.reviewed_chips("a")] == [False]
+    assert store.undo() and store.reviewed_chips("a") == []
+    assert store.redo() and [c.empty for c in store.reviewed_chips("a")] == [False]
+    assert store.unmark_reviewed("a", w) and not store.unmark_reviewed("a", w)
+    assert store.reviewed_chips() == []
+    assert store.undo() and store.reviewed_chips("a")[0].window == w
+
+
+def test_footprints_across_crs_are_lonlat(store):
+    store.register_scene("b", UTM17)
+    store.add_footprint("a", _box(0, 0))
+    store.add_footprint("b", shapely.box(700000, 4320000, 700050, 4320040))
+    both = store.footprints()
+    assert both.crs.to_epsg() == 4326 and list(both["scene_id"]) == ["a", "b"]
+    lon, lat = both.geometry.iloc[0].centroid.coords[0]
+    assert -78 < lon < -76 and 38 < lat < 40
+    assert store.footprints("b").crs.to_epsg() == 32617
+
+
+# ----- GeoJSON import / export -------------------------------------------------------------------
+def test_import_reprojects_clips_maps_classes_and_marks_chips(store, scene, tmp_path):
+    left, bottom, right, top = scene.bounds
+    inside = (X0 + 20, Y0 - 60, X0 + 80, Y0 - 20)  # chip (0, 0)
+    straddle = (right - 30, Y0 - 100, right + 50, Y0 - 40)  # crosses the east edge
+    far = (X0 + 50000, Y0 - 50000, X0 + 50100, Y0 - 49900)
+    src = _write_geojson(tmp_path / "labels.geojson", [
+        (_ll_box(*inside), {"class": "datacemter", "label": True}),
+        (_ll_box(*straddle), {"class": "warehouse", "label": False}),
+        (_ll_box(*far), {"class": "datacenter", "label": True}),
+        (shapely.Point(_lonlat(X0 + 5, Y0 - 5)), {"class": "datacenter"}),
+    ])
+    v0 = store.version
+    assert store.import_geojson(src, scene) == 2
+    fp = store.footprints(scene.scene_id)
+    assert fp.crs == scene.crs
+    assert fp["class"].tolist() == ["datacenter", "warehouse"] and set(fp["source"]) == {"imported"}
+    # reprojection: the lon/lat corners come back to the UTM corners
+    assert fp.geometry.iloc[0].bounds == pytest.approx(inside, abs=1e-3)
+    # clipping: nothing east of the scene
+    assert fp.geometry.iloc[1].bounds[2] == pytest.approx(right, abs=1e-6)
+    assert fp.geometry.iloc[1].bounds[0] == pytest.approx(straddle[0], abs=1e-3)
+    chips = {(c.window.col_off, c.window.row_off) for c in store.reviewed_chips(scene.scene_id)}
+    # 600 x 500 px scene, 256 px chips: columns 0, 256, 344; rows 0, 244. The straddling
+    # box spans rows 66..166 and the last 50 px of columns.
+    assert chips == {(0, 0), (344, 0)}
+    assert store.version == v0 + 1
+    assert store.import_geojson(src, scene) == 0  # same file again adds nothing
+    assert store.undo() and store.footprints(scene.scene_id).empty and not store.reviewed_chips()
+
+
+def test_import_label_only_and_projected_file(store, scene, tmp_path):
+    utm = _write_geojson(tmp_path / "utm.geojson", [
+        (_box(10, 10), {"label": True}), (_box(100, 100), {"label": False}),
+    ], crs="EPSG:32618")
+    assert store.import_geojson(utm, scene, reviewed=False) == 2
+    fp = store.footprints(scene.scene_id)
+    assert fp["class"].tolist() == ["datacenter", "other"] and not store.reviewed_chips()
+    assert fp.geometry.iloc[0].equals_exact(_box(10, 10), 1e-6)
+
+
+def test_import_errors_are_clear(store, scene, tmp_path):
+    far = _write_geojson(tmp_path / "far.geojson", [(shapely.box(-120.1, 36.0, -120.0, 36.1), {"class": "datacenter"})])
+    with pytest.raises(LabelError) as err:
+        store.import_geojson(far, scene)
+    msg = str(err.value)
+    assert "far.geojson" in msg and scene.scene_id in msg and "lon -120.1000..-120.0000" in msg
+    b = transform_bounds(scene.crs, "EPSG:4326", *scene.bounds)
+    assert f"scene covers lon {b[0]:.4f}..{b[2]:.4f}, lat {b[1]:.4f}..{b[3]:.4f}" in msg
+    pts = _write_geojson(tmp_path / "points.geojson", [(shapely.Point(-77.3, 39.0), {"class": "datacenter"})])
+    with pytest.raises(LabelError, match="holds no polygons"):
+        store.import_geojson(pts, scene)
+    bad = _write_geojson(tmp_path / "bad.geojson", [(_ll_box(X0, Y0 - 9, X0 + 9, Y0), {"class": "parking"})])
+    with pytest.raises(LabelError, match="unknown class"):
+        store.import_geojson(bad, scene)
+    with pytest.raises(LabelError, match="no such file"):
+        store.import_geojson(tmp_path / "missing.geojson", scene)
+    assert store.footprints().empty and store.version == 0
+
+
+def test_seed_labels_import_where_they_overlap(tmp_path):
+    """The seed's datacenters.geojson imports onto a scene placed over its first polygon."""
+    seed = ROOT / "data" / "datacenters.geojson"
+    first = geopandas.read_file(seed).iloc[[0]].to_crs(UTM18).geometry.iloc[0]
+    cx, cy = first.centroid.coords[0]
+    tif = write_geotiff(tmp_path / "s.tif", np.zeros((4, 400, 400), np.uint8), UTM18,
+                        Affine(RES, 0, cx - 120, 0, -RES, cy + 120))
+    sc = open_scene(tif)
+    with LabelStore(tmp_path / "labels.gpkg") as s:
+        n = s.import_geojson(seed, sc)
+        fp = s.footprints(sc.scene_id)
+        assert n == len(fp) >= 1 and set(fp["class"]) <= {"datacenter", "warehouse", "retail", "other"}
+        assert fp.geometry.intersects(first).any()
+
+
+def test_export_is_rfc7946_and_reimports(store, scene, tmp_path):
+    f1 = store.add_footprint(scene_id="a", geometry=_box(0, 0), cls="datacenter")
+    f2 = store.add_footprint("a", _box(100, 50), cls="warehouse")
+    store.delete_footprint(store.add_footprint("a", _box(300, 0)))
+    out = store.export_geojson(tmp_path / "out" / "labels.geojson")
+    doc = json.loads(out.read_text())
+    assert "crs" not in doc and [f["id"] for f in doc["features"]] == [f1, f2]
+    props = doc["features"][0]["properties"]
+    assert props["class"] == "datacenter" and props["label"] is True and props["scene_id"] == "a"
+    ring = shapely.LinearRing(doc["features"][0]["geometry"]["coordinates"][0])
+    assert ring.is_ccw  # RFC 7946 right-hand rule
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
+    back = geopandas.read_file(out)
+    assert back.crs.to_epsg() == 4326
+    assert back.to_crs(UTM18).geometry.iloc[1].equals_exact(_box(100, 50), 1e-3)
+    with LabelStore(tmp_path / "fresh.gpkg") as fresh:
+        assert fresh.import_geojson(out, scene, reviewed=False) == 2
+        assert fresh.footprints(scene.scene_id)["class"].tolist() == ["datacenter", "warehouse"]
+
+
+# ----- kill safety ---------------------------------------------------------------------------------
+def test_kill_9_loses_nothing_small_scale(tmp_path):
+    spec = importlib.util.spec_from_file_location("store_crash", ROOT / "bench" / "store_crash.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.run(kills=4, seed=7, max_delay=0.4, store_path=tmp_path / "labels.gpkg", verbose=False)
+    assert res["edits"] > 0, res["details"]
+    assert (res["lost"], res["corrupted"]) == (0, 0), res["details"]

@@ -1,0 +1,81 @@
+"""``dclabel labels import/export/info`` on a real project folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from pyproj import Transformer
+from rasterio.crs import CRS
+
+import loop.cli
+from loop.project import Project
+from model.scene import write_geotiff
+
+UTM18 = CRS.from_epsg(32618)
+X0, Y0, RES = 300000.0, 4320000.0, 0.6
+
+
+def _ll(x0, y0, x1, y1):
+    t = Transformer.from_crs(UTM18, "EPSG:4326", always_xy=True)
+    return shapely.Polygon([t.transform(x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+
+
+def main(argv: list[str]) -> int:
+    """``dclabel`` with only the labels commands (other modules may be mid-construction)."""
+    saved = loop.cli.COMMAND_MODULES
+    loop.cli.COMMAND_MODULES = ["loop.cli_labels"]
+    try:
+        return loop.cli.main(argv)
+    finally:
+        loop.cli.COMMAND_MODULES = saved
+
+
+def test_labels_module_is_registered():
+    assert "loop.cli_labels" in loop.cli.COMMAND_MODULES
+
+
+@pytest.fixture
+def project(tmp_path):
+    img = np.random.default_rng(0).integers(0, 255, (4, 300, 400), dtype=np.uint8)
+    tif = write_geotiff(tmp_path / "scene.tif", img, UTM18, Affine(RES, 0, X0, 0, -RES, Y0))
+    return Project.create(tmp_path / "proj", images=[tif])
+
+
+def _geojson(path, polys):
+    feats = [{"type": "Feature", "properties": props, "geometry": shapely.geometry.mapping(g)} for g, props in polys]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+def test_labels_import_export_info(project, tmp_path, capsys):
+    src = _geojson(tmp_path / "in.geojson", [
+        (_ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), {"class": "datacenter"}),
+        (_ll(X0 + 100, Y0 - 90, X0 + 150, Y0 - 60), {"class": "retail"}),
+    ])
+    assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 0
+    out = capsys.readouterr().out
+    scene_id = project.scene_ids[0]
+    # 400 x 300 px, 256 px chips at columns 0/144 and rows 0/44: the retail box (px 166..250,
+    # rows 100..150) lies in all four, the datacenter box (px 16..100, rows 16..83) in two of them.
+    assert f"{scene_id}: 2 footprint(s) imported, 4 chip(s) marked reviewed" in out
+    reopened = Project.open(project.root)
+    fp = reopened.labels.footprints(scene_id)
+    assert sorted(fp["class"]) == ["datacenter", "retail"] and set(fp["source"]) == {"imported"}
+
+    dst = tmp_path / "out.geojson"
+    assert main(["labels", "export", str(project.root), "--output", str(dst)]) == 0
+    doc = json.loads(dst.read_text())
+    assert sorted(f["properties"]["class"] for f in doc["features"]) == ["datacenter", "retail"]
+    assert main(["labels", "info", str(project.root)]) == 0
+    assert "datacenter 1, retail 1; 4 reviewed chip(s) (0 empty)" in capsys.readouterr().out
+
+
+def test_labels_import_nothing_overlaps_exits_2(project, tmp_path, capsys):
+    src = _geojson(tmp_path / "far.geojson", [(shapely.box(-120.1, 36.0, -120.0, 36.1), {"class": "datacenter"})])
+    assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "far.geojson" in err and "overlaps" in err and "lon -120.1000..-120.0000" in err
