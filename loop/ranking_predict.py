@@ -3,6 +3,8 @@
 Uses :func:`model.inference.predict_tiles` when that module provides it (the shared, tested
 inference path), and falls back to the small forward below when it does not or when it returns
 a shape other than the contract's ((N, H, W), or (N, S, H, W) with ``tta``/``mc_samples``).
+MC dropout on the seed U-Net always uses the one-pass shortcut here (see
+:func:`forward_probabilities`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.checkpoint import Normalization
+from model.unet import UNet
 
 N_DIHEDRAL = 8
 
@@ -53,6 +56,27 @@ def _multiple(model: nn.Module) -> int:
     return 2 ** int(getattr(config, "depth", 0))
 
 
+def _dropout_feeds_head_only(model: nn.Module) -> bool:
+    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    return isinstance(model, UNet) and len(drops) == 1 and drops[0] is model.dropout
+
+
+def _head_only_mc(model: UNet, x: torch.Tensor, samples: int) -> torch.Tensor:
+    """MC-dropout samples of a UNet computing ``head(dropout(features))``: one body pass."""
+    captured: list[torch.Tensor] = []
+    handle = model.dropout.register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs[0])
+    )
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    model.dropout.train()
+    return torch.stack(
+        [torch.sigmoid(model.head(model.dropout(captured[0]))[:, 0]) for _ in range(samples)], dim=1
+    )
+
+
 @torch.no_grad()
 def forward_probabilities(
     model: nn.Module,
@@ -61,12 +85,16 @@ def forward_probabilities(
     tta: bool = False,
     mc_samples: int = 0,
     device: str | torch.device | None = None,
+    head_only_mc: bool = True,
 ) -> np.ndarray:
     """Sigmoid probabilities of a batch of uint8 chips (the fallback forward).
 
     Inputs are normalised as ``(x - mean) / std`` on 0..255 values and zero-padded (after
     normalisation, i.e. to the band mean) up to a multiple of ``2 ** depth``, then cropped back.
     With ``mc_samples`` the dropout layers run in train mode and BatchNorm stays in eval mode.
+    When the model is the seed :class:`~model.unet.UNet`, whose only dropout sits right before the
+    1x1 head, the network runs once and only dropout + head are sampled ``mc_samples`` times: the
+    same distribution (the same numbers under the same torch seed) at the cost of one pass.
 
     Args:
         model: A U-Net returning logits (N, 1, H, W).
@@ -75,6 +103,7 @@ def forward_probabilities(
         tta: Predict the 8 dihedral transforms, each mapped back.
         mc_samples: Number of MC-dropout samples (0 = none).
         device: Where to run; default the model's device.
+        head_only_mc: Allow the one-pass MC shortcut above (False forces S full passes).
 
     Returns:
         float32 (N, H, W), or (N, 8, H, W) with ``tta``, or (N, S, H, W) with ``mc_samples``.
@@ -95,6 +124,8 @@ def forward_probabilities(
         if tta:
             outs = [dihedral_inverse(run(dihedral(x, k)), k) for k in range(N_DIHEDRAL)]
             probs = torch.stack(outs, dim=1)
+        elif mc_samples > 0 and head_only_mc and _dropout_feeds_head_only(model):
+            probs = _head_only_mc(model, x, mc_samples)
         elif mc_samples > 0:
             for module in model.modules():
                 if isinstance(module, nn.modules.dropout._DropoutNd):
@@ -132,7 +163,9 @@ def predict_probabilities(
     samples = mc_samples if passes == "mc" else 0
     n, _, h, w = images.shape
     want = (n, h, w) if passes == "single" else (n, N_DIHEDRAL if tta else samples, h, w)
-    shared = _shared_predict_tiles()
+    # MC on the seed UNet: the one-pass shortcut of forward_probabilities is S times cheaper.
+    fast_mc = passes == "mc" and _dropout_feeds_head_only(model)
+    shared = None if fast_mc else _shared_predict_tiles()
     if shared is not None:
         probs = np.asarray(
             shared(model, normalization, images, device=device, tta=tta, mc_samples=samples)

@@ -321,3 +321,15 @@ def test_cli_rank_prints_and_stores_the_queue(project, monkeypatch, capsys):
     assert out.splitlines()[0].split()[:3] == ["rank", "score", "scene"]
     assert len(load_queue(project)) == 3 and "3 chip(s) queued" in out
     assert isinstance(load_queue(project)[0], QueueItem)
+
+
+def test_one_pass_mc_shortcut_draws_the_same_samples_as_full_passes():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=4, depth=2, dropout=0.3)).eval()
+    images = np.random.default_rng(2).integers(0, 255, (2, 4, 16, 16), dtype=np.uint8)
+    torch.manual_seed(5)
+    fast = forward_probabilities(model, NORM, images, mc_samples=3)
+    torch.manual_seed(5)
+    full = forward_probabilities(model, NORM, images, mc_samples=3, head_only_mc=False)
+    assert np.allclose(fast, full, atol=1e-6)
+    assert np.abs(fast[:, 0] - fast[:, 1]).max() > 1e-3
