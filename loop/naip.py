@@ -47,6 +47,8 @@ __all__ = ["DEFAULT_STAC_URL", "STAC_URL_ENV", "RetryPolicy", "area_grid", "down
 
 ASSET_KEY = "image"
 STRIP_ROWS = 512
+# The mosaic is assembled in memory: 4 bytes + 1 mask byte per pixel (~25 km side at 0.6 m).
+MAX_PIXELS = 40_000 * 40_000 // 2
 Progress = Callable[[int, int, dict], None]
 
 
@@ -191,6 +193,9 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
     where = (f"lat, lon {lat:.5f}, {lon:.5f} (size {size_m:g} m)" if bbox is None
              else f"lat, lon {(bbox[1] + bbox[3]) / 2:.5f}, {(bbox[0] + bbox[2]) / 2:.5f} "
                   f"(bbox {tuple(bbox)})")
+    if grid.width * grid.height > MAX_PIXELS:
+        raise NaipError(f"area {where} is {grid.width} x {grid.height} px at 0.6 m; expected "
+                        f"at most {MAX_PIXELS:,} px: download it in smaller pieces")
     items = search_naip(area.bounds, stac_url, year=year, policy=retry)
     chosen_year, chosen = choose_year(items, area, where, year)
     anchor, res = _item_grid_anchor(chosen[0], grid.crs)
@@ -198,6 +203,10 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
         if anchor is None:
             anchor, res = _item_grid_anchor(item, grid.crs)
     grid = area_grid(lat, lon, size_m, bbox, res=res, anchor=anchor)
+    missing = [i.id for i in chosen if ASSET_KEY not in i.assets]
+    if missing:
+        raise NaipError(f"STAC items {missing} from {stac_url} have no '{ASSET_KEY}' asset; "
+                        "expected NAIP items (4-band COG under 'image'): check the endpoint")
 
     image = np.zeros((4, grid.height, grid.width), dtype=np.uint8)
     filled = np.zeros((grid.height, grid.width), dtype=bool)

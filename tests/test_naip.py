@@ -237,6 +237,12 @@ def test_second_run_reuses_the_finished_output(server, tmp_path):
     assert len(server.requests) > count
 
 
+def test_oversized_area_is_refused_before_any_request(server, tmp_path):
+    with pytest.raises(NaipError, match="smaller pieces"):
+        download_naip(LAT, LON, 30_000, tmp_path / "huge.tif", retry=FAST)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+
+
 def test_cancel_leaves_nothing(server, tmp_path):
     _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=16)
     with pytest.raises(Cancelled):
@@ -253,6 +259,22 @@ def test_search_follows_next_pages(server, method):
     assert [i.id for i in items] == ["m_p2_2022", "m_p1_2021", "m_p0_2020"]
     searches = [p for m, p, _ in server.requests if "/search" in p and m == method]
     assert len(searches) == 3
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_server_search_filters_by_intersects_and_datetime(server, method):
+    from pystac_client import Client
+    from shapely.geometry import mapping
+
+    _add(server, "q", 2019, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=20)
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=21)
+    client = Client.open(server.stac_url)
+    point = mapping(_square(LON, LAT, 10))
+    found = client.search(collections=["naip"], intersects=point, method=method,
+                          datetime="2021-01-01T00:00:00Z/2021-12-31T23:59:59Z")
+    assert [i.id for i in found.items()] == ["m_q_2021"]
+    away = mapping(_square(LON + 0.05, LAT, 10))
+    assert list(client.search(collections=["naip"], intersects=away, method=method).items()) == []
 
 
 def test_blob_endpoint_mapping_and_error_classification():
