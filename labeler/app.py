@@ -1,0 +1,170 @@
+"""The dclabel application: open a project in a napari viewer and dock the panels.
+
+:func:`open_project` builds a :class:`~labeler.session.ProjectSession` (scene pyramid, chip grid,
+footprints layer) and docks the labels, review, retrain and export panels, wired through the
+session's signals. Errors (bad project, wrong bands, no CRS, unreadable file) are shown in the
+GUI, never raised into Qt.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QLabel
+
+from labeler.export_widget import ExportWidget
+from labeler.labels_widget import LabelsWidget
+from labeler.retrain_widget import RetrainWidget
+from labeler.review_widget import ReviewWidget
+from labeler.session import SESSION_KEY, ProjectSession, find_session
+from model.errors import DclabelError
+
+TITLE = "dclabel"
+
+
+@dataclass
+class OpenedProject:
+    """The session and the docked panels of an opened project."""
+
+    session: ProjectSession
+    labels: LabelsWidget
+    review: ReviewWidget
+    retrain: RetrainWidget
+    export: ExportWidget
+
+    def close(self) -> None:
+        """Stop every background job of the project (training process, workers)."""
+        self.review.close_jobs()
+        self.export.close_jobs()
+        self.retrain.close_job()
+
+
+def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
+                 retrain_options: dict | None = None) -> OpenedProject:
+    """Open a project folder in a viewer and dock its panels.
+
+    Args:
+        viewer: The napari viewer.
+        root: Project folder (holding ``project.json``).
+        scene_id: Scene to show first (default: the first one).
+        retrain_options: Extra keyword arguments of :class:`loop.retrain.RetrainJob`.
+
+    Returns:
+        The session and its panels.
+
+    Raises:
+        ProjectError: Not a project folder, or it has no scenes.
+        SceneError: The scene cannot be read (wrong bands, no CRS, unreadable).
+    """
+    from loop.project import Project
+
+    project = Project.open(root)
+    session = ProjectSession(viewer, project, scene_id)
+    session.image_layer.metadata[SESSION_KEY] = session
+    session.scene_changed.connect(lambda _: session.image_layer.metadata.__setitem__(SESSION_KEY, session))
+    labels = LabelsWidget(session)
+    review = ReviewWidget(session)
+    retrain = RetrainWidget(session, **(retrain_options or {}))
+    export = ExportWidget(session)
+
+    session.labels_changed.connect(session.refresh_grid)
+    session.labels_changed.connect(review.update_counts)
+    session.model_changed.connect(lambda _version: review.rank())
+
+    win = getattr(viewer, "window", None)
+    if win is not None:
+        win.add_dock_widget(labels, name="Labels", area="right")
+        win.add_dock_widget(review, name="Review queue", area="right", tabify=False)
+        win.add_dock_widget(retrain, name="Retrain", area="right", tabify=True)
+        win.add_dock_widget(export, name="Export", area="right", tabify=True)
+        review.parentWidget().raise_()
+        _raise_dock(win, review)
+        viewer.title = f"{TITLE}: {Path(project.root).name}"
+    opened = OpenedProject(session, labels, review, retrain, export)
+    if win is not None:
+        try:
+            win._qt_window.destroyed.connect(opened.close)
+        except (AttributeError, RuntimeError):
+            pass
+    if not review.items:
+        review.rank()
+    return opened
+
+
+def _raise_dock(win, widget) -> None:
+    """Bring the dock holding ``widget`` to the front of its tab group."""
+    dock = widget.parentWidget()
+    while dock is not None and not hasattr(dock, "raise_"):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
+
+
+def launch(root: str | os.PathLike | None, show: bool = True):
+    """Create a viewer and open a project in it; errors are shown in the window.
+
+    Args:
+        root: Project folder, or None for the demo project.
+        show: Show the window (False for tests and screenshots).
+
+    Returns:
+        ``(viewer, OpenedProject or None)``.
+    """
+    import napari
+
+    viewer = napari.Viewer(title=TITLE, show=show)
+    try:
+        if root is None:
+            from loop.demo import ensure_demo_project
+
+            root = ensure_demo_project()
+        return viewer, open_project(viewer, root)
+    except (DclabelError, OSError, ImportError) as exc:
+        message = f"Cannot open project {root or '(demo)'}: {exc}"
+        show_error(message)
+        note = QLabel(message)
+        note.setWordWrap(True)
+        viewer.window.add_dock_widget(note, name="dclabel: error", area="right")
+        return viewer, None
+
+
+def session_widget(widget_cls):
+    """npe2 widget factory for a panel: the panel of the project open in the viewer."""
+
+    def factory(napari_viewer):
+        session = find_session(napari_viewer)
+        if session is None:
+            return QLabel("Open a dclabel project folder first (File ▸ Open Folder…, "
+                          "or `dclabel app PROJECT`).")
+        return widget_cls(session)
+
+    return factory
+
+
+review_widget = session_widget(ReviewWidget)
+retrain_widget = session_widget(RetrainWidget)
+export_widget = session_widget(ExportWidget)
+labels_widget = session_widget(LabelsWidget)
+
+
+def get_reader(path):
+    """npe2 reader: a folder holding ``project.json`` opens as a dclabel project."""
+    if isinstance(path, list) or not (Path(path).is_dir() and (Path(path) / "project.json").exists()):
+        return None
+
+    def read_project(p):
+        import napari
+
+        viewer = napari.current_viewer()
+        if viewer is None:
+            return [(None,)]
+        try:
+            open_project(viewer, p)
+        except DclabelError as exc:
+            show_error(f"Cannot open project {p}: {exc}")
+        return [(None,)]
+
+    return read_project

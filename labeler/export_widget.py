@@ -1,0 +1,215 @@
+"""Export panel: detect data centers over the scene on screen and write the results.
+
+:func:`model.detect.detect_scene` runs in a ``thread_worker`` (progress yielded per tile batch,
+cancellable). The detections appear as a Shapes layer and are written as GeoJSON (EPSG:4326),
+GeoPackage (scene CRS), CSV (centroids, area, confidence) and a GeoTIFF mask, all named after
+the chosen output stem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from labeler.geo import geometry_to_napari, polygon_parts
+from labeler.session import ProjectSession
+from labeler.workers import ProgressJob
+from model.errors import Cancelled
+
+DETECTIONS_LAYER = "detections"
+FORMATS = {"geojson": ".geojson", "gpkg": ".gpkg", "csv": ".csv", "mask": "_mask.tif"}
+
+
+def export_paths(stem: str | Path, formats: set[str]) -> dict[str, Path]:
+    """Output files for an output stem (``out/detections`` -> ``out/detections.geojson``, ...)."""
+    stem = Path(stem)
+    if stem.suffix.lower() in {".geojson", ".gpkg", ".csv", ".tif"}:
+        stem = stem.with_suffix("")
+    return {f: stem.parent / f"{stem.name}{FORMATS[f]}" for f in FORMATS if f in formats}
+
+
+def run_detection(checkpoint, scene, config, paths: dict[str, Path], progress=None, cancel=None):
+    """Detect over a scene and write the outputs (runs in a worker thread)."""
+    from model.detect import detect_scene
+
+    return detect_scene(
+        checkpoint, scene, config,
+        output_geojson=paths.get("geojson"), output_gpkg=paths.get("gpkg"),
+        output_csv=paths.get("csv"), output_mask=paths.get("mask"),
+        progress=progress, cancel=cancel,
+    )
+
+
+class ExportWidget(QWidget):
+    """The export panel.
+
+    Args:
+        session: The open project session.
+    """
+
+    def __init__(self, session: ProjectSession, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.viewer = session.viewer
+        self.job: ProgressJob | None = None
+        self.result = None
+        self.paths: dict[str, Path] = {}
+
+        self.output = QLineEdit(str(Path(session.project.root) / "exports" / "detections"))
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse)
+        self.formats = {f: QCheckBox(f) for f in FORMATS}
+        for box in self.formats.values():
+            box.setChecked(True)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.min_area = QDoubleSpinBox()
+        self.min_area.setRange(0, 1e6)
+        self.min_area.setDecimals(0)
+        self.min_area.setValue(100)
+        self.min_area.setSuffix(" px")
+        self.run_button = QPushButton("Detect and export")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setMaximumHeight(14)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        out_row = QHBoxLayout()
+        out_row.addWidget(self.output, 1)
+        out_row.addWidget(browse)
+        fmt_row = QHBoxLayout()
+        for box in self.formats.values():
+            fmt_row.addWidget(box)
+        form = QFormLayout()
+        form.addRow("Output", out_row)
+        form.addRow("Formats", fmt_row)
+        form.addRow("Threshold", self.threshold)
+        form.addRow("Min. area", self.min_area)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export detections as", self.output.text(),
+                                              "Output stem (*)")
+        if path:
+            self.output.setText(path)
+
+    def run(self) -> ProgressJob | None:
+        """Start detection in the background; returns the job (None if it could not start)."""
+        from model.detect import DetectConfig
+
+        if self.job is not None:
+            show_info("Detection is already running.")
+            return None
+        current = self.session.current_model()
+        if current is None:
+            show_warning("No model yet: retrain first, then export.")
+            return None
+        formats = {f for f, box in self.formats.items() if box.isChecked()}
+        self.paths = export_paths(self.output.text(), formats)
+        try:
+            config = DetectConfig(threshold=self.threshold.value(), min_area=self.min_area.value(),
+                                  bands=self.session.scene.bands, device="cpu")
+        except ValueError as exc:
+            show_error(f"Bad detection settings: {exc}")
+            return None
+        job = ProgressJob(run_detection, current.path, self.session.scene, config, self.paths)
+        job.worker.yielded.connect(self._on_progress)
+        job.worker.returned.connect(self._on_result)
+        job.worker.errored.connect(self._on_error)
+        job.worker.finished.connect(self._on_finished)
+        self.job = job
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status.setText(f"detecting with {current.version}…")
+        job.start()
+        return job
+
+    def cancel(self) -> None:
+        """Stop detection; no output file is written."""
+        if self.job is not None:
+            self.job.cancel()
+
+    def close_jobs(self, wait_ms: int = 10_000) -> None:
+        """Stop a running detection (on viewer close)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.job.worker.await_workers(wait_ms)
+
+    def _on_progress(self, p) -> None:
+        self.progress.setMaximum(max(p.total, 1))
+        self.progress.setValue(p.done)
+
+    def _on_result(self, table) -> None:
+        self.result = table
+        self.show_detections(table)
+        files = ", ".join(p.name for p in self.paths.values())
+        area = float(table["area_m2"].sum()) if len(table) else 0.0
+        self.status.setText(f"{len(table)} detections ({area / 1e4:.1f} ha) written: {files}")
+        show_info(f"Exported {len(table)} detections to {next(iter(self.paths.values())).parent}")
+
+    def show_detections(self, table) -> None:
+        """Add (or replace) the detections Shapes layer, coloured by mean confidence."""
+        transform = self.session.scene.transform
+        data, conf = [], []
+        for geom, c in zip(table.geometry, table["mean_confidence"], strict=True):
+            for part in polygon_parts(geom):
+                data.append(geometry_to_napari(part, transform))
+                conf.append(float(c) if np.isfinite(c) else 0.0)
+        if DETECTIONS_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(DETECTIONS_LAYER)
+        layer = self.viewer.add_shapes(name=DETECTIONS_LAYER, ndim=2, face_color="transparent")
+        if data:
+            layer.add(data, shape_type="polygon", face_color=[0, 0, 0, 0], edge_width=3,
+                      edge_color="#4fc3f7")
+            layer.features = {"mean_confidence": np.asarray(conf)}
+            layer.edge_color = "mean_confidence"
+            layer.edge_colormap = "viridis"
+            layer.edge_contrast_limits = (0.5, 1.0)
+        editor = self.session.editor
+        if editor is not None and editor.layer in self.viewer.layers:
+            self.viewer.layers.selection.active = editor.layer
+
+    def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            self.status.setText("cancelled; nothing was written.")
+            show_info("Detection cancelled; nothing was written.")
+        else:
+            self.status.setText(f"failed: {exc}")
+            show_error(f"Detection failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self.job = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)

@@ -1,0 +1,326 @@
+"""The editable footprints layer: a napari Shapes layer kept in step with the LabelStore.
+
+Every shape carries a ``fid`` feature (the store's feature id; ``-1`` until saved), a ``class``
+and a ``part`` index (a MultiPolygon footprint is shown as one shape per part). The editor listens
+to the layer's data events and writes each change to the store at once:
+
+* ``added``: shapes with ``fid == -1`` are stored (source ``manual``) and get their fid;
+* ``changed``: the footprints of the changed shapes are rebuilt from all their parts and updated
+  (holes of the stored polygon are kept when still inside the edited outline);
+* ``removing``/``removed``: the fids of removed shapes are deleted (or, for a multi-part
+  footprint with parts left, updated).
+
+Undo/redo call the store's undo/redo and reload the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from napari.layers import Shapes
+from napari.layers.base._base_constants import ActionType
+from shapely.geometry.base import BaseGeometry
+
+from labeler.geo import geometry_to_napari, join_parts, napari_to_geometry, polygon_parts
+from model.errors import DclabelError
+from model.scene import SceneInfo
+
+LAYER_NAME = "footprints"
+CLASS_COLOURS: dict[str, str] = {
+    "datacenter": "#ff3df5",  # magenta: the positive class stands out on vegetation and roofs
+    "warehouse": "#00e5ff",
+    "retail": "#ffd600",
+    "other": "#b0bec5",
+}
+UNKNOWN_COLOUR = "#ffffff"
+
+
+def class_colour(cls: str) -> str:
+    """Edge colour of a footprint class."""
+    return CLASS_COLOURS.get(cls, UNKNOWN_COLOUR)
+
+
+class FootprintEditor:
+    """Keeps one scene's footprints layer and the label store in step.
+
+    Args:
+        viewer: The napari viewer.
+        store: The project's LabelStore.
+        scene: The scene whose footprints are shown.
+        notify: Called with a message when a change cannot be stored (default: napari warning).
+        on_change: Called after every stored change (e.g. to refresh counts).
+    """
+
+    def __init__(
+        self,
+        viewer,
+        store,
+        scene: SceneInfo,
+        notify: Callable[[str], None] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.viewer = viewer
+        self.store = store
+        self.scene = scene
+        self.current_class = "datacenter"
+        self._notify = notify or _warn
+        self._on_change = on_change
+        self._syncing = False
+        self._removing: list[int] = []
+        self._geoms: dict[int, BaseGeometry] = {}
+        if LAYER_NAME in viewer.layers:
+            viewer.layers.remove(LAYER_NAME)
+        self.layer: Shapes = viewer.add_shapes(
+            name=LAYER_NAME,
+            ndim=2,
+            edge_width=3,
+            face_color="transparent",
+            features={"fid": np.array([], dtype=int), "class": np.array([], dtype=object),
+                      "part": np.array([], dtype=int)},
+        )
+        self._set_defaults()
+        self.layer.current_edge_color = class_colour(self.current_class)
+        self.layer.current_face_color = "transparent"
+        self.layer.metadata["editor"] = self
+        self.layer.events.data.connect(self._on_data)
+        for target in (self.layer, viewer):
+            target.bind_key("Control-Z", lambda *_: self.undo(), overwrite=True)
+            target.bind_key("Control-Shift-Z", lambda *_: self.redo(), overwrite=True)
+        self.reload()
+
+    def _set_defaults(self) -> None:
+        """Feature values napari gives a newly drawn shape: unsaved, current class."""
+        self.layer.feature_defaults = {"fid": -1, "class": self.current_class, "part": 0}
+
+    # ----- store -> layer ------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Rebuild the layer from the store (after undo/redo or an outside change)."""
+        gdf = self.store.footprints(self.scene.scene_id)
+        data, fids, classes, parts, colours = [], [], [], [], []
+        self._geoms = {}
+        for fid, cls, geom in zip(gdf["fid"], gdf["class"], gdf.geometry, strict=True):
+            self._geoms[int(fid)] = geom
+            for k, part in enumerate(polygon_parts(geom)):
+                data.append(geometry_to_napari(part, self.scene.transform))
+                fids.append(int(fid))
+                classes.append(str(cls))
+                parts.append(k)
+                colours.append(class_colour(str(cls)))
+        self._syncing = True
+        try:
+            self.layer.selected_data = set()
+            self.layer.data = []
+            if data:
+                self.layer.add(
+                    data, shape_type="polygon", edge_color=colours, face_color="transparent",
+                    edge_width=3,
+                )
+            self.layer.features = {
+                "fid": np.asarray(fids, dtype=int),
+                "class": np.asarray(classes, dtype=object),
+                "part": np.asarray(parts, dtype=int),
+            }
+            self._set_defaults()  # assigning features resets the defaults napari gives new shapes
+        finally:
+            self._syncing = False
+
+    def add_geometries(
+        self, geoms: Iterable[BaseGeometry], cls: str = "datacenter", source: str = "manual",
+        model_version: str | None = None,
+    ) -> list[int]:
+        """Store geometries (scene CRS) as new footprints and show them; returns their fids."""
+        fids = []
+        for geom in geoms:
+            fid = int(self.store.add_footprint(
+                self.scene.scene_id, geom, cls=cls, source=source, model_version=model_version,
+            ))
+            fids.append(fid)
+            self._geoms[fid] = geom
+            self._append_shapes(fid, geom, cls)
+        self._changed()
+        return fids
+
+    def _append_shapes(self, fid: int, geom: BaseGeometry, cls: str) -> None:
+        parts = polygon_parts(geom)
+        self._syncing = True
+        try:
+            n0 = len(self.layer.data)
+            self.layer.add(
+                [geometry_to_napari(p, self.scene.transform) for p in parts],
+                shape_type="polygon", edge_color=class_colour(cls), face_color="transparent",
+                edge_width=3,
+            )
+            idx = np.arange(n0, n0 + len(parts))
+            self.layer.features.loc[idx, "fid"] = fid
+            self.layer.features.loc[idx, "class"] = cls
+            self.layer.features.loc[idx, "part"] = np.arange(len(parts))
+        finally:
+            self._syncing = False
+
+    def indices_of(self, fids: Iterable[int]) -> list[int]:
+        """Layer shape indices showing the given footprints."""
+        wanted = np.fromiter((int(f) for f in fids), dtype=np.int64)
+        return np.flatnonzero(np.isin(self._fids(), wanted)).tolist()
+
+    def _fids(self) -> np.ndarray:
+        """The ``fid`` feature column as int64 (-1 for unsaved or missing)."""
+        col = pd.to_numeric(self.layer.features["fid"], errors="coerce")
+        return col.fillna(-1).to_numpy(dtype=np.int64)
+
+    # ----- layer -> store ------------------------------------------------------------------------
+    def _on_data(self, event) -> None:
+        if self._syncing:
+            return
+        action = getattr(event, "action", None)
+        try:
+            if action == ActionType.REMOVING:
+                col = self._fids()
+                self._removing = [int(col[i]) for i in event.data_indices if 0 <= i < len(col)]
+            elif action == ActionType.REMOVED:
+                fids, self._removing = self._removing, []
+                self._store_removed(fids)
+            elif action == ActionType.ADDED:
+                self._store_new_shapes()
+            elif action == ActionType.CHANGED:
+                self._store_changed(event.data_indices)
+        except (DclabelError, ValueError) as exc:
+            self._notify(f"Footprint not saved: {exc}")
+            self.reload()
+
+    def _store_new_shapes(self) -> None:
+        feats = self.layer.features
+        if len(feats) != len(self.layer.data):
+            self.reconcile()
+            return
+        fid_col = self._fids()
+        new = [i for i in range(len(fid_col)) if fid_col[i] < 0]
+        for i in new:
+            geom = napari_to_geometry(self.layer.data[i][:, -2:], self.scene.transform)
+            cls = str(feats["class"].iloc[i]) if isinstance(feats["class"].iloc[i], str) else self.current_class
+            fid = int(self.store.add_footprint(self.scene.scene_id, geom, cls=cls, source="manual"))
+            feats.loc[i, "fid"] = fid
+            feats.loc[i, "class"] = cls
+            feats.loc[i, "part"] = 0
+            self._geoms[fid] = geom
+        if new:
+            self._changed()
+
+    def _footprint_from_layer(self, fid: int) -> BaseGeometry | None:
+        """Rebuild a footprint from all its shapes (None when it has none left)."""
+        idx = self.indices_of([fid])
+        if not idx:
+            return None
+        old_parts = polygon_parts(self._geoms.get(fid))
+        feats = self.layer.features
+        parts = []
+        for i in idx:
+            k = int(feats["part"].iloc[i])
+            holes = list(old_parts[k].interiors) if k < len(old_parts) else []
+            holes_poly = [np.asarray(h.coords) for h in holes]
+            parts.append(napari_to_geometry(self.layer.data[i][:, -2:], self.scene.transform, holes_poly))
+        return join_parts(parts)
+
+    def _store_changed(self, indices: Iterable[int]) -> None:
+        feats = self.layer.features
+        if len(feats) != len(self.layer.data):
+            self.reconcile()
+            return
+        col = self._fids()
+        fids = {int(col[i]) for i in indices if 0 <= i < len(col)}
+        for fid in fids:
+            if fid < 0:
+                continue
+            geom = self._footprint_from_layer(fid)
+            if geom is not None:
+                self.store.update_footprint(fid, geometry=geom)
+                self._geoms[fid] = geom
+        if fids:
+            self._changed()
+
+    def _store_removed(self, fids: Iterable[int]) -> None:
+        for fid in set(fids):
+            if fid < 0:
+                continue
+            geom = self._footprint_from_layer(fid)
+            if geom is None:
+                self.store.delete_footprint(fid)
+                self._geoms.pop(fid, None)
+            else:
+                self.store.update_footprint(fid, geometry=geom)
+                self._geoms[fid] = geom
+        self._changed()
+
+    def reconcile(self) -> None:
+        """Full diff of layer against the last stored state (fallback when events are ambiguous)."""
+        feats = self.layer.features
+        n = len(self.layer.data)
+        if len(feats) != n:  # a napari path removed a shape without its feature row: rebuild
+            self.reload()
+            return
+        present = {int(f) for f in self._fids() if f >= 0}
+        for fid in set(self._geoms) - present:
+            self.store.delete_footprint(fid)
+            self._geoms.pop(fid)
+        for fid in present:
+            geom = self._footprint_from_layer(fid)
+            if geom is not None and not geom.equals_exact(self._geoms.get(fid), 1e-9):
+                self.store.update_footprint(fid, geometry=geom)
+                self._geoms[fid] = geom
+        self._store_new_shapes()
+        self._changed()
+
+    # ----- class, undo/redo ----------------------------------------------------------------------
+    def set_class(self, cls: str) -> None:
+        """Class for new shapes; also reclassifies the selected footprints."""
+        self.current_class = cls
+        self._set_defaults()
+        selected = sorted(self.layer.selected_data)
+        self.layer.current_edge_color = class_colour(cls)  # recolours the selected shapes
+        feats = self.layer.features
+        col = self._fids()
+        fids = {int(col[i]) for i in selected if 0 <= i < len(col)}
+        try:
+            for fid in fids:
+                if fid >= 0:
+                    self.store.update_footprint(fid, cls=cls)
+        except DclabelError as exc:
+            self._notify(f"Class not saved: {exc}")
+            self.reload()
+            return
+        for i in self.indices_of(fids):
+            feats.loc[i, "class"] = cls
+        if fids:
+            self._changed()
+
+    def undo(self) -> bool:
+        """Undo the last stored edit and reload; False when there was nothing to undo."""
+        return self._history(self.store.undo, "undo")
+
+    def redo(self) -> bool:
+        """Redo the last undone edit and reload; False when there was nothing to redo."""
+        return self._history(self.store.redo, "redo")
+
+    def _history(self, step: Callable[[], bool], name: str) -> bool:
+        try:
+            done = bool(step())
+        except DclabelError as exc:
+            self._notify(f"Cannot {name}: {exc}")
+            return False
+        if done:
+            self.reload()
+            self._changed()
+        else:
+            self._notify(f"Nothing to {name}.")
+        return done
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+
+def _warn(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)

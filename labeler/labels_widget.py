@@ -1,0 +1,97 @@
+"""Labels panel: which scene is on screen, its display, the footprint class and undo/redo."""
+
+from __future__ import annotations
+
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QRadioButton,
+    QWidget,
+)
+
+from labeler.footprints import class_colour
+from labeler.session import ProjectSession
+from model.errors import DclabelError
+
+
+class LabelsWidget(QWidget):
+    """Scene selector, true/NIR false colour toggle, class selector, undo and redo.
+
+    Args:
+        session: The open project session.
+    """
+
+    def __init__(self, session: ProjectSession, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.scene = QComboBox()
+        for sc in session.project.scenes:
+            self.scene.addItem(f"{sc.scene_id}  ({sc.width}×{sc.height})", sc.scene_id)
+        self.scene.setCurrentIndex(max(self.scene.findData(session.scene.scene_id), 0))
+        self.true_colour = QRadioButton("True colour")
+        self.nir = QRadioButton("NIR false colour")
+        self.true_colour.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.true_colour)
+        group.addButton(self.nir)
+        self.cls = QComboBox()
+        for c in session.project.settings.classes:
+            self.cls.addItem(f"■ {c}", c)
+            self.cls.setItemData(self.cls.count() - 1, _qcolor(class_colour(c)), _foreground_role())
+        self.undo_button = QPushButton("Undo (Ctrl+Z)")
+        self.redo_button = QPushButton("Redo (Ctrl+Shift+Z)")
+        self.info = QLabel(
+            "Draw in the <i>footprints</i> layer: polygon (P) or rectangle (R) tools; "
+            "edit vertices with the direct-select tool (D); Delete removes. Every change is saved."
+        )
+        self.info.setWordWrap(True)
+
+        display = QHBoxLayout()
+        display.addWidget(self.true_colour)
+        display.addWidget(self.nir)
+        history = QHBoxLayout()
+        history.addWidget(self.undo_button)
+        history.addWidget(self.redo_button)
+        form = QFormLayout(self)
+        form.addRow("Scene", self.scene)
+        form.addRow("Display", display)
+        form.addRow("Class", self.cls)
+        form.addRow(history)
+        form.addRow(self.info)
+
+        self.scene.currentIndexChanged.connect(self._on_scene)
+        self.nir.toggled.connect(lambda on: self.session.set_composite("nir" if on else "true"))
+        self.cls.currentIndexChanged.connect(self._on_class)
+        self.undo_button.clicked.connect(lambda: self.session.editor.undo())
+        self.redo_button.clicked.connect(lambda: self.session.editor.redo())
+        session.scene_changed.connect(lambda _: self._on_class())
+
+    def _on_scene(self) -> None:
+        scene_id = self.scene.currentData()
+        if scene_id and scene_id != self.session.scene.scene_id:
+            try:
+                self.session.show_scene(scene_id)
+            except (DclabelError, OSError) as exc:
+                show_error(f"Cannot open scene {scene_id}: {exc}")
+
+    def _on_class(self) -> None:
+        editor = self.session.editor
+        if editor is not None:
+            editor.set_class(self.cls.currentData())
+
+
+def _qcolor(hex_colour: str):
+    from qtpy.QtGui import QColor
+
+    return QColor(hex_colour)
+
+
+def _foreground_role():
+    from qtpy.QtCore import Qt
+
+    return Qt.ItemDataRole.ForegroundRole

@@ -1,0 +1,250 @@
+"""Retrain panel: start/cancel a background retraining round and watch it learn.
+
+Training runs in :class:`loop.retrain.RetrainJob`'s own OS process; a ``QTimer`` polls its
+events (never blocking). The loss and validation IoU are drawn live with matplotlib. When a
+round publishes a promoted model, the session's ``model_changed`` signal fires (the review panel
+re-ranks in the background); a regressed candidate is reported and not swapped in.
+"""
+
+from __future__ import annotations
+
+import math
+
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from labeler.session import ProjectSession
+from model.errors import DclabelError
+
+POLL_MS = 200
+
+
+class RetrainWidget(QWidget):
+    """The retrain panel.
+
+    Args:
+        session: The open project session.
+        job_options: Extra keyword arguments for :class:`loop.retrain.RetrainJob` (tests use a
+            tiny model and one thread).
+    """
+
+    def __init__(self, session: ProjectSession, parent: QWidget | None = None, **job_options) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.job_options = job_options
+        self.job = None
+        self.events: list[dict] = []
+        self.history: list[dict] = []  # epoch records of the running round
+        self.steps: list[tuple[float, float]] = []  # (fractional epoch, loss)
+
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 500)
+        self.epochs.setValue(5)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-3)
+        self.start_button = QPushButton("Retrain")
+        self.start_button.setToolTip("Train a new model version on the reviewed chips (background process)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setMaximumHeight(14)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.versions = QListWidget()
+        self.versions.setMaximumHeight(90)
+
+        self.figure = Figure(figsize=(3.2, 1.8), dpi=90, facecolor="#262930")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(150)
+        self.ax_loss = self.figure.add_subplot(111)
+        self.ax_iou = self.ax_loss.twinx()
+        self._style_axes()
+
+        form = QFormLayout()
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.lr)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.canvas)
+        layout.addWidget(self.model_label)
+        layout.addWidget(QLabel("Versions"))
+        layout.addWidget(self.versions)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.refresh_versions()
+
+    # ----- control -----------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Start a round (or queue a follow-up if one is running). Returns True if it started."""
+        from loop.retrain import RetrainJob
+
+        options = {"epochs": self.epochs.value(), "lr": self.lr.value(), **self.job_options}
+        if self.job is None or not self.job.is_running:
+            self.job = RetrainJob(self.session.project.root, **options)
+        try:
+            started = self.job.request()
+        except DclabelError as exc:
+            show_warning(f"Cannot retrain: {exc}")
+            return False
+        except RuntimeError as exc:
+            show_error(f"Cannot retrain: {exc}")
+            return False
+        if started:
+            self.history, self.steps = [], []
+            self._draw()
+            self.status.setText("starting the training process…")
+            self.progress.setRange(0, 0)  # busy until the first step
+        else:
+            show_info("A retraining round is running; another one will follow it.")
+        self.start_button.setText("Retrain again")
+        self.cancel_button.setEnabled(True)
+        self.timer.start()
+        return started
+
+    def cancel(self) -> None:
+        """Cancel the running round; the current model stays."""
+        if self.job is not None and self.job.is_running:
+            self.job.cancel()
+            self.status.setText("cancelling…")
+
+    def poll(self) -> list[dict]:
+        """Handle the events that arrived since the last poll (called by the timer)."""
+        if self.job is None:
+            self.timer.stop()
+            return []
+        try:
+            events = self.job.poll()
+        except Exception as exc:  # never let a broken queue kill the GUI
+            show_error(f"Retraining stopped: {exc}")
+            events = [{"type": "done"}]
+        for e in events:
+            self._handle(e)
+        self.events.extend(events)
+        if not self.job.is_running:
+            self.timer.stop()
+            self.cancel_button.setEnabled(False)
+            self.start_button.setText("Retrain")
+            self.progress.setRange(0, 1)
+            self.progress.setValue(1 if self.history else 0)
+        return events
+
+    def _handle(self, e: dict) -> None:
+        kind = e.get("type")
+        if kind == "started":
+            self.status.setText(f"training on {e.get('n_train')} chips, validating on {e.get('n_val')}")
+        elif kind == "step":
+            total = int(e.get("total") or 0)
+            self.progress.setRange(0, max(total, 1))
+            self.progress.setValue(int(e.get("done") or 0))
+            if e.get("loss") is not None and total:
+                epochs = max(self.epochs.value(), 1)
+                self.steps.append((int(e["done"]) * epochs / total, float(e["loss"])))
+                if len(self.steps) % 5 == 0:
+                    self._draw()
+        elif kind == "epoch":
+            self.history.append(e)
+            iou = e.get("val_iou")
+            self.status.setText(
+                f"epoch {e.get('epoch')}/{e.get('total')}: loss {float(e.get('loss', math.nan)):.3f}"
+                + (f", val IoU {float(iou):.3f}" if iou is not None else "")
+            )
+            self._draw()
+        elif kind == "published":
+            self.status.setText(f"{e['version']} is the current model: {e.get('reason', '')}")
+            show_info(f"New model {e['version']} (val IoU {float(e.get('val_iou') or 0):.3f}); re-ranking the queue.")
+            self.refresh_versions()
+            self.session.model_changed.emit(str(e["version"]))
+        elif kind == "rejected":
+            self.status.setText(f"{e['version']} kept as a candidate: {e.get('reason', '')}")
+            show_warning(f"Model {e['version']} did not beat the current one and was not swapped in: "
+                         f"{e.get('reason', '')}")
+            self.refresh_versions()
+        elif kind == "cancelled":
+            self.status.setText(e.get("message", "cancelled"))
+            show_info(e.get("message", "Retraining cancelled."))
+        elif kind == "error":
+            self.status.setText(f"failed: {e.get('message')}")
+            show_error(f"Retraining failed: {e.get('message')}")
+
+    # ----- display -----------------------------------------------------------------------------
+    def refresh_versions(self) -> None:
+        """Current model and version history from the registry."""
+        try:
+            registry = self.session.project.registry
+            versions = registry.versions()
+            current = registry.current()
+        except DclabelError as exc:
+            self.model_label.setText(f"model registry unreadable: {exc}")
+            return
+        if current is None:
+            self.model_label.setText("No model yet: review chips with data centers, then Retrain.")
+        else:
+            metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(current.metrics.items())
+                                if isinstance(v, float) and not k.startswith("baseline"))
+            self.model_label.setText(f"Current model <b>{current.version}</b> ({metrics or 'no metrics'})")
+        self.versions.clear()
+        for mv in reversed(versions):
+            iou = mv.metrics.get("iou")
+            text = f"{mv.version}  {mv.status}" + (f"  IoU {iou:.3f}" if iou is not None else "")
+            self.versions.addItem(f"{text}  {mv.created[:16]}")
+
+    def _style_axes(self) -> None:
+        for ax in (self.ax_loss, self.ax_iou):
+            ax.set_facecolor("#262930")
+            ax.tick_params(colors="#c0c0c0", labelsize=7)
+            for spine in ax.spines.values():
+                spine.set_color("#606060")
+        self.ax_loss.set_xlabel("epoch", color="#c0c0c0", fontsize=7)
+        self.ax_loss.set_ylabel("loss", color="#ff9f43", fontsize=7)
+        self.ax_iou.set_ylabel("val IoU", color="#4fc3f7", fontsize=7)
+        self.ax_iou.set_ylim(0, 1)
+        self.figure.subplots_adjust(left=0.16, right=0.84, bottom=0.22, top=0.95)
+
+    def _draw(self) -> None:
+        self.ax_loss.clear()
+        self.ax_iou.clear()
+        self._style_axes()
+        if self.steps:
+            x, y = zip(*self.steps, strict=True)
+            self.ax_loss.plot(x, y, color="#ff9f43", lw=0.8, alpha=0.5)
+        if self.history:
+            ep = [h.get("epoch", i + 1) for i, h in enumerate(self.history)]
+            self.ax_loss.plot(ep, [h.get("loss", math.nan) for h in self.history], "o-", color="#ff9f43", ms=3)
+            ious = [h.get("val_iou", math.nan) for h in self.history]
+            self.ax_iou.plot(ep, ious, "s-", color="#4fc3f7", ms=3)
+        self.canvas.draw_idle()
+
+    def close_job(self) -> None:
+        """Stop the timer and the training process (on viewer close)."""
+        self.timer.stop()
+        if self.job is not None:
+            self.job.close()

@@ -1,0 +1,461 @@
+"""Review queue panel: rank chips, step through them, accept / edit / reject the model's proposals.
+
+Ranking runs in a ``thread_worker`` (:class:`labeler.workers.ProgressJob`); so does the
+uncertainty heatmap of the selected chip. Accepting writes the proposals and the chip's reviewed
+mark in one store transaction (one undo step).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from labeler.footprints import class_colour
+from labeler.geo import geometry_to_napari, polygon_parts, window_centre
+from labeler.session import ProjectSession
+from labeler.workers import ProgressJob
+from model.errors import Cancelled, DclabelError
+
+PROPOSALS_LAYER = "proposals"
+HEATMAP_LAYER = "uncertainty"
+COLUMNS = ("rank", "score", "chip", "proposals")
+
+
+def rank_queue(project, strategy: str, progress=None, cancel=None) -> list:
+    """Rank the project's chips and save the queue (runs in a worker thread)."""
+    from loop.ranking import rank_chips, save_queue
+
+    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
+    save_queue(project, items, strategy)
+    return items
+
+
+def chip_uncertainty(project, scene, window, progress=None, cancel=None) -> np.ndarray | None:
+    """Per-pixel entropy of the current model on one chip, or None without a model."""
+    from loop.proposals import entropy_map
+    from loop.ranking_predict import predict_probabilities
+    from model.checkpoint import build_model, load_checkpoint
+    from model.scene import read_chip
+
+    current = project.registry.current()
+    if current is None:
+        return None
+    ckpt = load_checkpoint(current.path, expected_bands=4)
+    chip = read_chip(scene, window)
+    probs = predict_probabilities(build_model(ckpt, "cpu"), ckpt.normalization, chip.image[None], "single")
+    return entropy_map(probs[0])
+
+
+def confidence_colour(score: float) -> np.ndarray:
+    """RGBA edge colour for a proposal: red (unsure, 0.5) to green (confident, 1.0)."""
+    t = float(np.clip((score - 0.5) * 2.0, 0.0, 1.0))
+    return np.array([1.0 - t, 0.35 + 0.65 * t, 0.1, 1.0])
+
+
+class ReviewWidget(QWidget):
+    """The review queue panel.
+
+    Args:
+        session: The open project session.
+    """
+
+    #: A chip was reviewed (accepted, rejected or marked empty).
+    chip_reviewed = Signal()
+
+    def __init__(self, session: ProjectSession, parent: QWidget | None = None) -> None:
+        from loop.ranking import STRATEGIES
+
+        super().__init__(parent)
+        self.session = session
+        self.viewer = session.viewer
+        self.items: list = []
+        self._rows: list = []
+        self.current = None
+        self.rank_job: ProgressJob | None = None
+        self.heat_job: ProgressJob | None = None
+        self.last_accept_ms: float | None = None
+        self.closed = False
+
+        self.strategy = QComboBox()
+        self.strategy.addItems(list(STRATEGIES))
+        self.strategy.setCurrentText("entropy" if "entropy" in STRATEGIES else self.strategy.itemText(0))
+        self.rank_button = QPushButton("Rank")
+        self.rank_button.setToolTip("Rank unreviewed chips with the current model (in the background)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setMaximumHeight(14)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c.capitalize() for c in COLUMNS])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(160)
+        self.heatmap = QCheckBox("Uncertainty heatmap")
+        self.heatmap.setChecked(True)
+        self.counts = QLabel()
+        self.counts.setWordWrap(True)
+
+        buttons = {
+            "accept_all": ("Accept all (A)", self.accept_all),
+            "accept_selected": ("Accept selected", self.accept_selected),
+            "edit": ("Edit, then accept", self.edit_then_accept),
+            "reject": ("Reject (R)", self.reject),
+            "empty": ("Empty chip (E)", self.mark_empty),
+            "skip": ("Skip", self.skip),
+            "next": ("Next (N)", self.next_chip),
+        }
+        grid = QGridLayout()
+        self.buttons: dict[str, QPushButton] = {}
+        for k, (name, (text, slot)) in enumerate(buttons.items()):
+            b = QPushButton(text)
+            b.clicked.connect(lambda _=False, s=slot: s())
+            self.buttons[name] = b
+            grid.addWidget(b, k // 2, k % 2)
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Strategy"))
+        top.addWidget(self.strategy, 1)
+        top.addWidget(self.rank_button)
+        top.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(grid)
+        layout.addWidget(self.heatmap)
+        layout.addWidget(self.counts)
+
+        self.rank_button.clicked.connect(self.rank)
+        self.cancel_button.clicked.connect(self.cancel_rank)
+        self.table.itemSelectionChanged.connect(self._on_row_selected)
+        self.heatmap.toggled.connect(self._on_heatmap_toggled)
+        session.labels_changed.connect(self.update_counts)
+        session.scene_changed.connect(lambda _: self.populate(self.items))
+        for key, slot in self._keys():
+            self.viewer.bind_key(key, lambda _v, s=slot: s(), overwrite=True)
+        self._load_saved_queue()
+        self.update_counts()
+
+    def _keys(self) -> tuple:
+        """Review keys, bound on the viewer and on the proposals layer (active while reviewing)."""
+        return (("a", self.accept_all), ("r", self.reject), ("e", self.mark_empty), ("n", self.next_chip))
+
+    # ----- ranking -----------------------------------------------------------------------------
+    def _load_saved_queue(self) -> None:
+        from loop.ranking import load_queue
+
+        try:
+            self.populate(load_queue(self.session.project))
+        except DclabelError as exc:
+            show_warning(f"Saved review queue ignored: {exc}")
+
+    def rank(self) -> ProgressJob | None:
+        """Rank the queue in the background with the selected strategy; returns the job."""
+        if self.rank_job is not None:
+            show_info("Ranking is already running.")
+            return None
+        job = ProgressJob(rank_queue, self.session.project, self.strategy.currentText())
+        job.worker.yielded.connect(self._on_rank_progress)
+        job.worker.returned.connect(self.populate)
+        job.worker.errored.connect(self._on_rank_error)
+        job.worker.finished.connect(self._on_rank_finished)
+        self.rank_job = job
+        self.rank_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.progress.setFormat("ranking %p%")
+        job.start()
+        return job
+
+    def cancel_rank(self) -> None:
+        """Stop a running ranking; the previous queue stays."""
+        if self.rank_job is not None:
+            self.rank_job.cancel()
+
+    def close_jobs(self, wait_ms: int = 10_000) -> None:
+        """Stop ranking and heatmap workers and ignore their late results (on viewer close)."""
+        self.closed = True
+        for job in (self.rank_job, self.heat_job):
+            if job is not None:
+                job.cancel()
+                job.worker.quit()
+                job.worker.await_workers(wait_ms)
+
+    def _on_rank_progress(self, p) -> None:
+        self.progress.setMaximum(max(p.total, 1))
+        self.progress.setValue(p.done)
+
+    def _on_rank_error(self, exc: Exception) -> None:
+        if isinstance(exc, Cancelled):
+            show_info(f"Ranking cancelled: {exc}")
+        else:
+            show_error(f"Ranking failed: {exc}")
+
+    def _on_rank_finished(self) -> None:
+        self.rank_job = None
+        self.rank_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress.setFormat("%p%")
+
+    def populate(self, items: list | None, select_row: int = 0) -> None:
+        """Show a ranked queue (items of every scene are kept; rows show the scene on screen).
+
+        Args:
+            items: Queue items, best first.
+            select_row: Row to select (and show) afterwards, clipped to the table.
+        """
+        if self.closed:
+            return
+        self.items = list(items or [])
+        scene_id = self.session.scene.scene_id
+        rows = [it for it in self.items if it.scene_id == scene_id]
+        self.table.blockSignals(True)
+        self.table.clearSelection()
+        self.table.setRowCount(len(rows))
+        for r, it in enumerate(rows):
+            w = it.window
+            cells = (str(it.rank), f"{it.score:.3f}", f"r{int(w.row_off)} c{int(w.col_off)}",
+                     str(len(it.proposals)))
+            for c, text in enumerate(cells):
+                cell = QTableWidgetItem(text)
+                cell.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self.table.setItem(r, c, cell)
+        self.table.blockSignals(False)
+        self._rows = rows
+        self.session.set_queued([it.window for it in rows])
+        self.update_counts()
+        if rows:
+            self.table.selectRow(min(max(select_row, 0), len(rows) - 1))
+        else:
+            self.current = None
+            self._clear_chip_layers()
+
+    # ----- selection ---------------------------------------------------------------------------
+    def _on_row_selected(self) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows or rows[0].row() >= len(self._rows):
+            return
+        self.show_item(self._rows[rows[0].row()])
+
+    def show_item(self, item) -> None:
+        """Centre and zoom on a chip, show its proposals and (optionally) its uncertainty."""
+        self.current = item
+        w = item.window
+        self.viewer.camera.center = window_centre(w)
+        canvas = self.viewer.window._qt_viewer.canvas.size if hasattr(self.viewer, "window") else None
+        side = max(int(w.width), int(w.height)) * 1.4
+        if canvas is not None and min(canvas) > 0:
+            self.viewer.camera.zoom = min(canvas) / side
+        self._show_proposals(item)
+        self._show_heatmap(item)
+
+    def _show_proposals(self, item) -> None:
+        transform = self.session.scene.transform
+        data, colours, owner = [], [], []
+        for k, p in enumerate(item.proposals):
+            for part in polygon_parts(p.geometry):
+                data.append(geometry_to_napari(part, transform))
+                colours.append(confidence_colour(p.score))
+                owner.append(k)
+        if PROPOSALS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[PROPOSALS_LAYER]
+            layer.selected_data = set()
+            layer.data = []
+        else:
+            layer = self.viewer.add_shapes(name=PROPOSALS_LAYER, ndim=2, face_color="transparent")
+            for key, slot in self._keys():
+                layer.bind_key(key, lambda _layer, s=slot: s(), overwrite=True)
+        if data:
+            layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=2)
+            layer.features = {"proposal": np.asarray(owner, dtype=int),
+                              "score": np.asarray([item.proposals[o].score for o in owner])}
+        layer.metadata["item"] = item
+        layer.mode = "select"
+        self.viewer.layers.selection.active = layer
+
+    def _show_heatmap(self, item) -> None:
+        if HEATMAP_LAYER in self.viewer.layers:
+            self.viewer.layers[HEATMAP_LAYER].visible = False
+        if not self.heatmap.isChecked() or self.session.current_model() is None:
+            return
+        job = ProgressJob(chip_uncertainty, self.session.project, self.session.scene, item.window)
+        job.worker.returned.connect(lambda heat, it=item: self._on_heatmap(it, heat))
+        job.worker.errored.connect(lambda exc: show_warning(f"Uncertainty map failed: {exc}"))
+        self.heat_job = job
+        job.start()
+
+    def _on_heatmap(self, item, heat: np.ndarray | None) -> None:
+        if self.closed or heat is None or item is not self.current:
+            return
+        translate = (float(item.window.row_off), float(item.window.col_off))
+        if HEATMAP_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[HEATMAP_LAYER]
+            layer.data = heat
+            layer.translate = translate
+            layer.visible = True
+        else:
+            layer = self.viewer.add_image(heat, name=HEATMAP_LAYER, colormap="inferno", opacity=0.45,
+                                          blending="additive", contrast_limits=(0, 1), translate=translate)
+            self._restore_active()
+
+    def _on_heatmap_toggled(self, on: bool) -> None:
+        if HEATMAP_LAYER in self.viewer.layers:
+            self.viewer.layers[HEATMAP_LAYER].visible = on and self.current is not None
+        if on and self.current is not None:
+            self._show_heatmap(self.current)
+
+    def _restore_active(self) -> None:
+        """Keep the proposals layer active (its keys A/R/E/N drive the review)."""
+        if PROPOSALS_LAYER in self.viewer.layers:
+            self.viewer.layers.selection.active = self.viewer.layers[PROPOSALS_LAYER]
+
+    def _clear_chip_layers(self) -> None:
+        for name in (PROPOSALS_LAYER, HEATMAP_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+
+    # ----- decisions -----------------------------------------------------------------------------
+    def selected_proposals(self) -> list:
+        """Proposals selected in the proposals layer."""
+        if self.current is None or PROPOSALS_LAYER not in self.viewer.layers:
+            return []
+        layer = self.viewer.layers[PROPOSALS_LAYER]
+        owners = {int(layer.features["proposal"].iloc[i]) for i in layer.selected_data}
+        return [self.current.proposals[k] for k in sorted(owners)]
+
+    def accept_all(self) -> None:
+        """Store every proposal of the chip and mark it reviewed, then show the next chip."""
+        if self.current is not None:
+            self._accept(list(self.current.proposals), "proposal-accepted")
+
+    def accept_selected(self) -> None:
+        """Store the proposals selected in the proposals layer and mark the chip reviewed."""
+        if self.current is not None:
+            chosen = self.selected_proposals()
+            if not chosen:
+                show_info("Select proposals in the 'proposals' layer first (or use Accept all).")
+                return
+            self._accept(chosen, "proposal-accepted")
+
+    def edit_then_accept(self) -> None:
+        """Store the selected (or all) proposals as editable footprints; stay on the chip to edit."""
+        if self.current is None:
+            return
+        chosen = self.selected_proposals() or list(self.current.proposals)
+        fids = self._accept(chosen, "proposal-edited", advance=False)
+        editor = self.session.editor
+        if fids and editor is not None:
+            self.viewer.layers.selection.active = editor.layer
+            editor.layer.selected_data = set(editor.indices_of(fids))
+            editor.layer.mode = "direct"
+            show_info("Edit the vertices in the 'footprints' layer; press N for the next chip.")
+
+    def reject(self) -> None:
+        """Discard the proposals; the chip is reviewed (empty unless footprints were drawn in it)."""
+        if self.current is not None:
+            self._decide([], "proposal-accepted", empty=not self._has_footprints(self.current.window))
+
+    def mark_empty(self) -> None:
+        """Mark the chip reviewed with no data center in it."""
+        if self.current is not None:
+            self._decide([], "proposal-accepted", empty=True)
+
+    def skip(self) -> None:
+        """Move the chip to the end of the queue without deciding."""
+        if self.current is None:
+            return
+        item = self.current
+        self.items = [it for it in self.items if it is not item] + [item]
+        self._advance_from(item)
+
+    def next_chip(self) -> None:
+        """Show the next chip of the queue."""
+        rows = self.table.selectionModel().selectedRows()
+        row = rows[0].row() + 1 if rows else 0
+        if row < self.table.rowCount():
+            self.table.selectRow(row)
+        else:
+            show_info("End of the queue: rank again for more chips.")
+
+    def _accept(self, proposals: list, source: str, advance: bool = True) -> list[int]:
+        return self._decide(proposals, source, empty=False, advance=advance)
+
+    def _decide(self, proposals: list, source: str, empty: bool, advance: bool = True) -> list[int]:
+        t0 = time.perf_counter()
+        item = self.current
+        store = self.session.project.labels
+        model = self.session.current_model()
+        version = model.version if model is not None else None
+        editor = self.session.editor
+        geoms = [p.geometry for p in proposals]
+        try:
+            with store.transaction():
+                fids = editor.add_geometries(geoms, cls="datacenter", source=source, model_version=version)
+                store.mark_reviewed(item.scene_id, item.window, empty=empty and not geoms)
+        except DclabelError as exc:
+            show_error(f"Chip not saved: {exc}")
+            editor.reload()
+            return []
+        self.chip_reviewed.emit()
+        self.session.reviewed_changed.emit()
+        if advance:
+            self.items = [it for it in self.items if it is not item]
+            self._advance_from(item)
+        else:
+            self.session.refresh_grid()
+            self.update_counts()
+        self.last_accept_ms = (time.perf_counter() - t0) * 1000
+        return fids
+
+    def _advance_from(self, item) -> None:
+        row = next((r for r, it in enumerate(self._rows) if it is item), 0)
+        self.populate(self.items, select_row=row)
+
+    def _has_footprints(self, window) -> bool:
+        from shapely.geometry import box
+
+        from labeler.geo import napari_to_crs, window_to_napari
+
+        xy = napari_to_crs(window_to_napari(window), self.session.scene.transform)
+        chip = box(*xy.min(axis=0), *xy.max(axis=0))
+        editor = self.session.editor
+        return any(g.intersects(chip) for g in editor._geoms.values()) if editor else False
+
+    # ----- counts ------------------------------------------------------------------------------
+    def update_counts(self) -> None:
+        """Reviewed / remaining chips and labels per class."""
+        project = self.session.project
+        sid = self.session.scene.scene_id
+        total = len(project.chip_windows(sid))
+        reviewed = len(project.labels.reviewed_chips(sid))
+        fp = project.labels.footprints(sid)
+        per_class = fp["class"].value_counts().to_dict() if len(fp) else {}
+        classes = " · ".join(
+            f"<span style='color:{class_colour(c)}'>■</span> {c} {per_class.get(c, 0)}"
+            for c in project.settings.classes
+        )
+        self.counts.setText(
+            f"<b>{reviewed}</b> of {total} chips reviewed, <b>{total - reviewed}</b> remaining, "
+            f"{len(self._rows)} queued<br>{classes}"
+        )

@@ -1,0 +1,105 @@
+"""What the panels of one open project share: the project, the scene on screen and its layers.
+
+A :class:`ProjectSession` is created per opened project and handed to each widget explicitly (no
+global state). Widgets talk to each other only through its psygnal signals.
+"""
+
+from __future__ import annotations
+
+from psygnal import Signal
+from rasterio.windows import Window
+
+from labeler.footprints import FootprintEditor
+from labeler.scene_layers import add_chip_grid, add_scene_layer, set_composite, update_chip_grid
+from model.scene import SceneInfo
+
+SESSION_KEY = "dclabel_session"
+
+
+class ProjectSession:
+    """One open project in one viewer.
+
+    Args:
+        viewer: The napari viewer.
+        project: The opened :class:`loop.project.Project`.
+        scene_id: Scene to show first (default: the project's first scene).
+
+    Raises:
+        ProjectError: The project has no scenes, or ``scene_id`` is unknown.
+        SceneError: The scene file cannot be read.
+    """
+
+    #: Footprints were added, edited, deleted or re-classified (or undone).
+    labels_changed = Signal()
+    #: Chips were marked reviewed.
+    reviewed_changed = Signal()
+    #: A new model version became current (its version string).
+    model_changed = Signal(str)
+    #: Another scene is on screen.
+    scene_changed = Signal(str)
+
+    def __init__(self, viewer, project, scene_id: str | None = None) -> None:
+        from loop.errors import ProjectError
+
+        self.viewer = viewer
+        self.project = project
+        if not project.scenes:
+            raise ProjectError(f"{project.root}: the project holds no scenes; add one with `dclabel project add`.")
+        self.queued: set[tuple[int, int]] = set()
+        self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]
+        self.editor: FootprintEditor | None = None
+        self.show_scene(self.scene.scene_id)
+
+    # ----- scene -------------------------------------------------------------------------------
+    def show_scene(self, scene_id: str) -> None:
+        """Show a scene: image pyramid, chip grid and footprints layer."""
+        scene = self.project.scene(scene_id)
+        composite = "true"
+        if "scene" in self.viewer.layers:
+            composite = self.viewer.layers["scene"].metadata["display"].composite
+        self.scene = scene
+        self.image_layer = add_scene_layer(self.viewer, scene, composite)
+        self.grid_layer = add_chip_grid(
+            self.viewer, self.project.chip_windows(scene_id), self.reviewed_keys(), self.queued
+        )
+        self.editor = FootprintEditor(
+            self.viewer, self.project.labels, scene, on_change=self.labels_changed.emit
+        )
+        self.viewer.layers.selection.active = self.editor.layer
+        self.viewer.reset_view()
+        self.scene_changed.emit(scene_id)
+
+    def set_composite(self, composite: str) -> None:
+        """Switch true colour / NIR false colour."""
+        set_composite(self.image_layer, composite)
+
+    # ----- chips -------------------------------------------------------------------------------
+    def reviewed_keys(self) -> set[tuple[int, int]]:
+        """``(row_off, col_off)`` of the reviewed chips of the scene on screen."""
+        return {
+            (int(r.window.row_off), int(r.window.col_off))
+            for r in self.project.labels.reviewed_chips(self.scene.scene_id)
+        }
+
+    def set_queued(self, windows: list[Window]) -> None:
+        """Chips waiting in the review queue (coloured in the grid)."""
+        self.queued = {(int(w.row_off), int(w.col_off)) for w in windows}
+        self.refresh_grid()
+
+    def refresh_grid(self) -> None:
+        """Recolour the chip grid from the store's reviewed chips and the queue."""
+        if self.grid_layer in self.viewer.layers:
+            update_chip_grid(self.grid_layer, self.reviewed_keys(), self.queued)
+
+    def current_model(self):
+        """The registry's current :class:`~loop.registry.ModelVersion`, or None."""
+        return self.project.registry.current()
+
+
+def find_session(viewer) -> ProjectSession | None:
+    """The session opened in a viewer, if any (kept on the viewer's scene layer metadata)."""
+    for layer in viewer.layers:
+        session = layer.metadata.get(SESSION_KEY)
+        if session is not None:
+            return session
+    return None

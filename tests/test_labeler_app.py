@@ -1,0 +1,129 @@
+"""The labeler driven like a user: open, rank, accept, draw, edit a vertex, undo, mark empty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers.base._base_constants import ActionType
+
+pytestmark = pytest.mark.gui
+
+
+def wait_ranked(qtbot, opened) -> None:
+    qtbot.waitUntil(lambda: opened.review.rank_job is None, timeout=30_000)
+
+
+def test_open_shows_scene_grid_footprints_and_ranks_queue(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    viewer = app.session.viewer
+    for name in ("scene", "chip grid", "footprints", "proposals"):
+        assert name in viewer.layers
+    assert viewer.layers["scene"].rgb
+    assert len(viewer.layers["chip grid"].data) == 4  # 512 x 512 scene, 256 px chips
+    review = app.review
+    assert len(review.items) == 4 and review.table.rowCount() == 4
+    assert [it.rank for it in review.items] == [1, 2, 3, 4]
+    assert review.current is review.items[0]
+    # the confident tiny model proposes one polygon per chip
+    assert len(viewer.layers["proposals"].data) == len(review.current.proposals) == 1
+    # the queued chips are coloured as queued in the grid
+    grid = viewer.layers["chip grid"]
+    np.testing.assert_allclose(grid.edge_color[0][:3], [1.0, 2 / 3, 0.0], atol=0.01)
+
+
+def test_accept_all_stores_proposals_and_shows_next_chip(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    first = review.current
+    review.accept_all()
+    fp = store.footprints(app.session.scene.scene_id)
+    assert len(fp) == 1
+    assert fp["source"].iloc[0] == "proposal-accepted"
+    assert fp["model_version"].iloc[0] == "v1"
+    assert fp.geometry.iloc[0].equals_exact(first.proposals[0].geometry, 1e-6)
+    reviewed = store.reviewed_chips()
+    assert len(reviewed) == 1 and reviewed[0].window == first.window and not reviewed[0].empty
+    assert review.table.rowCount() == 3 and review.current is not first
+    assert len(app.session.editor.layer.data) == 1
+    # the reviewed chip turned green in the grid
+    assert (int(first.window.row_off), int(first.window.col_off)) in app.session.reviewed_keys()
+
+
+def test_review_keys_on_canvas(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    viewer = app.session.viewer
+    assert viewer.layers.selection.active.name == "proposals"
+    first = app.review.current
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, "e")
+    reviewed = app.session.project.labels.reviewed_chips()
+    assert [r.window for r in reviewed] == [first.window] and reviewed[0].empty
+
+
+def test_draw_edit_vertex_undo_redo_delete_and_class(app, qtbot) -> None:
+    editor = app.session.editor
+    layer, store = editor.layer, app.session.project.labels
+    sid = app.session.scene.scene_id
+    square = np.array([[100.0, 100.0], [100.0, 200.0], [200.0, 200.0], [200.0, 100.0]])
+    layer.add(square, shape_type="polygon")  # as when a polygon is drawn
+    fp = store.footprints(sid)
+    assert len(fp) == 1 and fp["source"].iloc[0] == "manual" and fp["class"].iloc[0] == "datacenter"
+    before = np.asarray(fp.geometry.iloc[0].exterior.coords)
+    assert int(layer.features["fid"].iloc[0]) == int(fp["fid"].iloc[0])
+
+    # move vertex 1 by (+10 rows, +5 cols) the way napari's vertex tools do
+    moved = layer.data[0].copy()
+    moved[1] += (10.0, 5.0)
+    layer.events.data(value=layer.data, action=ActionType.CHANGING, data_indices=(0,), vertex_indices=((1,),))
+    layer._data_view.edit(0, moved)
+    layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(0,), vertex_indices=((1,),))
+    after = np.asarray(store.footprints(sid).geometry.iloc[0].exterior.coords)
+    delta = after - before
+    # 0.6 m pixels, north up: +5 cols = +3.0 m x, +10 rows = -6.0 m y; other vertices unchanged
+    np.testing.assert_allclose(delta[1], [3.0, -6.0], atol=1e-6)
+    assert np.abs(np.delete(delta, [1], axis=0)).max() < 1e-6
+
+    assert editor.undo()
+    restored = np.asarray(store.footprints(sid).geometry.iloc[0].exterior.coords)
+    np.testing.assert_allclose(restored, before, atol=1e-6)
+    np.testing.assert_allclose(layer.data[0], square, atol=1e-6)
+    assert editor.redo()
+    np.testing.assert_allclose(layer.data[0][1], square[1] + (10.0, 5.0), atol=1e-6)
+
+    layer.selected_data = {0}
+    editor.set_class("warehouse")
+    assert store.footprints(sid)["class"].iloc[0] == "warehouse"
+    layer.selected_data = {0}
+    layer.remove_selected()
+    assert len(store.footprints(sid)) == 0
+    assert editor.undo() and len(store.footprints(sid)) == 1 and len(layer.data) == 1
+
+
+def test_mark_empty_and_reject(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    first = review.current
+    review.mark_empty()
+    second = review.current
+    review.reject()
+    chips = {(r.window.row_off, r.window.col_off): r.empty for r in store.reviewed_chips()}
+    assert chips == {(first.window.row_off, first.window.col_off): True,
+                     (second.window.row_off, second.window.col_off): True}
+    assert len(store.footprints()) == 0 and review.table.rowCount() == 2
+
+
+def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
+    from labeler.app import launch
+    from model.scene import write_geotiff
+    from tests.conftest import TINY_CRS, TINY_TRANSFORM
+
+    scene = next(tiny_project.parent.glob("scene.tif"))
+    write_geotiff(scene, np.zeros((3, 64, 64), np.uint8), TINY_CRS, TINY_TRANSFORM)  # 3 bands now
+    viewer, opened = launch(tiny_project, show=False)
+    try:
+        assert opened is None
+        docks = viewer.window._dock_widgets
+        assert "dclabel: error" in docks
+        text = docks["dclabel: error"].widget().text()
+        assert "bands" in text
+    finally:
+        viewer.close()
