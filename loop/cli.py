@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "loop.cli_labels",
     "loop.cli_rank",
     "loop.cli_naip",
+    "loop.cli_project",
 ]
 
 

@@ -149,7 +149,7 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
     config = TrainConfig(
         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, base_channels=unet.base_channels,
         depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="cpu",
-        max_time_s=settings.max_time_s, log_dir=project.logs_dir,
+        max_time_s=settings.max_time_s, log_dir=project.logs_dir / time.strftime("train-%Y%m%d-%H%M%S"),
     )
 
     def progress(done: int, total: int, info: dict) -> None:

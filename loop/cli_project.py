@@ -1,0 +1,205 @@
+"""``dclabel init``, ``dclabel retrain`` and ``dclabel simulate``: projects, background training, oracle runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from loop.ranking_scores import STRATEGIES
+
+
+def _bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--bands expects 4 comma-separated integers like 1,2,3,4, got {text!r}") from exc
+    if len(bands) != 4:
+        raise argparse.ArgumentTypeError(f"--bands expects 4 band indexes (R,G,B,NIR), got {text!r}")
+    return bands
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown strategy {unknown or text!r}; choose from {', '.join(STRATEGIES)}")
+    return names
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Create (or extend) a project with the given scenes."""
+    from loop.project import Project
+
+    project = Project.create(args.project, images=args.image or (), bands=args.bands, chip_size=args.chip_size)
+    project.labels  # noqa: B018 - creates labels.gpkg with every scene registered
+    for info in project.scenes:
+        n = len(project.chip_windows(info.scene_id))
+        print(f"{info.scene_id}: {info.width} x {info.height} px, {info.crs.to_string()}, {n} chips")
+    print(f"project {project.root}: {len(project.scene_ids)} scene(s)")
+    return 0
+
+
+def _bar(done: int, total: int, width: int = 28) -> str:
+    filled = int(width * done / total) if total else 0
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def format_event(event: dict) -> str | None:
+    """One terminal line for a retraining event (None for ``done``)."""
+    t = event["type"]
+    if t == "started":
+        return f"training on {event['n_train']} chips, validating on {event['n_val']} (from {event['parent'] or 'scratch'})"
+    if t == "step":
+        return f"\r  {_bar(event.get('done', 0), event.get('total', 0))} loss {event.get('loss', float('nan')):.3f}"
+    if t == "epoch":
+        iou = event.get("val_iou")
+        extra = f", val IoU {iou:.3f}" if isinstance(iou, float) else ""
+        line = f"epoch {event.get('epoch')}/{event.get('total')}: loss {event.get('loss', float('nan')):.3f}{extra}"
+        return f"\r  {line:<60}"
+    if t == "published":
+        return f"published {event['version']} as current model ({event['reason']})"
+    if t == "rejected":
+        return f"kept {event['version']} as a candidate, current model unchanged ({event['reason']})"
+    if t in ("error", "cancelled"):
+        return f"{t}: {event.get('message', '')}"
+    return None
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    """Run one retraining round in the background process and stream its events; Ctrl+C cancels."""
+    from loop.retrain import RetrainJob
+    from model.unet import UNetConfig
+
+    unet = UNetConfig(base_channels=args.base_channels, depth=args.depth, dropout=args.dropout)
+    job = RetrainJob(args.project, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, unet=unet,
+                     tolerance=args.tolerance, seed=args.seed, max_time_s=args.max_time, threads=args.threads)
+    job.start()
+    previous = signal.getsignal(signal.SIGINT)
+    interrupted = []
+
+    def on_sigint(signum, frame) -> None:
+        if interrupted:  # second Ctrl+C: stop waiting politely
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        print("\ncancelling (Ctrl+C again to force)...", file=sys.stderr)
+        job.cancel()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    status = 0
+    try:
+        while job.is_running:
+            for event in job.wait(timeout=0.5):
+                line = format_event(event)
+                if line is None:
+                    continue
+                inline = line.startswith("\r")
+                print(line, end="" if inline and event["type"] == "step" else "\n", file=sys.stderr, flush=True)
+                if event["type"] == "error":
+                    status = 2
+                elif event["type"] == "cancelled":
+                    status = 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        job.close()
+    if job.last_result is not None and job.last_result["type"] in ("published", "rejected"):
+        print(json.dumps({k: job.last_result.get(k) for k in ("version", "promoted", "reason", "val_iou")}))
+    return status
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run the oracle simulation and print the label-efficiency figures."""
+    from loop.simulate import SimulationConfig, run_simulation
+
+    config = SimulationConfig(
+        strategies=args.strategies, rounds=args.rounds, batch=args.batch, seeds=args.seeds,
+        chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, full_epochs=args.full_epochs,
+        base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr,
+        batch_size=args.batch_size, warm_start=not args.cold, full_label=not args.no_full_label,
+        threads=args.threads,
+    )
+
+    def progress(done: int, total: int, info: dict) -> None:
+        what = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        print(f"  {_bar(done, total)} {what}", file=sys.stderr, flush=True)
+
+    result = run_simulation(args.image, args.truth, args.output_dir, config, progress=progress)
+    print_summary(result.summary)
+    print(f"wrote {result.csv_path} and {result.png_path}")
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    """The label-efficiency table and headline figures."""
+    full = summary.get("full_iou")
+    print(f"pool chips: {summary['n_pool']}; full-label IoU: {full:.3f}" if full is not None else
+          f"pool chips: {summary['n_pool']}")
+    budget = summary["budget"]
+    print(f"{'strategy':<10} {'chips to 95%':>13} {'IoU @' + format(budget, '.0%'):>9} {'final IoU':>10}")
+    for s, d in summary["per_strategy"].items():
+        reach = f"{d['fraction_to_95']:.1%}" if d["fraction_to_95"] is not None else "not reached"
+        note = "" if d["budget_in_range"] else "*"
+        print(f"{s:<10} {reach:>13} {d['iou_at_budget']:>8.3f}{note} {d['final_iou']:>10.3f}")
+    if summary.get("best"):
+        reach = summary["best_fraction_to_95"]
+        print(f"best strategy: {summary['best']}; chips to reach 95% of full-label IoU: "
+              f"{'not reached' if reach is None else format(reach, '.1%')}")
+    if summary.get("best_minus_random_at_budget") is not None:
+        print(f"{summary['best']} IoU minus random IoU at a {budget:.0%} budget: "
+              f"{summary['best_minus_random_at_budget']:+.3f}")
+
+
+def register(subparsers) -> None:
+    """Add the ``init``, ``retrain`` and ``simulate`` sub-commands."""
+    p = subparsers.add_parser("init", help="create a project folder from scene GeoTIFFs or a folder of chips",
+                              description="Create (or extend) a dclabel project: project.json, labels.gpkg, "
+                              "checkpoints/, logs/. Each --image is a 4-band GeoTIFF or a folder of chip GeoTIFFs.")
+    p.add_argument("project", type=Path, help="project folder (created if missing)")
+    p.add_argument("--image", action="append", type=Path, metavar="SCENE.tif", help="scene or chip folder (repeat)")
+    p.add_argument("--bands", type=_bands, default=None, help="1-based bands read as R,G,B,NIR (default 1,2,3,4)")
+    p.add_argument("--chip-size", type=int, default=256, help="review/training chip side in pixels")
+    p.set_defaults(func=run_init)
+
+    p = subparsers.add_parser("retrain", help="retrain the project's model on its reviewed chips",
+                              description="Train a new model version in a background process (warm start from "
+                              "the current model), publish it, and promote it unless it validates worse. Ctrl+C cancels.")
+    p.add_argument("project", type=Path, help="project folder")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tolerance", type=float, default=0.02, help="allowed val IoU drop before keeping a candidate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-time", type=float, default=None, help="stop training after this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the training process")
+    p.add_argument("--base-channels", type=int, default=32, help="U-Net width of a first (cold-start) model")
+    p.add_argument("--depth", type=int, default=4, help="U-Net levels of a first model")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of a first model (BALD needs > 0)")
+    p.set_defaults(func=run_retrain)
+
+    p = subparsers.add_parser("simulate", help="compare ranking strategies with an oracle reviewer",
+                              description="Simulate labelling: an oracle reviews the chips each strategy picks, "
+                              "the model retrains each round and is scored on a held-out strip of the scene.")
+    p.add_argument("--image", type=Path, required=True, metavar="SCENE.tif")
+    p.add_argument("--truth", type=Path, required=True, metavar="TRUTH.geojson")
+    p.add_argument("--strategies", type=_strategies, default=("random", "entropy", "tta", "bald"))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=8, help="chips labelled per round")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--chip-size", type=int, default=256)
+    p.add_argument("--holdout", type=float, default=0.25, help="right-hand share of the scene kept for evaluation")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-label model (default 3x)")
+    p.add_argument("--base-channels", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cold", action="store_true", help="train each round from scratch instead of warm starting")
+    p.add_argument("--no-full-label", action="store_true", help="skip the full-label reference model")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=run_simulate)
