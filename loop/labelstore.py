@@ -9,6 +9,10 @@ stored in the file, so a reader in another process (the retraining job) sees it 
 Geometries are stored in their scene's CRS, one feature table per CRS (``footprints_32618``);
 QGIS and GDAL open the file directly. Deleting a footprint sets ``status='deleted'`` (the row and
 its fid stay, so undo restores it with the same fid).
+
+Do not read ``labels.gpkg`` with GDAL (geopandas/pyogrio/rasterio) in a process that holds a
+``LabelStore`` open: GDAL links its own copy of SQLite, and two copies in one process release each
+other's POSIX locks (sqlite.org/howtocorrupt.html, 2.2.1). Use :meth:`LabelStore.footprints`.
 """
 
 from __future__ import annotations
@@ -171,18 +175,7 @@ class LabelStore:
             if row and gp.srs_for(crs)[0] == row[0]:
                 return
             with self.transaction() as cur:
-                srs_id = gp.ensure_srs(cur, crs)
-                gp.ensure_feature_table(cur, srs_id)
-                if row and row[0] != srs_id:
-                    old = gp.feature_table(row[0])
-                    if cur.execute(f'SELECT count(*) FROM "{old}" WHERE scene_id=?', (scene_id,)).fetchone()[0]:
-                        raise StoreError(
-                            f"{self.path}: scene {scene_id!r} has footprints in srs_id {row[0]} but was "
-                            f"registered again with srs_id {srs_id}; give the re-projected scene a new id."
-                        )
-                cur.execute(
-                    "INSERT OR REPLACE INTO dclabel_scenes VALUES (?,?,?)", (scene_id, srs_id, gp.utc_now())
-                )
+                gp.register_scene(cur, scene_id, crs, self.path)
 
     def scene_ids(self) -> list[str]:
         """Registered scene ids, sorted."""
@@ -206,18 +199,8 @@ class LabelStore:
     def _crs(self, srs_id: int) -> ProjCRS:
         if srs_id not in self._crs_cache:
             with self._lock:
-                org, code, wkt = self._conn.execute(
-                    "SELECT organization, organization_coordsys_id, definition FROM gpkg_spatial_ref_sys "
-                    "WHERE srs_id=?", (srs_id,)
-                ).fetchone()
-            self._crs_cache[srs_id] = ProjCRS.from_epsg(code) if org.upper() == "EPSG" else ProjCRS.from_wkt(wkt)
+                self._crs_cache[srs_id] = gp.crs_of(self._conn.cursor(), srs_id)
         return self._crs_cache[srs_id]
-
-    def _feature_tables(self, cur) -> list[tuple[str, int]]:
-        return [(r[0], int(r[1])) for r in cur.execute(
-            "SELECT table_name, srs_id FROM gpkg_geometry_columns WHERE table_name LIKE 'footprints!_%' "
-            "ESCAPE '!' ORDER BY table_name"
-        )]
 
     # ----- footprints -----------------------------------------------------------------------------
     def _find(self, cur, fid: int) -> tuple[str, int, bytes, dict]:
@@ -344,7 +327,7 @@ class LabelStore:
                 srs_ids = [self._scene_srs(scene_id)]
             else:
                 srs_ids = [r[0] for r in cur.execute("SELECT DISTINCT srs_id FROM dclabel_scenes ORDER BY srs_id")]
-            tables = dict((s, t) for t, s in self._feature_tables(cur))
+            tables = {s: t for t, s in gp.feature_tables(cur)}
             where = "1=1" if include_deleted else "status='active'"
             args: tuple = ()
             if scene_id is not None:

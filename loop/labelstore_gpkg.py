@@ -264,12 +264,48 @@ def write_footprint(cur: sqlite3.Cursor, table: str, srs_id: int, fid: int, geom
 
 def find_footprint(cur: sqlite3.Cursor, fid: int) -> tuple[str, int, bytes, dict] | None:
     """(table, srs_id, geometry blob, attributes) of footprint ``fid`` in any feature table, or None."""
-    tables = cur.execute(
-        "SELECT table_name, srs_id FROM gpkg_geometry_columns WHERE table_name LIKE 'footprints!_%' ESCAPE '!'"
-    ).fetchall()
+    tables = feature_tables(cur)
     cols = ", ".join(f'"{c}"' for c in FOOTPRINT_COLUMNS)
     for table, srs_id in tables:
         row = cur.execute(f'SELECT geom, {cols} FROM "{table}" WHERE fid=?', (int(fid),)).fetchone()
         if row:
             return table, int(srs_id), row[0], dict(zip(FOOTPRINT_COLUMNS, row[1:], strict=True))
     return None
+
+
+def feature_tables(cur: sqlite3.Cursor) -> list[tuple[str, int]]:
+    """(table name, srs_id) of every footprint feature table."""
+    rows = cur.execute(
+        "SELECT table_name, srs_id FROM gpkg_geometry_columns WHERE table_name LIKE 'footprints!_%' "
+        "ESCAPE '!' ORDER BY table_name"
+    )
+    return [(r[0], int(r[1])) for r in rows]
+
+
+def crs_of(cur: sqlite3.Cursor, srs_id: int) -> ProjCRS:
+    """The pyproj CRS of a ``gpkg_spatial_ref_sys`` row."""
+    org, code, wkt = cur.execute(
+        "SELECT organization, organization_coordsys_id, definition FROM gpkg_spatial_ref_sys WHERE srs_id=?",
+        (srs_id,),
+    ).fetchone()
+    return ProjCRS.from_epsg(code) if org.upper() == "EPSG" else ProjCRS.from_wkt(wkt)
+
+
+def register_scene(cur: sqlite3.Cursor, scene_id: str, crs, path) -> int:
+    """Record a scene's CRS (creating its srs row and feature table); returns the srs_id.
+
+    Raises:
+        StoreError: The scene has footprints stored under another CRS.
+    """
+    srs_id = ensure_srs(cur, crs)
+    ensure_feature_table(cur, srs_id)
+    row = cur.execute("SELECT srs_id FROM dclabel_scenes WHERE scene_id=?", (scene_id,)).fetchone()
+    if row and row[0] != srs_id:
+        old = feature_table(row[0])
+        if cur.execute(f'SELECT count(*) FROM "{old}" WHERE scene_id=?', (scene_id,)).fetchone()[0]:
+            raise StoreError(
+                f"{path}: scene {scene_id!r} has footprints in CRS srs_id {row[0]} but was registered "
+                f"again with srs_id {srs_id}; give the re-projected scene a new id."
+            )
+    cur.execute("INSERT OR REPLACE INTO dclabel_scenes VALUES (?,?,?)", (scene_id, srs_id, utc_now()))
+    return srs_id

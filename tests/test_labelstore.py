@@ -354,3 +354,41 @@ def test_kill_9_loses_nothing_small_scale(tmp_path):
     res = bench.run(kills=4, seed=7, max_delay=0.4, store_path=tmp_path / "labels.gpkg", verbose=False)
     assert res["edits"] > 0, res["details"]
     assert (res["lost"], res["corrupted"]) == (0, 0), res["details"]
+
+
+READER = r"""
+import sys, time
+from loop.labelstore import LabelStore
+store = LabelStore(sys.argv[1], read_only=True)
+print("ready", flush=True)
+last_n = last_v = reads = 0
+deadline = time.time() + 60
+while time.time() < deadline:
+    n, v = len(store.footprints("a")), store.version
+    assert n >= last_n and v >= last_v, (n, last_n, v, last_v)
+    last_n, last_v, reads = n, v, reads + 1
+    if n == int(sys.argv[2]):
+        break
+print(last_n, last_v, reads, flush=True)
+"""
+
+
+def test_reader_process_sees_edits_while_writer_writes(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    n = 40
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path / "labels.gpkg"), str(n)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for i in range(n):
+            store.add_footprint("a", _box(10 * i, 0, 8, 8))
+        out, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    seen, version, reads = map(int, out.split())
+    assert (seen, version) == (n, n) and reads >= 1
