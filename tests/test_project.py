@@ -126,3 +126,18 @@ def test_reviewed_training_chips_burn_only_datacenters(tmp_path):
     # a read-only reopen (the retraining process) sees the same chips
     ro = Project.open(tmp_path / "proj", read_only=True)
     assert sum(c.mask.sum() for c in reviewed_training_chips(ro)) == 12 * 8 + 8 * 8
+
+
+def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
+    from loop.cli import main
+
+    scene, _, _ = make_scene(tmp_path / "a.tif")
+    assert main(["init", str(tmp_path / "proj"), "--image", str(scene), "--chip-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "96 x 80 px, EPSG:32618, 9 chips" in out
+    project = Project.open(tmp_path / "proj")
+    assert len(project.scenes) == 1 and (tmp_path / "proj" / "labels.gpkg").exists()
+    assert main(["init", str(tmp_path / "p2"), "--image", str(tmp_path / "missing.tif")]) == 2
+    assert "missing.tif: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["init", str(tmp_path / "p3"), "--bands", "1,2,3"])
