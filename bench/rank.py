@@ -65,7 +65,9 @@ class _BenchProject:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024, help="scene side in pixels (default 1024)")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="scene side in pixels (default 1024)"
+    )
     parser.add_argument("--strategies", default="random,entropy,margin,tta,bald,cold_start")
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -79,7 +81,10 @@ def main() -> None:
         tmp = Path(tmp)
         image = rng.integers(20, 200, size=(4, args.size, args.size), dtype=np.uint8)
         tif = write_geotiff(
-            tmp / "scene.tif", image, CRS.from_epsg(32618), Affine(0.6, 0, 500_000.0, 0, -0.6, 4_300_000.0)
+            tmp / "scene.tif",
+            image,
+            CRS.from_epsg(32618),
+            Affine(0.6, 0, 500_000.0, 0, -0.6, 4_300_000.0),
         )
         config = UNetConfig(base_channels=args.base_channels, depth=4, dropout=0.1)
         norm = Normalization((110.0,) * 4, (50.0,) * 4)
@@ -90,16 +95,23 @@ def main() -> None:
             f"scene {args.size}x{args.size}, {n} chips of 256 px, U-Net base {args.base_channels} depth 4, "
             f"batch {args.batch_size}, {args.threads} thread(s), MC samples {args.mc_samples}"
         )
+        print("passes: full U-Net passes per chip; 'h' = dropout + 1x1 head only")
         print(f"{'strategy':<11} {'passes':>6} {'seconds':>8} {'chips/s':>8} {'proposals':>9}")
         for name in args.strategies.split(","):
-            passes = {"tta": 8, "bald": args.mc_samples, "cold_start": 0}.get(name, 1)
+            passes = {"tta": "8", "bald": f"1+{args.mc_samples}h", "cold_start": "0"}.get(name, "1")
             start = time.perf_counter()
             queue = rank_chips(
-                project, name, batch_size=args.batch_size, mc_samples=args.mc_samples, diversity=True
+                project,
+                name,
+                batch_size=args.batch_size,
+                mc_samples=args.mc_samples,
+                diversity=True,
             )
             seconds = time.perf_counter() - start
             n_props = sum(len(q.proposals) for q in queue)
-            print(f"{name:<11} {passes:>6} {seconds:>8.2f} {len(queue) / seconds:>8.2f} {n_props:>9}")
+            print(
+                f"{name:<11} {passes:>6} {seconds:>8.2f} {len(queue) / seconds:>8.2f} {n_props:>9}"
+            )
 
 
 if __name__ == "__main__":

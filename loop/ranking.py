@@ -45,6 +45,9 @@ QUEUE_FILE = "queue.json"
 QUEUE_FORMAT = "dclabel-queue/1"
 #: Clusters of the cold start when ``top`` is not given.
 COLD_START_CLUSTERS = 16
+#: Without ``top``, only the first this many chips are ordered greedily (O(n x this) cost); the rest
+#: follow by their diversity-adjusted score.
+DIVERSITY_GREEDY_MAX = 1000
 
 __all__ = ["STRATEGIES", "QueueItem", "rank_chips", "save_queue", "load_queue", "window_key"]
 
@@ -256,7 +259,9 @@ def rank_chips(
         scores = np.empty(len(chips))
         scores[order] = 1.0 - np.arange(len(chips)) / len(chips)
     elif diversity and not spec.random:
-        order = diversify(scores, _centers_m(chips), diversity_radius_m, top)
+        order = diversify(
+            scores, _centers_m(chips), diversity_radius_m, top or DIVERSITY_GREEDY_MAX
+        )
     else:
         order = np.argsort(-scores, kind="stable")
     order = order[:top] if top is not None else order

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,14 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch import nn
 
-from loop.ranking import QueueItem, load_queue, rank_chips, save_queue, window_key
+from loop.errors import ProjectError
+from loop.project import Project
+from loop.ranking import load_queue, rank_chips, save_queue, window_key
 from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabilities
 from loop.ranking_scores import STRATEGIES, chip_features, chip_score, cold_start_order, diversify
 from model.checkpoint import Checkpoint, Normalization, save_checkpoint
 from model.errors import Cancelled, CheckpointError
-from model.scene import chip_windows, open_scene, write_geotiff
+from model.scene import write_geotiff
 from model.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
@@ -27,68 +28,38 @@ CHIP = 32
 NORM = Normalization((100.0,) * 4, (50.0,) * 4)
 
 
-# ----- a small stand-in project (rank_chips needs only these attributes) ---------------------------
-@dataclass(frozen=True)
-class Reviewed:
-    scene_id: str
-    window: Window
-
-
-@dataclass
-class FakeLabels:
-    reviewed: list[Reviewed] = field(default_factory=list)
-
-    def reviewed_chips(self, scene_id=None):
-        return [r for r in self.reviewed if scene_id in (None, r.scene_id)]
-
-
-@dataclass(frozen=True)
-class FakeVersion:
-    path: Path
-
-
-@dataclass
-class FakeRegistry:
-    path: Path | None = None
-
-    def current(self):
-        return FakeVersion(self.path) if self.path else None
-
-
-@dataclass
-class FakeProject:
-    root: Path
-    scenes: list
-    labels: FakeLabels = field(default_factory=FakeLabels)
-    registry: FakeRegistry = field(default_factory=FakeRegistry)
-
-    def chip_windows(self, scene_id):
-        scene = next(s for s in self.scenes if s.scene_id == scene_id)
-        return chip_windows(scene.width, scene.height, CHIP)
-
-
-def _scene(path: Path, seed: int, width: int = 96, height: int = 64):
+# ----- a real project on tiny GeoTIFFs ------------------------------------------------------------
+def _scene(path: Path, seed: int, width: int = 96, height: int = 64) -> Path:
     rng = np.random.default_rng(seed)
     img = rng.integers(40, 120, size=(4, height, width), dtype=np.uint8)
     img[:3, 10:30, 40:70] = 230  # a bright roof
-    write_geotiff(path, img, UTM, Affine(0.6, 0, 500_000.0 + seed * 1000, 0, -0.6, 4_300_000.0))
-    return open_scene(path)
+    return write_geotiff(
+        path, img, UTM, Affine(0.6, 0, 500_000.0 + seed * 1000, 0, -0.6, 4_300_000.0)
+    )
 
 
-def _checkpoint(tmp_path: Path, dropout: float = 0.2, head_bias: float | None = None) -> Path:
+def _checkpoint(dropout: float = 0.2, head_bias: float | None = None) -> Checkpoint:
     torch.manual_seed(0)
     config = UNetConfig(base_channels=4, depth=2, dropout=dropout)
     model = UNet(config)
     if head_bias is not None:
         nn.init.zeros_(model.head.weight)
         nn.init.constant_(model.head.bias, head_bias)
-    return save_checkpoint(Checkpoint(model.state_dict(), config, NORM), tmp_path / "ckpt.pt")
+    return Checkpoint(model.state_dict(), config, NORM)
+
+
+def _checkpoint_file(tmp_path: Path, **kwargs) -> Path:
+    return save_checkpoint(_checkpoint(**kwargs), tmp_path / "ckpt.pt")
 
 
 @pytest.fixture
 def project(tmp_path):
-    scenes = [_scene(tmp_path / "a.tif", 1), _scene(tmp_path / "b.tif", 2, width=64)]
-    return FakeProject(tmp_path, scenes)
+    images = [_scene(tmp_path / "a.tif", 1), _scene(tmp_path / "b.tif", 2, width=64)]
+    return Project.create(tmp_path / "project", images=images, chip_size=CHIP)
+
+
+def _n_chips(project) -> int:
+    return sum(len(project.chip_windows(s.scene_id)) for s in project.scenes)
 
 
 # ----- pure scoring -----------------------------------------------------------------------------
@@ -213,9 +184,9 @@ def test_mc_dropout_samples_differ_and_batchnorm_stays_frozen():
 # ----- rank_chips end to end --------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["random", "entropy", "margin", "tta", "bald"])
 def test_rank_chips_runs_every_strategy_with_a_real_unet(project, tmp_path, strategy):
-    project.registry.path = _checkpoint(tmp_path)
+    assert project.registry.publish(_checkpoint()).promoted
     reviewed = Window(32, 0, CHIP, CHIP)
-    project.labels.reviewed.append(Reviewed(project.scenes[0].scene_id, reviewed))
+    project.labels.mark_reviewed(project.scenes[0].scene_id, reviewed)
     calls = []
     queue = rank_chips(
         project,
@@ -225,7 +196,7 @@ def test_rank_chips_runs_every_strategy_with_a_real_unet(project, tmp_path, stra
         diversity=False,
         progress=lambda d, t, info: calls.append((d, t, info)),
     )
-    total = sum(len(project.chip_windows(s.scene_id)) for s in project.scenes) - 1
+    total = _n_chips(project) - 1
     assert len(queue) == total == calls[-1][0] == calls[-1][1]
     assert [c[0] for c in calls] == sorted(c[0] for c in calls) and calls[-1][2]["chips_per_s"] > 0
     assert [q.rank for q in queue] == list(range(1, total + 1))
@@ -246,7 +217,7 @@ def test_random_is_seeded(project, tmp_path):
 
 
 def test_proposals_of_a_confident_model_cover_their_chip_in_scene_crs(project, tmp_path):
-    path = _checkpoint(tmp_path, dropout=0.0, head_bias=6.0)  # p = 0.998 everywhere
+    path = _checkpoint_file(tmp_path, dropout=0.0, head_bias=6.0)  # p = 0.998 everywhere
     queue = rank_chips(project, "entropy", checkpoint=path, top=3)
     assert len(queue) == 3
     scenes = {s.scene_id: s for s in project.scenes}
@@ -268,7 +239,7 @@ def test_without_model_rank_chips_falls_back_to_cold_start(project):
 
 def test_bald_without_dropout_is_refused(project, tmp_path):
     with pytest.raises(CheckpointError, match="dropout"):
-        rank_chips(project, "bald", checkpoint=_checkpoint(tmp_path, dropout=0.0))
+        rank_chips(project, "bald", checkpoint=_checkpoint_file(tmp_path, dropout=0.0))
 
 
 def test_cancel_between_batches_raises(project, tmp_path):
@@ -277,7 +248,7 @@ def test_cancel_between_batches_raises(project, tmp_path):
         rank_chips(
             project,
             "entropy",
-            checkpoint=_checkpoint(tmp_path),
+            checkpoint=_checkpoint_file(tmp_path),
             batch_size=2,
             progress=lambda d, t, i: seen.append(d),
             cancel=lambda: len(seen) >= 2,
@@ -286,10 +257,10 @@ def test_cancel_between_batches_raises(project, tmp_path):
 
 
 def test_queue_round_trips_through_json(project, tmp_path):
-    path = _checkpoint(tmp_path, dropout=0.0, head_bias=6.0)
+    path = _checkpoint_file(tmp_path, dropout=0.0, head_bias=6.0)
     queue = rank_chips(project, "margin", checkpoint=path)
     saved = save_queue(project, queue, strategy="margin")
-    assert saved == tmp_path / "queue.json" and not list(tmp_path.glob("*.part"))
+    assert saved == project.root / "queue.json" and not list(project.root.glob("*.part"))
     loaded = load_queue(project)
     assert [(q.rank, q.scene_id, q.window, q.score) for q in loaded] == [
         (q.rank, q.scene_id, q.window, q.score) for q in queue
@@ -300,27 +271,26 @@ def test_queue_round_trips_through_json(project, tmp_path):
         for a, b in zip(x.proposals, y.proposals, strict=True)
     )
     first = queue[0]
-    project.labels.reviewed.append(Reviewed(first.scene_id, first.window))
+    project.labels.mark_reviewed(first.scene_id, first.window)
     assert len(load_queue(project)) == len(queue) - 1
     assert len(load_queue(project, skip_reviewed=False)) == len(queue)
 
 
-def test_cli_rank_prints_and_stores_the_queue(project, monkeypatch, capsys):
-    import argparse
+def test_cli_rank_prints_and_stores_the_queue(project, capsys):
+    from loop.cli import main
 
-    from loop import cli_rank
-
-    monkeypatch.setattr(cli_rank, "_open_project", lambda root: project)
-    parser = argparse.ArgumentParser()
-    cli_rank.register(parser.add_subparsers())
-    args = parser.parse_args(
-        ["rank", str(project.root), "--strategy", "random", "--top", "3", "--quiet"]
-    )
-    assert args.func(args) == 0
+    project.registry.publish(_checkpoint())
+    argv = ["rank", str(project.root), "--strategy", "margin", "--top", "3", "--quiet"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:3] == ["rank", "score", "scene"]
-    assert len(load_queue(project)) == 3 and "3 chip(s) queued" in out
-    assert isinstance(load_queue(project)[0], QueueItem)
+    queue = load_queue(Project.open(project.root))
+    assert [q.rank for q in queue] == [1, 2, 3] and "3 chip(s) queued" in out
+    assert all(f"{q.score:.4f}" in out for q in queue)
+    with pytest.raises(SystemExit):  # argparse refuses an unknown strategy
+        main(["rank", str(project.root), "--strategy", "nonsense"])
+    with pytest.raises(ProjectError, match="unknown ranking strategy"):
+        rank_chips(project, "nonsense")
 
 
 def test_one_pass_mc_shortcut_draws_the_same_samples_as_full_passes():
