@@ -46,7 +46,7 @@ class ProgressJob:
         self.args = args
         self.kwargs = kwargs
         self.cancel_event = threading.Event()
-        self.worker: GeneratorWorker = thread_worker(self._run, start_thread=False)()
+        self.worker: GeneratorWorker = thread_worker(self._run, start_thread=False, ignore_errors=True)()
         self.worker.aborted.connect(self.cancel_event.set)
 
     def cancel(self) -> None:

@@ -1,0 +1,90 @@
+"""Retrain in the background from the GUI, re-rank on a new model, export detections, screenshot."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+
+pytestmark = pytest.mark.gui
+
+
+def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
+    review, retrain = app.review, app.retrain
+    qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+    review.accept_all()  # a chip with a data center: something to learn from
+    review.accept_all()
+    assert retrain.start()
+    assert retrain.timer.isActive() and retrain.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: not retrain.job.is_running, timeout=80_000)
+    kinds = [e["type"] for e in retrain.events]
+    assert kinds[0] == "started" and kinds[-1] == "done", kinds
+    assert "epoch" in kinds and retrain.history  # the plot got its points
+    assert len(retrain.ax_loss.lines) >= 1 and len(retrain.ax_iou.lines) == 1
+    registry = app.session.project.registry
+    assert [v.version for v in registry.versions()] == ["v1", "v2"]
+    assert retrain.versions.count() == 2
+    final = next(e for e in retrain.events if e["type"] in ("published", "rejected"))
+    if final["type"] == "published":
+        assert registry.current().version == "v2"
+        # the review queue is re-ranked in the background without user action
+        assert review.rank_job is not None
+        qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+        assert len(review.items) == 2  # two chips left unreviewed
+    else:
+        assert registry.current().version == "v1"
+        assert "candidate" in retrain.status.text()
+
+
+def test_retrain_without_reviews_says_why(app, qtbot) -> None:
+    assert not app.retrain.start()
+    assert app.retrain.job is None or not app.retrain.job.is_running
+
+
+def test_export_writes_valid_files_and_adds_layer(app, qtbot, tmp_path) -> None:
+    export = app.export
+    export.output.setText(str(tmp_path / "out" / "detections"))
+    job = export.run()
+    assert job is not None
+    with qtbot.waitSignal(job.worker.finished, timeout=60_000):
+        pass
+    assert export.result is not None and len(export.result) >= 1
+    paths = export.paths
+    gj = gpd.read_file(paths["geojson"])
+    assert gj.crs.to_epsg() == 4326 and len(gj) == len(export.result)
+    assert {"area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"} <= set(gj.columns)
+    gp = gpd.read_file(paths["gpkg"])
+    assert gp.crs.to_epsg() == 32618
+    csv = pd.read_csv(paths["csv"])
+    assert len(csv) == len(gj) and (csv["model_version"] == "v1").all()
+    with rasterio.open(paths["mask"]) as src:
+        assert (src.width, src.height) == (512, 512) and src.crs.to_epsg() == 32618
+        assert np.isin(np.unique(src.read(1)), [0, 1]).all()
+    assert "detections" in app.session.viewer.layers
+
+
+def test_export_cancel_writes_nothing(app, qtbot, tmp_path) -> None:
+    export = app.export
+    export.output.setText(str(tmp_path / "cancelled" / "detections"))
+    job = export.run()
+    export.cancel()
+    with qtbot.waitSignal(job.worker.finished, timeout=60_000):
+        pass
+    if export.result is None:  # cancelled before the end (it may finish first on a 512 px scene)
+        assert not any(p.exists() for p in export.paths.values())
+        assert "cancelled" in export.status.text()
+
+
+def test_full_window_screenshot(app, qtbot, tmp_path) -> None:
+    qtbot.waitUntil(lambda: app.review.rank_job is None, timeout=30_000)
+    viewer = app.session.viewer
+    viewer.window._qt_window.resize(1500, 950)
+    path = tmp_path / "window.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.width >= 1000 and img.height >= 600
+        assert np.asarray(img.convert("L")).std() > 10  # not a blank window
