@@ -42,8 +42,8 @@ def make_scene(
     for r0, c0, r1, c1 in buildings:
         img[:, r0:r1, c0:c1] = 220 + rng.normal(0, 4, (bands, r1 - r0, c1 - c0))
         img[:, r0:r1:8, c0:c1:8] = 40  # rooftop units
-        x0, y0 = t * (c0, r0)
-        x1, y1 = t * (c1, r1)
+        x0, y0 = t @ (c0, r0)
+        x1, y1 = t @ (c1, r1)
         polys.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
     arr = np.clip(img, 0, 255).astype(np.uint8)
     if crs is None:

@@ -1,0 +1,187 @@
+"""Tiling, blending, vectorizing, export and the end-to-end train -> detect path."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from geodata import make_scene, scene_transform
+from shapely.geometry import box, shape
+
+from loop.cli import main as cli_main
+from model.checkpoint import Checkpoint, Normalization, save_checkpoint
+from model.detect import DetectConfig, detect_scene
+from model.errors import Cancelled
+from model.export import detection_table, write_detections
+from model.masks import rasterize_footprints
+from model.predict_scene import predict_scene
+from model.scene import chip_windows, open_scene, read_window
+from model.tiling import blend_weights, tile_starts
+from model.train import TrainConfig, fit
+from model.unet import UNet, UNetConfig
+from model.vectorize import merge_nearby, vectorize_probability
+
+torch.set_num_threads(1)
+
+
+def constant_checkpoint(p: float) -> Checkpoint:
+    """A U-Net whose output is ``p`` everywhere (all weights zero, head bias = logit(p))."""
+    cfg = UNetConfig(base_channels=4, depth=2)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+        net.head.bias.fill_(float(np.log(p / (1 - p))))
+    return Checkpoint(net.state_dict(), cfg, Normalization((0,) * 4, (1,) * 4))
+
+
+def test_tile_starts_cover_and_snap():
+    assert tile_starts(100, 256, 224) == [0]
+    s = tile_starts(1000, 256, 224)
+    assert s[0] == 0 and s[-1] == 1000 - 256 and all(b - a <= 224 for a, b in zip(s, s[1:], strict=False))
+
+
+def test_blend_weights_are_a_partition_of_unity_across_overlap():
+    w = blend_weights(64, 16)[32]  # one row through the centre
+    overlap_sum = w[-16:] + w[:16]  # right edge of one tile + left edge of the next
+    np.testing.assert_allclose(overlap_sum, 1.0, atol=1e-6)
+    assert w[16:-16].min() == 1.0
+
+
+@pytest.mark.parametrize(("size", "tile", "overlap"), [((300, 470), 64, 16), ((50, 40), 64, 16), ((256, 256), 128, 0)])
+def test_blended_prediction_has_no_seams_or_edge_loss(tmp_path, size, tile, overlap):
+    path, _ = make_scene(tmp_path / "s.tif", size, seed=1)
+    out = predict_scene(constant_checkpoint(0.6), open_scene(path), tmp_path / "p.tif", tile, overlap, 3, "cpu")
+    with rasterio.open(out) as src:
+        prob = src.read(1)
+        assert src.crs == open_scene(path).crs and src.transform == open_scene(path).transform
+    assert prob.shape == size
+    assert (prob == round(0.6 * 255)).all()
+
+
+def test_nodata_tiles_are_skipped(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (128, 256), seed=1)
+    with rasterio.open(path, "r+") as dst:
+        arr = dst.read()
+        arr[:, :, 128:] = 0
+        dst.write(arr)
+    out = predict_scene(constant_checkpoint(0.6), open_scene(path), tmp_path / "p.tif", 64, 0, 4, "cpu")
+    with rasterio.open(out) as src:
+        prob = src.read(1)
+    assert (prob[:, :128] == 153).all() and (prob[:, 128:] == 0).all()
+
+
+def test_cancel_leaves_no_output(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (200, 200))
+    with pytest.raises(Cancelled):
+        predict_scene(constant_checkpoint(0.6), open_scene(path), tmp_path / "p.tif", 64, 16, 1, "cpu",
+                      cancel=lambda: True)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def _prob_raster(tmp_path, prob, res=0.6):
+    t = scene_transform(res)
+    with rasterio.open(tmp_path / "prob.tif", "w", driver="GTiff", width=prob.shape[1], height=prob.shape[0],
+                       count=1, dtype="uint8", crs="EPSG:32618", transform=t) as dst:
+        dst.write(np.rint(prob * 255).astype(np.uint8)[None])
+    return tmp_path / "prob.tif", t
+
+
+def test_vectorize_stitches_blocks_merges_close_and_keeps_edges(tmp_path):
+    prob = np.zeros((300, 300), np.float32)
+    prob[90:210, 20:80] = 0.9  # crosses block edges at rows 100 and 200
+    prob[0:50, 250:300] = 0.8  # touches the scene corner: kept
+    prob[120:180, 100:130] = 0.9  # 12 px (7.2 m) from the next: merged at 10 m
+    prob[120:180, 142:170] = 0.9
+    prob[280:285, 5:10] = 0.9  # 25 px: under min_area, dropped
+    path, t = _prob_raster(tmp_path, prob)
+    small = vectorize_probability(path, 0.5, 100, 10.0, 0.0, block_rows=100)
+    whole = vectorize_probability(path, 0.5, 100, 10.0, 0.0, block_rows=4096)
+    assert len(small) == len(whole) == 3
+    areas = sorted(small.geometry.area / 0.36)
+    assert areas == pytest.approx(sorted(whole.geometry.area / 0.36))
+    assert areas[0] == pytest.approx(2500) and areas[2] == pytest.approx(120 * 60)
+    assert 60 * 30 + 60 * 28 < areas[1] <= 60 * 70  # merged pair incl. the bridge
+    conf = dict(zip(np.round(small.geometry.area / 0.36), small["mean_confidence"], strict=True))
+    assert conf[2500] == pytest.approx(0.8, abs=0.01) and conf[7200] == pytest.approx(0.9, abs=0.01)
+    assert 0.5 < conf[areas[1]] < 0.9  # the bridge between merged parts holds no detected pixels
+    apart = vectorize_probability(path, 0.5, 100, 3.0, 0.0)
+    assert len(apart) == 4
+
+
+def test_merge_nearby_leaves_far_polygons_untouched():
+    a, b, c = box(0, 0, 10, 10), box(14, 0, 24, 10), box(100, 0, 110, 10)
+    merged = merge_nearby([a, b, c], 5.0)
+    assert len(merged) == 2 and merged[1].equals(c)
+    assert merged[0].contains(box(1, 1, 23, 9))
+
+
+def test_detection_table_and_files(tmp_path):
+    polys = [box(285_000, 4_319_900, 285_100, 4_320_000)]
+    gdf = gpd.GeoDataFrame({"mean_confidence": [0.83]}, geometry=polys, crs="EPSG:32618")
+    table = detection_table(gdf, "v7")
+    assert table.loc[0, "area_m2"] == pytest.approx(10_000)
+    write_detections(table, geojson=tmp_path / "d.geojson", gpkg=tmp_path / "d.gpkg", csv=tmp_path / "d.csv")
+    gj = json.loads((tmp_path / "d.geojson").read_text())
+    assert "crs" not in gj  # RFC 7946: lon/lat WGS 84, no crs member
+    props = gj["features"][0]["properties"]
+    assert set(props) == {"id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"}
+    geom = shape(gj["features"][0]["geometry"])
+    assert geom.contains(shape({"type": "Point", "coordinates": [props["centroid_lon"], props["centroid_lat"]]}))
+    assert 38.9 < props["centroid_lat"] < 39.1 and -77.6 < props["centroid_lon"] < -77.4
+    assert gpd.read_file(tmp_path / "d.gpkg").crs.to_epsg() == 32618
+    assert (tmp_path / "d.csv").read_text().splitlines()[0].startswith("id,area_m2,centroid_lat")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def _train_tiny(tmp_path):
+    buildings = [(40, 40, 140, 170), (200, 250, 330, 380), (320, 30, 400, 120)]
+    path, polys = make_scene(tmp_path / "scene.tif", (416, 416), buildings, seed=2)
+    s = open_scene(path)
+    mask = rasterize_footprints(polys, None, s.crs, s.transform, (s.height, s.width))
+    pairs = []
+    for w in chip_windows(s.width, s.height, 96, 64):
+        r, c = int(w.row_off), int(w.col_off)
+        pairs.append((read_window(s, w), mask[r : r + 96, c : c + 96]))
+    cfg = TrainConfig(epochs=2, batch_size=8, base_channels=4, depth=2, lr=5e-3, accelerator="cpu")
+    events = []
+    ck = fit(pairs, pairs[::5], cfg, progress=lambda d, t, i: events.append(i))
+    return path, polys, ck, events
+
+
+def test_end_to_end_train_detect_geojson(tmp_path):
+    path, polys, ck, events = _train_tiny(tmp_path)
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    assert {"iou", "dice", "precision", "recall", "object_f1"} <= set(ck.metrics)
+    ckpt = save_checkpoint(ck, tmp_path / "m.pt")
+    rc = cli_main(["detect", "--checkpoint", str(ckpt), "--image", str(path), "--threshold", "0.3",
+                   "--output-geojson", str(tmp_path / "d.geojson"), "--output-mask", str(tmp_path / "m.tif"),
+                   "--output-csv", str(tmp_path / "d.csv"), "--tile-size", "128", "--overlap", "32"])
+    assert rc == 0
+    gj = json.loads((tmp_path / "d.geojson").read_text())
+    scene = open_scene(path)
+    bounds = gpd.GeoSeries([box(*scene.bounds)], crs=scene.crs).to_crs("EPSG:4326").iloc[0]
+    for f in gj["features"]:
+        p = f["properties"]
+        assert bounds.contains(shape({"type": "Point", "coordinates": [p["centroid_lon"], p["centroid_lat"]]}))
+        assert p["model_version"] == ck.version and 0 <= p["mean_confidence"] <= 1
+        assert shape(f["geometry"]).is_valid
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert m.crs == scene.crs and set(np.unique(m.read(1))) <= {0, 1}
+
+
+def test_detect_cli_errors_name_the_file(tmp_path, capsys):
+    path, _ = make_scene(tmp_path / "s.tif", (64, 64), bands=3)
+    save_checkpoint(constant_checkpoint(0.5), tmp_path / "m.pt")
+    rc = cli_main(["detect", "--checkpoint", str(tmp_path / "m.pt"), "--image", str(path),
+                   "--output-geojson", str(tmp_path / "o.geojson")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "s.tif" in err and "expected 4 bands" in err and "--bands" in err
+    assert not (tmp_path / "o.geojson").exists()
+    detect_scene(tmp_path / "m.pt", make_scene(tmp_path / "g.tif", (64, 64))[0], DetectConfig(tile_size=64, overlap=0),
+                 output_geojson=tmp_path / "ok.geojson")
+    assert (tmp_path / "ok.geojson").exists()

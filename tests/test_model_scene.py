@@ -1,0 +1,161 @@
+"""Scene IO, chip grids, masks and checkpoints: the georeferenced plumbing of the learner."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from geodata import UTM18N, make_scene
+from shapely.geometry import Polygon, box
+
+from model.checkpoint import (
+    Checkpoint,
+    Normalization,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.errors import CheckpointError, LabelError, SceneError, SceneNotFoundError
+from model.masks import load_footprints, rasterize_footprints
+from model.scene import chip_windows, open_scene, read_chip, read_window
+from model.unet import UNet, UNetConfig, parameter_count
+
+
+def test_open_scene_reports_what_it_found(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (64, 80))
+    s = open_scene(path)
+    assert (s.width, s.height, s.bands) == (80, 64, (1, 2, 3, 4))
+    assert s.crs == UTM18N and s.res == pytest.approx((0.6, 0.6))
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "words"),
+    [
+        ("missing", SceneNotFoundError, "no such file"),
+        ("text", SceneError, "not a raster"),
+        ("three_bands", SceneError, "expected 4 bands"),
+        ("no_crs", SceneError, "no CRS"),
+    ],
+)
+def test_bad_scenes_raise_clear_errors(tmp_path, kind, error, words):
+    path = tmp_path / f"{kind}.tif"
+    if kind == "text":
+        path.write_text("not an image")
+    elif kind == "three_bands":
+        make_scene(path, (32, 32), bands=3)
+    elif kind == "no_crs":
+        make_scene(path, (32, 32), crs=None)
+    with pytest.raises(error, match=words) as info:
+        open_scene(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)  # callers may catch the built-in
+
+
+def test_bands_reorder_reads_the_named_bands(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (32, 32), bands=5, seed=3)
+    with rasterio.open(path) as src:
+        raw = src.read()
+    s = open_scene(path, bands=(3, 2, 1, 5))
+    img = read_window(s, s.window)
+    np.testing.assert_array_equal(img, raw[[2, 1, 0, 4]])
+    with pytest.raises(SceneError, match="not all in 1..5"):
+        open_scene(path, bands=(1, 2, 3, 6))
+
+
+def test_chip_windows_cover_edges_without_dropping_them():
+    wins = chip_windows(600, 300, 256)
+    covered = np.zeros((300, 600), bool)
+    for w in wins:
+        assert w.col_off + w.width <= 600 and w.row_off + w.height <= 300
+        covered[int(w.row_off) : int(w.row_off) + 256, int(w.col_off) : int(w.col_off) + 256] = True
+    assert covered.all()
+    assert chip_windows(100, 100, 256)[0].width == 256  # small scene: one zero-padded chip
+
+
+def test_chip_carries_its_georeference(tmp_path):
+    path, polys = make_scene(tmp_path / "s.tif", (300, 300), [(100, 120, 180, 220)])
+    s = open_scene(path)
+    chip = read_chip(s, chip_windows(300, 300, 128)[4])
+    assert chip.scene_id == s.scene_id and chip.crs == s.crs
+    x, y = chip.transform @ (0, 0)
+    assert (x, y) == pytest.approx(s.transform @ (chip.window.col_off, chip.window.row_off))
+
+
+def test_rasterize_reprojects_labels_from_lon_lat(tmp_path):
+    path, polys = make_scene(tmp_path / "s.tif", (200, 200), [(50, 40, 150, 160)])
+    s = open_scene(path)
+    native = rasterize_footprints(polys, None, s.crs, s.transform, (200, 200))
+    lonlat = gpd.GeoSeries(polys, crs=s.crs).to_crs("EPSG:4326")
+    reproj = rasterize_footprints(lonlat.values, "EPSG:4326", s.crs, s.transform, (200, 200))
+    assert native.sum() == 100 * 120
+    assert np.count_nonzero(native != reproj) <= 2 * (100 + 120)  # boundary pixels only
+    grown = rasterize_footprints(polys, None, s.crs, s.transform, (200, 200), buffer_m=3.0)
+    assert grown.sum() > native.sum() + 2 * (100 + 120) * 4
+
+
+def test_self_intersecting_polygon_is_repaired(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (100, 100))
+    s = open_scene(path)
+    x0, y0 = s.transform @ (10, 10)
+    x1, y1 = s.transform @ (90, 90)
+    bowtie = Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
+    assert not bowtie.is_valid
+    mask = rasterize_footprints([bowtie], None, s.crs, s.transform, (100, 100))
+    assert 0.4 * 80 * 80 < mask.sum() < 0.6 * 80 * 80
+
+
+def test_load_footprints_normalises_classes(tmp_path):
+    gdf = gpd.GeoDataFrame(
+        {"class": ["datacemter", "warehouse", "Datacenter"]},
+        geometry=[box(0, 0, 0.01, 0.01), box(1, 1, 1.01, 1.01), box(2, 2, 2.01, 2.01)],
+        crs="EPSG:4326",
+    )
+    gdf.to_file(tmp_path / "l.geojson")
+    got = load_footprints(tmp_path / "l.geojson")
+    assert list(got["class"]) == ["datacenter", "warehouse", "datacenter"]
+    gpd.GeoDataFrame({"class": ["x"]}, geometry=[shapely.Point(0, 0)], crs="EPSG:4326").to_file(tmp_path / "p.geojson")
+    with pytest.raises(LabelError, match="no polygons"):
+        load_footprints(tmp_path / "p.geojson")
+
+
+def test_unet_shapes_and_seed_parameter_count():
+    net = UNet(UNetConfig())
+    assert net(torch.zeros(1, 4, 64, 64)).shape == (1, 1, 64, 64)
+    assert 7_700_000 < parameter_count(net) < 7_800_000  # the seed's 4-level, base-32 U-Net
+    small = UNet(UNetConfig(base_channels=8, depth=2))
+    assert parameter_count(small) < parameter_count(net) / 50
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    cfg = UNetConfig(base_channels=4, depth=2)
+    net = UNet(cfg)
+    ck = Checkpoint(net.state_dict(), cfg, Normalization((1, 2, 3, 4), (5, 6, 7, 8)), metrics={"iou": 0.5})
+    path = save_checkpoint(ck, tmp_path / "m.pt")
+    back = load_checkpoint(path)
+    assert back.unet == cfg and back.normalization == ck.normalization and back.metrics == {"iou": 0.5}
+    x = torch.rand(1, 4, 32, 32)
+    net.eval()
+    torch.testing.assert_close(build_model(back, "cpu")(x), net(x))
+    with pytest.raises(CheckpointError, match="expects 4 bands"):
+        load_checkpoint(path, expected_bands=3)
+    (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="expected a dclabel-checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
+    torch.save({"format": "dclabel-checkpoint/1", "x": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "code ran" not in capsys.readouterr().out
