@@ -39,7 +39,7 @@ from loop.ranking_scores import (
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.errors import Cancelled, CheckpointError
-from model.scene import SceneInfo, read_chip
+from model.scene import Chip, SceneInfo, read_chip
 
 QUEUE_FILE = "queue.json"
 QUEUE_FORMAT = "dclabel-queue/1"
@@ -135,6 +135,37 @@ def _centers_m(chips: list[tuple[SceneInfo, Window]]) -> np.ndarray:
     return np.column_stack([lonlat[:, 0] * 111_320.0 * np.cos(lat0), lonlat[:, 1] * 110_574.0])
 
 
+def _score_chip(
+    spec,
+    pred: np.ndarray,
+    chip: Chip,
+    scene: SceneInfo,
+    top_fraction: float,
+    threshold: float,
+    min_area_px: int,
+) -> tuple[float, tuple[Proposal, ...]]:
+    """Chip score and proposals of one chip's prediction (H, W) or (S, H, W).
+
+    Pixels with no data (all bands 0: outside the scene or a NAIP collar) are neither uncertain
+    nor proposed, so a chip half in the collar is scored on its real pixels only and an empty
+    one scores 0 whatever the model makes of black.
+    """
+    valid = chip.image.any(axis=0)
+    prob = np.where(valid, pred if pred.ndim == 2 else pred.mean(axis=0), 0.0).astype(np.float32)
+    unc = np.where(valid, spec.uncertainty(pred), 0.0).astype(np.float32)
+    found = proposals_from_probability(
+        prob,
+        chip.transform,
+        scene.scene_id,
+        chip.window,
+        threshold=threshold,
+        min_area_px=min_area_px,
+        uncertainty=unc,
+        crs=scene.crs,
+    )
+    return chip_score(unc, top_fraction), tuple(found)
+
+
 def rank_chips(
     project,
     strategy: str = "entropy",
@@ -227,21 +258,12 @@ def rank_chips(
                         model, ckpt.normalization, images, spec.passes, mc_samples, device
                     )
                     for k, chip in enumerate(batch):
-                        unc = spec.uncertainty(preds[k])
-                        if not spec.random:
-                            scores[b + k] = chip_score(unc, top_fraction)
-                        prob = preds[k] if preds[k].ndim == 2 else preds[k].mean(axis=0)
-                        found = proposals_from_probability(
-                            prob,
-                            chip.transform,
-                            scene.scene_id,
-                            chip.window,
-                            threshold=threshold,
-                            min_area_px=min_area_px,
-                            uncertainty=unc,
-                            crs=scene.crs,
+                        score, found = _score_chip(
+                            spec, preds[k], chip, scene, top_fraction, threshold, min_area_px
                         )
-                        proposals.append(tuple(found))
+                        if not spec.random:
+                            scores[b + k] = score
+                        proposals.append(found)
                 done += len(batch)
                 if progress is not None:
                     rate = done / max(time.perf_counter() - start, 1e-9)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from torch import nn
@@ -303,3 +305,54 @@ def test_one_pass_mc_shortcut_draws_the_same_samples_as_full_passes():
     full = forward_probabilities(model, NORM, images, mc_samples=3, head_only_mc=False)
     assert np.allclose(fast, full, atol=1e-6)
     assert np.abs(fast[:, 0] - fast[:, 1]).max() > 1e-3
+
+
+def test_no_data_pixels_are_neither_uncertain_nor_proposed(tmp_path):
+    img = np.random.default_rng(4).integers(40, 120, size=(4, 32, 96), dtype=np.uint8)
+    img[:, :, :40] = 0  # a black collar: the first chip entirely, the second one in part
+    tif = write_geotiff(
+        tmp_path / "collar.tif", img, UTM, Affine(0.6, 0, 500_000.0, 0, -0.6, 4_300_000.0)
+    )
+    project = Project.create(tmp_path / "p", images=[tif], chip_size=CHIP)
+    path = _checkpoint_file(tmp_path, dropout=0.0, head_bias=0.0)  # p = 0.5 on every pixel
+    queue = rank_chips(project, "entropy", checkpoint=path, min_area_px=1, diversity=False)
+    by_col = {int(q.window.col_off): q for q in queue}
+    assert int(queue[-1].window.col_off) == 0 and by_col[0].score == 0.0
+    # A chip a quarter in the collar still has its top 5 % on real pixels: it is not diluted.
+    assert by_col[64].score == pytest.approx(1.0) == pytest.approx(by_col[32].score)
+    assert by_col[0].proposals == ()
+    (prop,) = by_col[32].proposals
+    assert prop.area_m2 == pytest.approx(24 * 32 * 0.36)  # columns 40..63 only
+    assert prop.geometry.bounds[0] == pytest.approx(500_000.0 + 40 * 0.6)
+
+
+def test_an_event_cancels_before_any_batch(project, tmp_path):
+    event = threading.Event()
+    event.set()
+    with pytest.raises(Cancelled):
+        rank_chips(project, "margin", checkpoint=_checkpoint_file(tmp_path), cancel=event)
+    assert not (project.root / "queue.json").exists()
+
+
+def test_chip_centres_share_one_metric_frame_across_utm_zones(tmp_path):
+    from loop.ranking import _centers_m
+    from model.scene import open_scene
+
+    a = open_scene(_scene(tmp_path / "a.tif", 1))
+    b_path = (
+        tmp_path / "b.tif"
+    )  # the same ground point as a's origin, written in the next UTM zone west
+    x17, y17 = Transformer.from_crs(UTM, "EPSG:32617", always_xy=True).transform(
+        501_000.0, 4_300_000.0
+    )
+    write_geotiff(
+        b_path,
+        np.ones((4, 64, 64), np.uint8),
+        CRS.from_epsg(32617),
+        Affine(0.6, 0, x17, 0, -0.6, y17),
+    )
+    b = open_scene(b_path)
+    w = Window(0, 0, CHIP, CHIP)
+    centers = _centers_m([(a, w), (a, Window(CHIP, 0, CHIP, CHIP)), (b, w)])
+    assert np.hypot(*(centers[1] - centers[0])) == pytest.approx(CHIP * 0.6, rel=0.01)
+    assert np.hypot(*(centers[2] - centers[0])) < 1.0
