@@ -121,3 +121,19 @@ def test_two_processes_publish_distinct_versions(tmp_path):
     assert names == ["v1", "v2"]
     ious = sorted(np.round([v.metrics["iou"] for v in reader.versions()], 2))
     assert ious == [0.51, 0.52]
+
+
+def test_failed_publish_leaves_registry_and_files_untouched(tmp_path, monkeypatch):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.3))
+    before = (tmp_path / "registry.json").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        reg.publish(make_ckpt(0.9, seed=1))
+    assert (tmp_path / "registry.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["registry.json", "v1.pt"]
+    assert reg.current().version == "v1"
