@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
+import warnings
 from contextlib import closing
 from pathlib import Path
 
@@ -100,7 +101,10 @@ def test_gdal_reads_store_exactly(tmp_path):
         header = fh.read(100)
     assert header[68:72] == b"GPKG"
     assert int.from_bytes(header[60:64], "big") == 10300
-    layers = dict(pyogrio.list_layers(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. GDAL's "GPKG: bad application_id" RuntimeWarning
+        layers = dict(pyogrio.list_layers(path))
+        pyogrio.read_info(path, layer="reviewed_chips")
     assert layers == {"footprints_32618": "MultiPolygon", "footprints_32617": "MultiPolygon",
                       "reviewed_chips": None}
     gdf = pyogrio.read_dataframe(path, layer="footprints_32618", fid_as_index=True)
