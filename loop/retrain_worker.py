@@ -27,6 +27,8 @@ from model.scene import Chip
 from model.unet import UNetConfig
 
 Emit = Callable[[dict], None]
+#: Model shape of a first model: the seed U-Net plus dropout, so BALD (MC-dropout) ranking works.
+COLD_START_UNET = UNetConfig(base_channels=32, depth=4, dropout=0.1)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RetrainSettings:
         lr: Learning rate.
         batch_size: Chips per batch.
         val_fraction: Share of reviewed chips held out for validation.
-        unet: Model shape of a cold start (no current model); default base 32, depth 4.
+        unet: Model shape of a cold start (no current model); default :data:`COLD_START_UNET`.
         tolerance: Allowed validation drop before a new model is kept as a candidate only.
         seed: Training seed.
         max_time_s: Stop training after this many seconds (best-so-far weights are kept).
@@ -142,13 +144,13 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
     train, val = split_train_val(chips, settings.val_fraction)
     current = project.registry.current()
     init = load_checkpoint(current.path) if current is not None else None
-    unet = init.unet if init is not None else (settings.unet or UNetConfig())
+    unet = init.unet if init is not None else (settings.unet or COLD_START_UNET)
     data_version = str(project.labels.version)
     emit({"type": "started", "n_train": len(train), "n_val": len(val), "parent": current.version if current else None,
           "data_version": data_version})
     config = TrainConfig(
         epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, base_channels=unet.base_channels,
-        depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="cpu",
+        depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="auto",
         max_time_s=settings.max_time_s, log_dir=project.logs_dir / time.strftime("train-%Y%m%d-%H%M%S"),
     )
 
