@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "loop.cli_rank",
     "loop.cli_naip",
     "loop.cli_project",
+    "loop.cli_demo",
 ]
 
 

@@ -1,0 +1,121 @@
+"""The demo project: a synthetic NAIP-like scene over real data-center layouts, a few seed labels
+and a first small model, so ``dclabel app`` has something real to show on a machine with no NAIP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+
+from loop.project import Project, reviewed_training_chips
+from model.synth import SynthConfig, generate_scene
+from model.train import TrainConfig, fit
+
+DEMO_DIR_ENV = "DCLABEL_DEMO_DIR"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo project holds.
+
+    Attributes:
+        size: Scene side in pixels (0.6 m each).
+        seed: Seed of the scene generator.
+        site: Real cluster layout: ``ashburn`` or ``santa_clara``.
+        seed_fraction: Fraction of the scene's columns (from the left) whose chips come labeled
+            and reviewed: the "few labels to start from".
+        initial_epochs: Epochs of the first model (0 = no model: the queue starts cold).
+        base_channels: Width of the first model's U-Net.
+    """
+
+    size: int = 2048
+    seed: int = 0
+    site: str = "ashburn"
+    seed_fraction: float = 0.25
+    initial_epochs: int = 6
+    base_channels: int = 16
+
+
+def default_demo_dir() -> Path:
+    """``$DCLABEL_DEMO_DIR``, else ``~/.dclabel/demo``."""
+    return Path(os.environ.get(DEMO_DIR_ENV) or Path.home() / ".dclabel" / "demo")
+
+
+def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfig = DemoConfig(),
+                        progress=None) -> Path:
+    """Create the demo project if it is missing or incomplete; return its folder.
+
+    Steps (each skipped when already done, so an interrupted run resumes): draw the scene and its
+    ground truth; create the project; import the ground truth of the left ``seed_fraction`` of the
+    scene as reviewed labels; train and publish a first model.
+
+    Args:
+        root: Project folder (default :func:`default_demo_dir`).
+        config: What to put in it.
+        progress: ``progress(done, total, {"step": ...})``.
+
+    Returns:
+        The project folder.
+    """
+    root = Path(root) if root is not None else default_demo_dir()
+    report = progress or (lambda *_: None)
+    tif, truth = root / "scenes" / "demo.tif", root / "truth.geojson"
+    if not tif.exists() or not truth.exists():
+        report(0, 4, {"step": "drawing the synthetic scene"})
+        synth = SynthConfig(width=config.size, height=config.size, seed=config.seed, site=config.site)
+        generate_scene(tif, truth, synth)
+    project = Project.create(root, [tif])
+    scene = project.scenes[0]
+    store = project.labels
+    if not store.reviewed_chips(scene.scene_id):
+        report(1, 4, {"step": "importing seed labels"})
+        seed_labels(project, scene.scene_id, truth, config.seed_fraction)
+    if config.initial_epochs > 0 and project.registry.current() is None:
+        report(2, 4, {"step": "training the first model"})
+        chips = reviewed_training_chips(project)
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(chips))
+        n_val = max(1, len(chips) // 5)
+        pairs = [(c.image, c.mask) for c in chips]
+        ckpt = fit([pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]],
+                   TrainConfig(epochs=config.initial_epochs, base_channels=config.base_channels,
+                               batch_size=4, lr=2e-3, seed=config.seed))
+        ckpt.data_version = str(store.version)
+        project.registry.publish(ckpt)
+    report(4, 4, {"step": "ready"})
+    return root
+
+
+def seed_labels(project: Project, scene_id: str, truth_path: Path, fraction: float) -> int:
+    """Import ground truth for the chips in the left ``fraction`` of a scene and mark them reviewed.
+
+    Every footprint touching one of those chips is imported whole, so a reviewed chip holds all of
+    its data centers (the rest of the chip is truly background).
+
+    Returns:
+        Number of chips marked reviewed.
+    """
+    scene = project.scene(scene_id)
+    store = project.labels
+    truth = gpd.read_file(truth_path).to_crs(scene.crs)
+    limit = fraction * scene.width
+    chips = [w for w in project.chip_windows(scene_id) if w.col_off + w.width <= max(limit, w.width)]
+    boxes = [rasterio.windows.bounds(w, scene.transform) for w in chips]
+    from shapely.geometry import box
+
+    touched = sorted({int(i) for b in boxes for i in truth.sindex.query(box(*b))})
+    for i in touched:
+        row = truth.iloc[i]
+        store.add_footprint(scene_id, row.geometry, cls=str(row["class"]), source="imported")
+    for w, b in zip(chips, boxes, strict=True):
+        holds_positive = any(
+            truth.iloc[i]["class"] == "datacenter" and truth.iloc[i].geometry.intersects(box(*b))
+            for i in truth.sindex.query(box(*b))
+        )
+        store.mark_reviewed(scene_id, w, empty=not holds_positive)
+    return len(chips)
