@@ -309,3 +309,18 @@ def register_scene(cur: sqlite3.Cursor, scene_id: str, crs, path) -> int:
             )
     cur.execute("INSERT OR REPLACE INTO dclabel_scenes VALUES (?,?,?)", (scene_id, srs_id, utc_now()))
     return srs_id
+
+
+def decode_many(blobs: list[bytes]):
+    """Vectorised :func:`decode_geometry` + :func:`from_multipolygon` (numpy array of geometries)."""
+    import numpy as np
+
+    wkbs = []
+    for blob in blobs:
+        if blob is None or len(blob) < 8 or blob[:2] != b"GP":
+            raise StoreError("label store: a geometry is not GeoPackage binary (no 'GP' header); the file is damaged.")
+        wkbs.append(bytes(blob[8 + _ENVELOPE_BYTES.get((blob[3] >> 1) & 0b111, 0) :]))
+    geoms = shapely.from_wkb(np.array(wkbs, dtype=object))
+    single = (shapely.get_type_id(geoms) == 6) & (shapely.get_num_geometries(geoms) == 1)
+    geoms[single] = shapely.get_geometry(geoms[single], 0)
+    return geoms

@@ -73,7 +73,7 @@ def footprint_frame(parts: list[tuple], target) -> geopandas.GeoDataFrame:
     columns = ["fid", *gp.FOOTPRINT_COLUMNS]
     frames = []
     for crs, rows in parts:
-        geoms = [gp.from_multipolygon(gp.decode_geometry(r[-1])) for r in rows]
+        geoms = gp.decode_many([r[-1] for r in rows])
         gdf = geopandas.GeoDataFrame([r[:-1] for r in rows], columns=columns, geometry=geoms, crs=crs)
         frames.append(gdf if gdf.crs == target else gdf.to_crs(target))
     if not frames:
