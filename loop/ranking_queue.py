@@ -1,0 +1,159 @@
+"""The review queue as a value and as ``queue.json`` in the project folder.
+
+:class:`QueueItem` is one ranked chip with the model's proposals; :func:`save_queue` writes a
+queue atomically (geometries as WKT, windows as col_off/row_off/width/height) and
+:func:`load_queue` reads it back, dropping chips reviewed since it was ranked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import shapely.wkt
+from rasterio.windows import Window
+
+from loop.errors import ProjectError
+from loop.proposals import Proposal
+
+QUEUE_FILE = "queue.json"
+QUEUE_FORMAT = "dclabel-queue/1"
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One chip of the review queue.
+
+    Attributes:
+        rank: 1-based position, 1 = most informative.
+        scene_id: Scene of the chip.
+        window: Chip window in scene pixels.
+        score: Chip score of the strategy (higher = more informative; cold start: a priority).
+        proposals: The model's proposals on the chip (empty without a model).
+    """
+
+    rank: int
+    scene_id: str
+    window: Window
+    score: float
+    proposals: tuple[Proposal, ...] = ()
+
+
+def window_key(scene_id: str, window: Window) -> tuple[str, int, int, int, int]:
+    """Hashable identity of a chip: (scene_id, col_off, row_off, width, height)."""
+    return (
+        scene_id,
+        int(window.col_off),
+        int(window.row_off),
+        int(window.width),
+        int(window.height),
+    )
+
+
+def _window_json(window: Window) -> dict[str, int]:
+    return {
+        "col_off": int(window.col_off),
+        "row_off": int(window.row_off),
+        "width": int(window.width),
+        "height": int(window.height),
+    }
+
+
+def _window_from(d: dict) -> Window:
+    return Window(int(d["col_off"]), int(d["row_off"]), int(d["width"]), int(d["height"]))
+
+
+def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> Path:
+    """Store a queue as ``queue.json`` in the project folder (atomic write).
+
+    Args:
+        project: Object with a ``root`` folder.
+        items: The queue from :func:`rank_chips`.
+        strategy: Strategy name recorded with the queue (informative only).
+
+    Returns:
+        Path of the written file.
+    """
+    path = Path(project.root) / QUEUE_FILE
+    payload = {
+        "format": QUEUE_FORMAT,
+        "strategy": strategy,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "items": [
+            {
+                "rank": it.rank,
+                "scene_id": it.scene_id,
+                "window": _window_json(it.window),
+                "score": it.score,
+                "proposals": [
+                    {
+                        "geometry": p.geometry.wkt,
+                        "score": p.score,
+                        "uncertainty": p.uncertainty,
+                        "area_m2": p.area_m2,
+                    }
+                    for p in it.proposals
+                ],
+            }
+            for it in items
+        ],
+    }
+    fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:
+    """Read the queue saved by :func:`save_queue`.
+
+    Args:
+        project: Object with ``root`` (and ``labels.reviewed_chips()`` if ``skip_reviewed``).
+        skip_reviewed: Drop chips reviewed since the queue was ranked (ranks are kept).
+
+    Returns:
+        The queue, or an empty list when none was saved yet.
+
+    Raises:
+        ProjectError: The file exists but is not a dclabel queue.
+    """
+    path = Path(project.root) / QUEUE_FILE
+    if not path.exists():
+        return []
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if payload.get("format") != QUEUE_FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}")
+        items = []
+        for d in payload["items"]:
+            window = _window_from(d["window"])
+            props = tuple(
+                Proposal(
+                    d["scene_id"],
+                    window,
+                    shapely.wkt.loads(p["geometry"]),
+                    float(p["score"]),
+                    float(p["uncertainty"]),
+                    float(p["area_m2"]),
+                )
+                for p in d["proposals"]
+            )
+            items.append(QueueItem(int(d["rank"]), d["scene_id"], window, float(d["score"]), props))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ProjectError(
+            f"{path}: expected a {QUEUE_FORMAT} review queue, found something else ({exc}). "
+            "Delete it and run `dclabel rank` again."
+        ) from exc
+    if skip_reviewed:
+        reviewed = {window_key(r.scene_id, r.window) for r in project.labels.reviewed_chips()}
+        items = [it for it in items if window_key(it.scene_id, it.window) not in reviewed]
+    return items
