@@ -146,7 +146,7 @@ class FootprintEditor:
         parts = polygon_parts(geom)
         self._syncing = True
         try:
-            n0 = len(self.layer.data)
+            n0 = self.layer.nshapes
             self.layer.add(
                 [geometry_to_napari(p, self.scene.transform) for p in parts],
                 shape_type="polygon", edge_color=class_colour(cls), face_color="transparent",
@@ -163,6 +163,21 @@ class FootprintEditor:
         """Layer shape indices showing the given footprints."""
         wanted = np.fromiter((int(f) for f in fids), dtype=np.int64)
         return np.flatnonzero(np.isin(self._fids(), wanted)).tolist()
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of footprints per class on screen (from the layer, without reading the store)."""
+        feats = self.layer.features
+        if not len(feats):
+            return {}
+        table = pd.DataFrame({"fid": self._fids(), "class": feats["class"].to_numpy()})
+        return table.drop_duplicates("fid")["class"].value_counts().to_dict()
+
+    def _vertices(self, i: int) -> np.ndarray:
+        """Vertices of shape ``i`` as (N, 2); avoids ``layer.data``, which copies every shape."""
+        try:
+            return np.asarray(self.layer._data_view.shapes[i].data)[:, -2:]
+        except (AttributeError, IndexError):  # napari internals moved: the public, slower path
+            return np.asarray(self.layer.data[i])[:, -2:]
 
     def _fids(self) -> np.ndarray:
         """The ``fid`` feature column as int64 (-1 for unsaved or missing)."""
@@ -191,13 +206,13 @@ class FootprintEditor:
 
     def _store_new_shapes(self) -> None:
         feats = self.layer.features
-        if len(feats) != len(self.layer.data):
+        if len(feats) != self.layer.nshapes:
             self.reconcile()
             return
         fid_col = self._fids()
         new = [i for i in range(len(fid_col)) if fid_col[i] < 0]
         for i in new:
-            geom = napari_to_geometry(self.layer.data[i][:, -2:], self.scene.transform)
+            geom = napari_to_geometry(self._vertices(i), self.scene.transform)
             cls = str(feats["class"].iloc[i]) if isinstance(feats["class"].iloc[i], str) else self.current_class
             fid = int(self.store.add_footprint(self.scene.scene_id, geom, cls=cls, source="manual"))
             feats.loc[i, "fid"] = fid
@@ -219,12 +234,12 @@ class FootprintEditor:
             k = int(feats["part"].iloc[i])
             holes = list(old_parts[k].interiors) if k < len(old_parts) else []
             holes_poly = [np.asarray(h.coords) for h in holes]
-            parts.append(napari_to_geometry(self.layer.data[i][:, -2:], self.scene.transform, holes_poly))
+            parts.append(napari_to_geometry(self._vertices(i), self.scene.transform, holes_poly))
         return join_parts(parts)
 
     def _store_changed(self, indices: Iterable[int]) -> None:
         feats = self.layer.features
-        if len(feats) != len(self.layer.data):
+        if len(feats) != self.layer.nshapes:
             self.reconcile()
             return
         col = self._fids()
@@ -255,7 +270,7 @@ class FootprintEditor:
     def reconcile(self) -> None:
         """Full diff of layer against the last stored state (fallback when events are ambiguous)."""
         feats = self.layer.features
-        n = len(self.layer.data)
+        n = self.layer.nshapes
         if len(feats) != n:  # a napari path removed a shape without its feature row: rebuild
             self.reload()
             return

@@ -9,6 +9,7 @@ re-ranks in the background); a regressed candidate is reported and not swapped i
 from __future__ import annotations
 
 import math
+import threading
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -50,6 +51,8 @@ class RetrainWidget(QWidget):
         self.events: list[dict] = []
         self.history: list[dict] = []  # epoch records of the running round
         self.steps: list[tuple[float, float]] = []  # (fractional epoch, loss)
+        self._poller: threading.Thread | None = None
+        self._polled: list[list[dict]] = []  # event batches from the poll thread (list.append is atomic)
 
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 500)
@@ -137,25 +140,41 @@ class RetrainWidget(QWidget):
             self.status.setText("cancelling…")
 
     def poll(self) -> list[dict]:
-        """Handle the events that arrived since the last poll (called by the timer)."""
+        """Handle the events that arrived since the last poll (called by the timer).
+
+        ``RetrainJob.poll()`` itself runs on a short-lived helper thread: when a round ends it
+        joins the child process, which can take a second or two while torch shuts down, and the
+        Qt main thread must not wait for that. Its events are handled here on the next tick.
+        """
         if self.job is None:
             self.timer.stop()
             return []
-        try:
-            events = self.job.poll()
-        except Exception as exc:  # never let a broken queue kill the GUI
-            show_error(f"Retraining stopped: {exc}")
-            events = [{"type": "done"}]
+        events: list[dict] = []
+        while self._polled:
+            events.extend(self._polled.pop(0))
+        if self._poller is None or not self._poller.is_alive():
+            self._poller = threading.Thread(target=self._poll_job, args=(self.job,), daemon=True,
+                                            name="dclabel-retrain-poll")
+            self._poller.start()
         for e in events:
             self._handle(e)
         self.events.extend(events)
-        if not self.job.is_running:
+        if not self.job.is_running and not self._poller.is_alive() and not self._polled:
             self.timer.stop()
             self.cancel_button.setEnabled(False)
             self.start_button.setText("Retrain")
             self.progress.setRange(0, 1)
             self.progress.setValue(1 if self.history else 0)
         return events
+
+    def _poll_job(self, job) -> None:
+        try:
+            events = job.poll()
+        except Exception as exc:  # never let a broken queue kill the GUI
+            events = [{"type": "error", "message": f"lost contact with the training process: {exc}"},
+                      {"type": "done"}]
+        if events:
+            self._polled.append(events)
 
     def _handle(self, e: dict) -> None:
         kind = e.get("type")
@@ -246,5 +265,7 @@ class RetrainWidget(QWidget):
     def close_job(self) -> None:
         """Stop the timer and the training process (on viewer close)."""
         self.timer.stop()
+        if self._poller is not None:
+            self._poller.join(10)
         if self.job is not None:
             self.job.close()

@@ -449,8 +449,7 @@ class ReviewWidget(QWidget):
         sid = self.session.scene.scene_id
         total = len(project.chip_windows(sid))
         reviewed = len(project.labels.reviewed_chips(sid))
-        fp = project.labels.footprints(sid)
-        per_class = fp["class"].value_counts().to_dict() if len(fp) else {}
+        per_class = self.session.editor.class_counts() if self.session.editor else {}
         classes = " · ".join(
             f"<span style='color:{class_colour(c)}'>■</span> {c} {per_class.get(c, 0)}"
             for c in project.settings.classes

@@ -244,7 +244,7 @@ def add_chip_grid(viewer, windows: Sequence[Window], reviewed=(), queued=()):
         edge_width=2,
         name=GRID_LAYER,
         opacity=0.6,
-        metadata={"windows": list(windows)},
+        metadata={"windows": list(windows), "colours": colours},
     )
     return layer
 
@@ -252,4 +252,7 @@ def add_chip_grid(viewer, windows: Sequence[Window], reviewed=(), queued=()):
 def update_chip_grid(layer, reviewed=(), queued=()) -> None:
     """Recolour the chip grid after reviews or a new ranking."""
     windows = layer.metadata["windows"]
-    layer.edge_color = chip_status_colours(windows, set(reviewed), set(queued))
+    colours = chip_status_colours(windows, set(reviewed), set(queued))
+    if colours != layer.metadata.get("colours"):  # recolouring thousands of chips is not free
+        layer.edge_color = colours
+        layer.metadata["colours"] = colours
