@@ -417,8 +417,14 @@ class LabelStore:
 
     # ----- lifetime -------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the connection (the last writer to close folds the WAL back into the file)."""
+        """Close the connection, first folding the WAL into ``labels.gpkg`` (so a copy of the
+        .gpkg alone holds every edit even while readers stay open)."""
         with self._lock:
+            if not self.read_only:
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy readers: the WAL stays and is folded in by a later checkpoint
             self._conn.close()
 
     def __enter__(self) -> LabelStore:

@@ -396,3 +396,22 @@ def test_reader_process_sees_edits_while_writer_writes(store, tmp_path):
     assert proc.returncode == 0, err
     seen, version, reads = map(int, out.split())
     assert (seen, version) == (n, n) and reads >= 1
+
+
+def test_closed_store_file_alone_holds_every_edit_while_a_reader_stays_open(tmp_path):
+    import shutil
+
+    path = tmp_path / "labels.gpkg"
+    with LabelStore(path) as writer:
+        writer.register_scene("a", UTM18)
+    reader = LabelStore(path, read_only=True)
+    try:
+        assert reader.footprints("a").empty
+        with LabelStore(path) as writer:
+            fids = [writer.add_footprint("a", _box(50 * i, 0)) for i in range(3)]
+        shutil.copy(path, tmp_path / "copy.gpkg")  # the .gpkg without its -wal
+        with closing(sqlite3.connect(tmp_path / "copy.gpkg")) as conn:
+            assert [r[0] for r in conn.execute("SELECT fid FROM footprints_32618 ORDER BY fid")] == fids
+        assert list(reader.footprints("a")["fid"]) == fids
+    finally:
+        reader.close()
