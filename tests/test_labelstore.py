@@ -415,3 +415,17 @@ def test_closed_store_file_alone_holds_every_edit_while_a_reader_stays_open(tmp_
         assert list(reader.footprints("a")["fid"]) == fids
     finally:
         reader.close()
+
+
+def test_two_writers_share_fids_version_and_history(store, tmp_path):
+    other = LabelStore(tmp_path / "labels.gpkg")  # e.g. `dclabel labels import` while the GUI runs
+    try:
+        fids = []
+        for i in range(6):
+            writer = (store, other)[i % 2]
+            fids.append(writer.add_footprint("a", _box(50 * i, 0)))
+        assert len(set(fids)) == 6 and store.version == other.version == 6
+        assert other.undo()  # the history lives in the file: the last edit (by `other`) is undone
+        assert list(store.footprints("a")["fid"]) == fids[:-1]
+    finally:
+        other.close()
