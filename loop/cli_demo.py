@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loop.demo import DemoConfig, default_demo_dir, ensure_demo_project
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``dclabel demo`` to the parser."""
+    from loop.demo_config import DemoConfig, default_demo_dir
+
     d = DemoConfig()
     p = sub.add_parser("demo", help="create the demo project (synthetic NAIP-like scene, seed labels, model)")
     p.add_argument("--output-dir", type=Path, default=None, help=f"project folder (default {default_demo_dir()})")
@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(a: argparse.Namespace) -> int:
+    from loop.demo import DemoConfig, ensure_demo_project
+
     cfg = DemoConfig(size=a.size, seed=a.seed, site=a.site, seed_fraction=a.seed_fraction,
                      initial_epochs=a.epochs)
     root = ensure_demo_project(a.output_dir, cfg, progress=lambda d, t, i: print(f"[{d}/{t}] {i['step']}"))

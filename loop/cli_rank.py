@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from loop.ranking import QueueItem, rank_chips, save_queue
 from loop.ranking_scores import STRATEGIES
+
+if TYPE_CHECKING:  # the ranking module imports torch: load it only when a command runs
+    from loop.ranking import QueueItem
 
 
 def format_queue(items: list[QueueItem]) -> str:
@@ -40,6 +43,8 @@ def _progress(done: int, total: int, info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Rank, print and save the queue of ``args.project``."""
+    from loop.ranking import rank_chips, save_queue
+
     project = _open_project(args.project)
     items = rank_chips(
         project,

@@ -5,48 +5,19 @@ and a first small model, so ``dclabel app`` has something real to show on a mach
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import rasterio
 
+from loop.demo_config import DemoConfig, default_demo_dir
 from loop.project import Project, reviewed_training_chips
 from model.synth import SynthConfig, generate_scene
 from model.train import TrainConfig, fit
 
-DEMO_DIR_ENV = "DCLABEL_DEMO_DIR"
 
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo project holds.
-
-    Attributes:
-        size: Scene side in pixels (0.6 m each).
-        seed: Seed of the scene generator.
-        site: Real cluster layout: ``ashburn`` or ``santa_clara``.
-        seed_fraction: Fraction of the scene's columns (from the left) whose chips come labeled
-            and reviewed: the "few labels to start from".
-        initial_epochs: Epochs of the first model (0 = no model: the queue starts cold).
-        base_channels: Width of the first model's U-Net.
-    """
-
-    size: int = 2048
-    seed: int = 0
-    site: str = "ashburn"
-    seed_fraction: float = 0.25
-    initial_epochs: int = 6
-    base_channels: int = 16
-
-
-def default_demo_dir() -> Path:
-    """``$DCLABEL_DEMO_DIR``, else ``~/.dclabel/demo``."""
-    return Path(os.environ.get(DEMO_DIR_ENV) or Path.home() / ".dclabel" / "demo")
-
-
-def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfig = DemoConfig(),
+def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfig | None = None,
                         progress=None) -> Path:
     """Create the demo project if it is missing or incomplete; return its folder.
 
@@ -62,6 +33,7 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
     Returns:
         The project folder.
     """
+    config = config or DemoConfig()
     root = Path(root) if root is not None else default_demo_dir()
     report = progress or (lambda *_: None)
     tif, truth = root / "scenes" / "demo.tif", root / "truth.geojson"

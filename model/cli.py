@@ -8,8 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model.detect import DetectConfig, batch_detect, detect_scene
-from model.train import TrainConfig
+from model.config import DetectConfig, TrainConfig
 
 
 def _bands(text: str) -> tuple[int, ...]:
@@ -147,6 +146,8 @@ def _detect(a: argparse.Namespace) -> int:
     outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
     if not any(outputs):
         raise SystemExit("dclabel detect: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
+    from model.detect import detect_scene
+
     bar = TqdmProgress("detect", "tile")
     try:
         table = detect_scene(a.checkpoint, a.image, _detect_config(a), a.output_geojson, a.output_gpkg,
@@ -163,6 +164,8 @@ def _batch_detect(a: argparse.Namespace) -> int:
         images += sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     if not images:
         raise SystemExit("dclabel batch-detect: no scenes; give --input-dir or --images")
+    from model.detect import batch_detect
+
     bar = TqdmProgress("batch-detect", "scene")
     try:
         table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)

@@ -5,51 +5,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
 
 from model.checkpoint import Checkpoint, load_checkpoint
+from model.config import DetectConfig
 from model.errors import SceneError
 from model.export import detection_table, write_detections, write_mask
 from model.predict_scene import predict_scene
 from model.scene import SceneInfo, open_scene
 from model.vectorize import vectorize_probability
-
-
-@dataclass(frozen=True)
-class DetectConfig:
-    """How to detect. CLI flags of ``dclabel detect`` map onto these fields one to one.
-
-    Attributes:
-        tile_size: Tile side in pixels (the seed: 256).
-        overlap: Overlap of neighbouring tiles in pixels (the seed: 32).
-        batch_size: Tiles per forward pass (1-2 is fastest per tile on a small CPU).
-        threshold: Probability above which a pixel is a data center.
-        min_area: Minimum footprint size in pixels (the seed: 100).
-        merge_distance: Merge footprints closer than this, in metres (the seed: 10).
-        simplify: Polygon simplification tolerance in metres (0 keeps pixel edges).
-        device: Torch device (None: CUDA/MPS when present, else CPU).
-        bands: 1-based source bands read as R,G,B,NIR (None: 1,2,3,4).
-    """
-
-    tile_size: int = 256
-    overlap: int = 32
-    batch_size: int = 2
-    threshold: float = 0.5
-    min_area: float = 100
-    merge_distance: float = 10.0
-    simplify: float = 0.6
-    device: str | None = None
-    bands: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
-            raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
 
 def _metres_per_unit(scene: SceneInfo) -> float:
@@ -66,7 +33,7 @@ def _metres_per_unit(scene: SceneInfo) -> float:
 def detect_scene(
     checkpoint: str | os.PathLike | Checkpoint,
     image: str | os.PathLike | SceneInfo,
-    config: DetectConfig = DetectConfig(),
+    config: DetectConfig | None = None,
     output_geojson: str | os.PathLike | None = None,
     output_gpkg: str | os.PathLike | None = None,
     output_csv: str | os.PathLike | None = None,
@@ -92,6 +59,7 @@ def detect_scene(
     Returns:
         The detection table in the scene CRS (see :func:`model.export.detection_table`).
     """
+    config = config or DetectConfig()
     scene = image if isinstance(image, SceneInfo) else open_scene(image, config.bands)
     unit = _metres_per_unit(scene)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, len(scene.bands))
@@ -112,7 +80,7 @@ def batch_detect(
     checkpoint: str | os.PathLike,
     images: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
-    config: DetectConfig = DetectConfig(),
+    config: DetectConfig | None = None,
     masks: bool = False,
     progress=None,
     cancel=None,
@@ -124,6 +92,7 @@ def batch_detect(
     Returns:
         All detections in EPSG:4326 with a ``scene`` column.
     """
+    config = config or DetectConfig()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)

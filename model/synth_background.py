@@ -109,8 +109,8 @@ def _pads(cv: Canvas, rng: np.random.Generator) -> None:
     """Construction sites and open lots: bare graded ground, slabs, gravel and asphalt, no roof."""
     left, top = cv.transform.c, cv.transform.f
     w_m, h_m = cv.width * cv.res, cv.height * cv.res
-    for _ in range(int(rng.poisson(5.0 * w_m * h_m / 1.5e6))):
-        pw, ph = rng.uniform(40, 200), rng.uniform(30, 130)
+    for _ in range(int(rng.poisson(9.0 * w_m * h_m / 1.5e6))):
+        pw, ph = rng.uniform(50, 240), rng.uniform(40, 160)
         geom = _place(box(-pw / 2, -ph / 2, pw / 2, ph / 2), left + rng.uniform(0, w_m),
                       top - rng.uniform(0, h_m), rng.uniform(0, np.pi))
         win = cv.window(geom.bounds, 2)

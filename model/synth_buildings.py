@@ -68,20 +68,52 @@ class _Building:
     frame: Frame
     side: float
     rng: np.random.Generator
+    kind: int
     win: Win | None = None
     u: np.ndarray | None = None
     v: np.ndarray | None = None
 
 
-def roof_color(rng: np.random.Generator, cls: str) -> np.ndarray:
-    """A roof tone drawn from one distribution shared by every class (metal tints for 'other')."""
-    g = [rng.uniform(205, 240), rng.uniform(160, 200), rng.uniform(115, 155), rng.uniform(58, 95)][
-        int(rng.choice(4, p=[0.33, 0.3, 0.22, 0.15]))]
+ROOF_GREYS = ((205, 240), (160, 200), (115, 155), (58, 95))  # white, light, mid, dark
+
+
+def roof_color(rng: np.random.Generator, cls: str, kind: int | None = None) -> np.ndarray:
+    """A roof tone drawn from one distribution shared by every class (metal tints for 'other').
+
+    Args:
+        rng: Generator.
+        cls: Building class (only 'other' may get a painted-metal tint).
+        kind: Index into :data:`ROOF_GREYS`; random (shared weights) when None.
+    """
+    if kind is None:
+        kind = int(rng.choice(4, p=[0.33, 0.3, 0.22, 0.15]))
+    g = rng.uniform(*ROOF_GREYS[kind])
     col = np.array([g, g, g * rng.uniform(0.98, 1.04), g * rng.uniform(0.8, 0.96)], np.float32)
     col[:3] += rng.normal(0, 3, 3).astype(np.float32)
     if cls == "other" and rng.random() < 0.25:  # painted metal roofs
         col[:3] *= np.array([[1.15, 0.9, 0.8], [0.8, 0.95, 1.15], [1.05, 1.0, 0.85]][int(rng.integers(3))], np.float32)
     return np.clip(col, 20, 250)
+
+
+def roof_kinds(areas: list[float], positive: list[bool], rng: np.random.Generator) -> list[int]:
+    """Roof tone classes balanced so positives and negatives spread their roof area alike.
+
+    Buildings, largest first, take the tone whose share of their group's area lags its target
+    weight most (ties broken at random), so within every tone the data-center share of roof area
+    is about the scene's overall share and no tone singles out data centers by luck.
+    """
+    weights = np.array([0.3, 0.3, 0.25, 0.15])
+    kinds = [0] * len(areas)
+    for group in (True, False):
+        idx = sorted((i for i, p in enumerate(positive) if p == group), key=lambda i: -areas[i])
+        total = sum(areas[i] for i in idx)
+        got = np.zeros(len(weights))
+        for i in idx:
+            deficit = weights * total - got + rng.uniform(0, 0.05 * total, len(weights))
+            k = int(np.argmax(deficit))
+            kinds[i] = k
+            got[k] += areas[i]
+    return kinds
 
 
 def draw_buildings(cv: Canvas, footprints: list[tuple[Polygon, str]], knobs: Knobs,
@@ -99,10 +131,11 @@ def draw_buildings(cv: Canvas, footprints: list[tuple[Polygon, str]], knobs: Kno
         Boolean (H, W) mask of all roofs.
     """
     tables = rng.random((3, 4096)).astype(np.float32)
+    kinds = roof_kinds([g.area for g, _ in footprints], [c == "datacenter" for _, c in footprints], rng)
     items = []
-    for geom, cls in footprints:
+    for (geom, cls), kind in zip(footprints, kinds, strict=True):
         b = _Building(geom, cls, Frame.of(geom), float(rng.choice([-1.0, 1.0])),
-                      np.random.default_rng(int(rng.integers(2**63))))
+                      np.random.default_rng(int(rng.integers(2**63))), kind)
         b.win = cv.window(geom.bounds, pad_m=110.0)
         if b.win is not None:
             b.u, b.v = cv.local(b.win, b.frame)
@@ -127,6 +160,8 @@ def draw_buildings(cv: Canvas, footprints: list[tuple[Polygon, str]], knobs: Kno
 def _grounds(cv: Canvas, b: _Building, k: Knobs, tables: np.ndarray) -> None:
     r, u, v, s = b.rng, b.u, b.v, b.side
     L, W = b.frame.half_len, b.frame.half_wid
+    yard = cv.mask(b.geom.buffer(r.uniform(10, 30)), b.win)  # paved surround: service roads, lots
+    cv.paint(b.win, yard, [CONCRETE, CONCRETE, OLD_ASPHALT, ASPHALT][int(r.integers(4))] * r.uniform(0.9, 1.12))
     walk = cv.mask(b.geom.buffer(r.uniform(3, 9)), b.win)
     cv.paint(b.win, walk, CONCRETE * r.uniform(0.85, 1.05), alpha=0.9)
     if b.cls == "datacenter":
@@ -249,7 +284,7 @@ def _substation(cv: Canvas, b: _Building, u0: float, u1: float, v0: float, v1: f
 
 def _roof(cv: Canvas, b: _Building, fp: np.ndarray, k: Knobs, sun: tuple[float, float]) -> None:
     r, u, v = b.rng, b.u, b.v
-    base = roof_color(r, b.cls)
+    base = roof_color(r, b.cls, b.kind)
     seam = r.uniform(1.2, 3.0)
     amp = r.uniform(1.5, 5.0)
     shade = amp * (np.mod(v[fp], seam) < 0.6) + r.uniform(-6, 6) * u[fp] / max(b.frame.half_len, 1.0)

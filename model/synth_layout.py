@@ -189,9 +189,9 @@ def choose_origin(
         cut = shapely.intersects(geoms, win) & ~inside
         hit = inside | cut
         total = areas[hit].sum()
-        balance = abs(areas[hit & labels].sum() / total - POSITIVE_SHARE) if total else 1.0
+        balance = areas[hit & labels].sum() / total - POSITIVE_SHARE if total else 1.0
         score = (inside.sum() - 0.3 * cut.sum() + 2.0 * (inside & labels).any() + 2.0 * (inside & ~labels).any()
-                 - 12.0 * balance)
+                 - 60.0 * max(balance - 0.15, 0.0))
         if score > best_score:
             best, best_score = (x0, y0), score
     x0, y0 = best
@@ -245,7 +245,7 @@ def place_footprints(
     gap = 15.0  # metres kept free around every building for yards, docks and car parks
     occupied = [f.geometry.buffer(gap) for f in out]
     inner = scene.buffer(-8.0)
-    attempts, cap = 0, max(target, int(len(out) * 2.2))
+    attempts, cap = 0, max(target, int(len(out) * 2.0))
     areas = np.array([p[0].area for p in fits])
     while attempts < 40 * cap and (len(out) < target or (_area_share(out) > POSITIVE_SHARE + 0.03 and len(out) < cap)):
         attempts += 1

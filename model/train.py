@@ -6,10 +6,9 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -18,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from model.checkpoint import Checkpoint, save_checkpoint
+from model.config import TrainConfig
 from model.data import ChipDataset, ChipFolder, ChipPair, compute_normalization
 from model.errors import Cancelled, LabelError
 from model.task import SegmentationTask
@@ -25,59 +25,6 @@ from model.unet import UNetConfig
 
 Progress = Callable[[int, int, dict], None]
 CancelCheck = Callable[[], bool]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train. CLI flags of ``dclabel train`` map onto these fields one to one.
-
-    Attributes:
-        epochs: Passes over the training chips.
-        batch_size: Chips per step.
-        lr: AdamW learning rate (cosine-annealed over ``epochs``).
-        loss: ``dice_bce``, ``focal_dice`` or ``ce`` (the seed's plain cross-entropy).
-        pos_weight: BCE weight of data-center pixels (``dice_bce`` only).
-        augment: Dihedral flips/rotations and brightness/contrast jitter.
-        base_channels: U-Net width (the seed used 32).
-        depth: U-Net levels (the seed used 4).
-        dropout: Dropout before the head (enables MC-dropout uncertainty).
-        weight_decay: AdamW weight decay.
-        seed: Seed for initialisation, shuffling and augmentation.
-        accelerator: Lightning accelerator: ``auto`` (GPU when present), ``cpu``, ``gpu``, ``mps``.
-        devices: Lightning devices (count or ``auto``).
-        num_nodes: Lightning nodes.
-        strategy: Lightning strategy (``auto``, ``ddp``, ...).
-        max_time_s: Stop training after this many seconds (None = no limit).
-        log_dir: Folder for the CSV metrics log (None = no log).
-        progress_bar: Show Lightning's progress bar.
-        num_workers: DataLoader worker processes.
-    """
-
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-3
-    loss: Literal["dice_bce", "focal_dice", "ce"] = "dice_bce"
-    pos_weight: float = 1.0
-    augment: bool = True
-    base_channels: int = 32
-    depth: int = 4
-    dropout: float = 0.1
-    weight_decay: float = 1e-4
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    max_time_s: float | None = None
-    log_dir: Path | None = None
-    progress_bar: bool = False
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
-        if self.loss not in ("dice_bce", "focal_dice", "ce"):
-            raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
 
 
 class _Reporter(L.Callback):

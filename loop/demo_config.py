@@ -1,0 +1,36 @@
+"""What the demo project holds, and where it lives (no heavy imports: the CLI reads it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEMO_DIR_ENV = "DCLABEL_DEMO_DIR"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo project holds.
+
+    Attributes:
+        size: Scene side in pixels (0.6 m each).
+        seed: Seed of the scene generator.
+        site: Real cluster layout: ``ashburn`` or ``santa_clara``.
+        seed_fraction: Fraction of the scene's columns (from the left) whose chips come labeled
+            and reviewed: the "few labels to start from".
+        initial_epochs: Epochs of the first model (0 = no model: the queue starts cold).
+        base_channels: Width of the first model's U-Net.
+    """
+
+    size: int = 2048
+    seed: int = 0
+    site: str = "ashburn"
+    seed_fraction: float = 0.25
+    initial_epochs: int = 6
+    base_channels: int = 16
+
+
+def default_demo_dir() -> Path:
+    """``$DCLABEL_DEMO_DIR``, else ``~/.dclabel/demo``."""
+    return Path(os.environ.get(DEMO_DIR_ENV) or Path.home() / ".dclabel" / "demo")

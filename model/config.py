@@ -1,0 +1,96 @@
+"""Configuration of training and detection as frozen dataclasses (CLI flags map onto fields).
+
+Kept free of torch and Lightning imports so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. CLI flags of ``dclabel train`` map onto these fields one to one.
+
+    Attributes:
+        epochs: Passes over the training chips.
+        batch_size: Chips per step.
+        lr: AdamW learning rate (cosine-annealed over ``epochs``).
+        loss: ``dice_bce``, ``focal_dice`` or ``ce`` (the seed's plain cross-entropy).
+        pos_weight: BCE weight of data-center pixels (``dice_bce`` only).
+        augment: Dihedral flips/rotations and brightness/contrast jitter.
+        base_channels: U-Net width (the seed used 32).
+        depth: U-Net levels (the seed used 4).
+        dropout: Dropout before the head (enables MC-dropout uncertainty).
+        weight_decay: AdamW weight decay.
+        seed: Seed for initialisation, shuffling and augmentation.
+        accelerator: Lightning accelerator: ``auto`` (GPU when present), ``cpu``, ``gpu``, ``mps``.
+        devices: Lightning devices (count or ``auto``).
+        num_nodes: Lightning nodes.
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        max_time_s: Stop training after this many seconds (None = no limit).
+        log_dir: Folder for the CSV metrics log (None = no log).
+        progress_bar: Show Lightning's progress bar.
+        num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    loss: Literal["dice_bce", "focal_dice", "ce"] = "dice_bce"
+    pos_weight: float = 1.0
+    augment: bool = True
+    base_channels: int = 32
+    depth: int = 4
+    dropout: float = 0.1
+    weight_decay: float = 1e-4
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    max_time_s: float | None = None
+    log_dir: Path | None = None
+    progress_bar: bool = False
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+        if self.loss not in ("dice_bce", "focal_dice", "ce"):
+            raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """How to detect. CLI flags of ``dclabel detect`` map onto these fields one to one.
+
+    Attributes:
+        tile_size: Tile side in pixels (the seed: 256).
+        overlap: Overlap of neighbouring tiles in pixels (the seed: 32).
+        batch_size: Tiles per forward pass (1-2 is fastest per tile on a small CPU).
+        threshold: Probability above which a pixel is a data center.
+        min_area: Minimum footprint size in pixels (the seed: 100).
+        merge_distance: Merge footprints closer than this, in metres (the seed: 10).
+        simplify: Polygon simplification tolerance in metres (0 keeps pixel edges).
+        device: Torch device (None: CUDA/MPS when present, else CPU).
+        bands: 1-based source bands read as R,G,B,NIR (None: 1,2,3,4).
+    """
+
+    tile_size: int = 256
+    overlap: int = 32
+    batch_size: int = 2
+    threshold: float = 0.5
+    min_area: float = 100
+    merge_distance: float = 10.0
+    simplify: float = 0.6
+    device: str | None = None
+    bands: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
+            raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
