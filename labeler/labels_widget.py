@@ -45,11 +45,11 @@ class LabelsWidget(QWidget):
             self.cls.setItemData(self.cls.count() - 1, _qcolor(class_colour(c)), _foreground_role())
         self.undo_button = QPushButton("Undo (Ctrl+Z)")
         self.redo_button = QPushButton("Redo (Ctrl+Shift+Z)")
-        self.info = QLabel(
-            "Draw in the <i>footprints</i> layer: polygon (P) or rectangle (R) tools; "
-            "edit vertices with the direct-select tool (D); Delete removes. Every change is saved."
+        self.info = QLabel("Draw: P polygon, R rectangle · D edit vertices · Del delete")
+        self.info.setToolTip(
+            "Select the 'footprints' layer to draw. Every change is saved to labels.gpkg at once; "
+            "Ctrl+Z / Ctrl+Shift+Z undo and redo. Picking a class re-classes the selected footprints."
         )
-        self.info.setWordWrap(True)
 
         display = QHBoxLayout()
         display.addWidget(self.true_colour)

@@ -70,6 +70,19 @@ def confidence_colour(score: float) -> np.ndarray:
     return np.array([1.0 - t, 0.35 + 0.65 * t, 0.1, 1.0])
 
 
+def uncertainty_colormap():
+    """Transparent where the model is sure, a blue haze where it hesitates.
+
+    Blue stays apart from the proposals' red-to-green confidence and the class colours.
+    """
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        [[0.0, 0.0, 0.0, 0.0], [0.16, 0.38, 1.0, 0.0], [0.16, 0.38, 1.0, 0.35], [0.75, 0.88, 1.0, 0.6]],
+        controls=[0.0, 0.2, 0.6, 1.0], name="dclabel uncertainty",
+    )
+
+
 class ReviewWidget(QWidget):
     """The review queue panel.
 
@@ -262,6 +275,7 @@ class ReviewWidget(QWidget):
         """Centre and zoom on a chip, show its proposals and (optionally) its uncertainty."""
         self.current = item
         w = item.window
+        self.session.set_current_chip(w)
         self.viewer.camera.center = window_centre(w)
         canvas = self.viewer.window._qt_viewer.canvas.size if hasattr(self.viewer, "window") else None
         side = max(int(w.width), int(w.height)) * 1.4
@@ -287,7 +301,7 @@ class ReviewWidget(QWidget):
             for key, slot in self._keys():
                 layer.bind_key(key, lambda _layer, s=slot: s(), overwrite=True)
         if data:
-            layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=2)
+            layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=3)
             layer.features = {"proposal": np.asarray(owner, dtype=int),
                               "score": np.asarray([item.proposals[o].score for o in owner])}
         layer.metadata["item"] = item
@@ -315,8 +329,9 @@ class ReviewWidget(QWidget):
             layer.translate = translate
             layer.visible = True
         else:
-            layer = self.viewer.add_image(heat, name=HEATMAP_LAYER, colormap="inferno", opacity=0.45,
-                                          blending="additive", contrast_limits=(0, 1), translate=translate)
+            layer = self.viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(),
+                                          opacity=1.0, blending="translucent", contrast_limits=(0, 1),
+                                          translate=translate)
             self._restore_active()
 
     def _on_heatmap_toggled(self, on: bool) -> None:

@@ -30,7 +30,7 @@ COMPOSITES: dict[str, tuple[int, int, int]] = {"true": (0, 1, 2), "nir": (3, 0, 
 OVERVIEW_SIDE = 1024
 IMAGE_LAYER = "scene"
 GRID_LAYER = "chip grid"
-GRID_COLOURS = {"reviewed": "#33cc66", "queued": "#ffaa00", "unreviewed": "#8899aa"}
+GRID_COLOURS = {"reviewed": "#33cc66", "queued": "#ffaa00", "unreviewed": "#8899aa", "current": "#ffffff"}
 
 
 def _stretch_lut(band: np.ndarray, valid: np.ndarray, low: float = 2, high: float = 98) -> np.ndarray:
@@ -219,13 +219,15 @@ def set_composite(layer, composite: Composite) -> None:
 
 
 def chip_status_colours(
-    windows: Sequence[Window], reviewed: set[tuple[int, int]], queued: set[tuple[int, int]]
+    windows: Sequence[Window], reviewed: set[tuple[int, int]], queued: set[tuple[int, int]],
+    current: tuple[int, int] | None = None,
 ) -> list[str]:
-    """Edge colour per chip: reviewed, queued or unreviewed (keys are ``(row_off, col_off)``)."""
+    """Edge colour per chip: current, reviewed, queued or unreviewed (keys ``(row_off, col_off)``)."""
     out = []
     for w in windows:
         key = (int(w.row_off), int(w.col_off))
-        status = "reviewed" if key in reviewed else "queued" if key in queued else "unreviewed"
+        status = ("current" if key == current else "reviewed" if key in reviewed
+                  else "queued" if key in queued else "unreviewed")
         out.append(GRID_COLOURS[status])
     return out
 
@@ -249,10 +251,10 @@ def add_chip_grid(viewer, windows: Sequence[Window], reviewed=(), queued=()):
     return layer
 
 
-def update_chip_grid(layer, reviewed=(), queued=()) -> None:
-    """Recolour the chip grid after reviews or a new ranking."""
+def update_chip_grid(layer, reviewed=(), queued=(), current: tuple[int, int] | None = None) -> None:
+    """Recolour the chip grid after reviews, a new ranking or a move to another chip."""
     windows = layer.metadata["windows"]
-    colours = chip_status_colours(windows, set(reviewed), set(queued))
+    colours = chip_status_colours(windows, set(reviewed), set(queued), current)
     if colours != layer.metadata.get("colours"):  # recolouring thousands of chips is not free
         layer.edge_color = colours
         layer.metadata["colours"] = colours

@@ -46,6 +46,7 @@ class ProjectSession:
         if not project.scenes:
             raise ProjectError(f"{project.root}: the project holds no scenes; add one with `dclabel project add`.")
         self.queued: set[tuple[int, int]] = set()
+        self.current_chip: tuple[int, int] | None = None
         self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]
         self.editor: FootprintEditor | None = None
         self.show_scene(self.scene.scene_id)
@@ -86,10 +87,15 @@ class ProjectSession:
         self.queued = {(int(w.row_off), int(w.col_off)) for w in windows}
         self.refresh_grid()
 
+    def set_current_chip(self, window: Window | None) -> None:
+        """Highlight the chip under review in the grid."""
+        self.current_chip = None if window is None else (int(window.row_off), int(window.col_off))
+        self.refresh_grid()
+
     def refresh_grid(self) -> None:
-        """Recolour the chip grid from the store's reviewed chips and the queue."""
+        """Recolour the chip grid from the store's reviewed chips, the queue and the current chip."""
         if self.grid_layer in self.viewer.layers:
-            update_chip_grid(self.grid_layer, self.reviewed_keys(), self.queued)
+            update_chip_grid(self.grid_layer, self.reviewed_keys(), self.queued, self.current_chip)
 
     def current_model(self):
         """The registry's current :class:`~loop.registry.ModelVersion`, or None."""

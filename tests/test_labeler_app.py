@@ -26,9 +26,13 @@ def test_open_shows_scene_grid_footprints_and_ranks_queue(app, qtbot) -> None:
     assert review.current is review.items[0]
     # the confident tiny model proposes one polygon per chip
     assert len(viewer.layers["proposals"].data) == len(review.current.proposals) == 1
-    # the queued chips are coloured as queued in the grid
+    # the chip under review is white in the grid, the other queued chips orange
     grid = viewer.layers["chip grid"]
-    np.testing.assert_allclose(grid.edge_color[0][:3], [1.0, 2 / 3, 0.0], atol=0.01)
+    index = {(int(w.row_off), int(w.col_off)): i for i, w in enumerate(grid.metadata["windows"])}
+    current = index[(int(review.current.window.row_off), int(review.current.window.col_off))]
+    np.testing.assert_allclose(grid.edge_color[current][:3], [1.0, 1.0, 1.0], atol=0.01)
+    other = index[(int(review.items[1].window.row_off), int(review.items[1].window.col_off))]
+    np.testing.assert_allclose(grid.edge_color[other][:3], [1.0, 2 / 3, 0.0], atol=0.01)
 
 
 def test_accept_all_stores_proposals_and_shows_next_chip(app, qtbot) -> None:
