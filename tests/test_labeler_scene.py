@@ -1,0 +1,104 @@
+"""Lazy multiscale scene layers: windowed reads only, contrast stretch, NIR toggle, CLI wiring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+
+from labeler.scene_layers import (
+    LazySceneLevel,
+    build_display,
+    pyramid_factors,
+    scene_pyramid,
+)
+from tests.conftest import TINY_CRS, TINY_TRANSFORM
+
+
+@pytest.fixture
+def wide_scene(tmp_path):
+    from model.scene import open_scene, write_geotiff
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 200, (4, 1500, 2600), dtype=np.uint8)
+    img[3, :, :100] = 250  # a NIR-bright strip
+    return open_scene(write_geotiff(tmp_path / "wide.tif", img, TINY_CRS, TINY_TRANSFORM)), img
+
+
+def test_pyramid_levels_halve_until_overview_side() -> None:
+    assert pyramid_factors(12_000, 12_000) == [1, 2, 4, 8, 16]
+    assert pyramid_factors(512, 512) == [1]
+
+
+def test_levels_read_only_the_requested_window(wide_scene) -> None:
+    scene, img = wide_scene
+    display, coarsest = build_display(scene)
+    levels = scene_pyramid(display)
+    assert [lv.shape for lv in levels] == [(1500, 2600, 3), (750, 1300, 3), (375, 650, 3)]
+    assert coarsest == 4 and isinstance(levels[-1], np.ndarray)  # small level kept in memory
+    full = levels[0]
+    assert isinstance(full, LazySceneLevel) and full.dtype == np.uint8 and full.ndim == 3
+    tile = full[100:164, 2000:2100]
+    assert tile.shape == (64, 100, 3) and full.reads == 1
+    # exact source pixels through the per-band stretch
+    for k in range(3):
+        np.testing.assert_array_equal(tile[..., k], display.luts[k][img[k, 100:164, 2000:2100]])
+    # a decimated level reads a decimated window
+    half = levels[1][10:20, 30:50]
+    with rasterio.open(scene.path) as src:
+        ref = src.read(1, window=((20, 40), (60, 100)), out_shape=(10, 20), resampling=Resampling.nearest)
+    np.testing.assert_array_equal(half[..., 0], display.luts[0][ref])
+    # integer indexing, negative steps of napari-style keys, and the channel axis
+    assert full[5, 10:12].shape == (2, 3)
+    assert full[0:4, 0:4, 1].shape == (4, 4)
+
+
+def test_stretch_maps_2_and_98_percentiles_to_0_and_255(wide_scene) -> None:
+    scene, img = wide_scene
+    display, _ = build_display(scene)
+    lo, hi = np.percentile(img[0, ::4, ::4], [2, 98])
+    lut = display.luts[0]
+    assert lut[int(np.floor(lo))] <= 3 and lut[int(np.ceil(hi))] >= 252
+
+
+def test_nir_composite_shows_nir_as_red(wide_scene) -> None:
+    scene, img = wide_scene
+    display, _ = build_display(scene)
+    display.composite = "nir"
+    tile = LazySceneLevel(display, 1)[0:10, 0:10]
+    np.testing.assert_array_equal(tile[..., 0], display.luts[3][img[3, :10, :10]])
+    np.testing.assert_array_equal(tile[..., 1], display.luts[0][img[0, :10, :10]])
+
+
+def test_app_command_is_registered_without_importing_napari() -> None:
+    import sys
+
+    from loop.cli import build_parser
+
+    napari_loaded = "napari" in sys.modules
+    args = build_parser(("labeler.cli_app",)).parse_args(["app", "some/project"])
+    assert args.project == "some/project" and callable(args.func)
+    assert ("napari" in sys.modules) == napari_loaded
+
+
+def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
+    from pathlib import Path
+
+    from npe2 import PluginManifest
+
+    import labeler
+    from labeler.app import get_reader
+
+    manifest = PluginManifest.from_file(Path(labeler.__file__).parent / "napari.yaml")
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Labels", "Review queue", "Retrain", "Export detections"}
+    assert manifest.contributions.readers[0].accepts_directories
+    import importlib
+
+    for command in manifest.contributions.commands:
+        module, name = command.python_name.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    assert get_reader(str(tmp_path)) is None  # not a project folder
+    (tmp_path / "project.json").write_text("{}")
+    assert callable(get_reader(str(tmp_path)))
