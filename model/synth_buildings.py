@@ -88,31 +88,35 @@ def roof_color(rng: np.random.Generator, cls: str, kind: int | None = None) -> n
     if kind is None:
         kind = int(rng.choice(4, p=[0.33, 0.3, 0.22, 0.15]))
     g = rng.uniform(*ROOF_GREYS[kind])
-    col = np.array([g, g, g * rng.uniform(0.98, 1.04), g * rng.uniform(0.8, 0.96)], np.float32)
+    col = np.array([g, g, g * rng.uniform(0.98, 1.03), g * rng.uniform(0.86, 0.94)], np.float32)
     col[:3] += rng.normal(0, 3, 3).astype(np.float32)
-    if cls == "other" and rng.random() < 0.25:  # painted metal roofs
+    if cls == "other" and rng.random() < 0.15:  # painted metal roofs
         col[:3] *= np.array([[1.15, 0.9, 0.8], [0.8, 0.95, 1.15], [1.05, 1.0, 0.85]][int(rng.integers(3))], np.float32)
     return np.clip(col, 20, 250)
 
 
 def roof_kinds(areas: list[float], positive: list[bool], rng: np.random.Generator) -> list[int]:
-    """Roof tone classes balanced so positives and negatives spread their roof area alike.
+    """Roof tone classes chosen so hard negatives spread their roof area like the data centers.
 
-    Buildings, largest first, take the tone whose share of their group's area lags its target
-    weight most (ties broken at random), so within every tone the data-center share of roof area
-    is about the scene's overall share and no tone singles out data centers by luck.
+    Data centers draw tones at random (shared weights); then hard negatives, largest first, take
+    the tone whose area lags the data centers' tone mix most. Within every tone the data-center
+    share of roof area is then about the scene's overall share, so no tone singles them out.
     """
-    weights = np.array([0.3, 0.3, 0.25, 0.15])
+    weights = np.array([0.33, 0.3, 0.22, 0.15])
     kinds = [0] * len(areas)
-    for group in (True, False):
-        idx = sorted((i for i, p in enumerate(positive) if p == group), key=lambda i: -areas[i])
-        total = sum(areas[i] for i in idx)
-        got = np.zeros(len(weights))
-        for i in idx:
-            deficit = weights * total - got + rng.uniform(0, 0.05 * total, len(weights))
-            k = int(np.argmax(deficit))
-            kinds[i] = k
-            got[k] += areas[i]
+    dc_area = np.zeros(len(weights))
+    for i, p in enumerate(positive):
+        if p:
+            kinds[i] = int(rng.choice(len(weights), p=weights))
+            dc_area[kinds[i]] += areas[i]
+    target = dc_area / dc_area.sum() if dc_area.sum() > 0 else weights
+    idx = sorted((i for i, p in enumerate(positive) if not p), key=lambda i: -areas[i])
+    total = sum(areas[i] for i in idx)
+    got = np.zeros(len(weights))
+    for i in idx:
+        k = int(np.argmax(target * total - got + rng.uniform(0, 0.02 * total, len(weights))))
+        kinds[i] = k
+        got[k] += areas[i]
     return kinds
 
 
@@ -289,6 +293,12 @@ def _roof(cv: Canvas, b: _Building, fp: np.ndarray, k: Knobs, sun: tuple[float, 
     amp = r.uniform(1.5, 5.0)
     shade = amp * (np.mod(v[fp], seam) < 0.6) + r.uniform(-6, 6) * u[fp] / max(b.frame.half_len, 1.0)
     cv.paint(b.win, fp, base[:, None] + shade[None, :])
+    if b.frame.half_len > 50:  # roof sections of other ages/membranes, any class alike
+        L = b.frame.half_len
+        for _ in range(int((r.random() < 0.6) + (r.random() < 0.35))):
+            u0 = r.uniform(-L, L)
+            sec = fp & rect(u, v, u0, u0 + float(r.choice([-1, 1])) * r.uniform(0.25, 0.6) * 2 * L, -1e9, 1e9)
+            cv.paint(b.win, sec, roof_color(r, b.cls)[:, None] + amp * (np.mod(v[sec], seam) < 0.6)[None, :])
     inner = cv.mask(b.geom.buffer(-1.2), b.win)
     cv.scale(b.win, fp & ~inner, r.uniform(0.82, 1.12))
     core = cv.mask(b.geom.buffer(-r.uniform(3.5, 6.5)), b.win)

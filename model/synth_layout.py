@@ -191,7 +191,7 @@ def choose_origin(
         total = areas[hit].sum()
         balance = areas[hit & labels].sum() / total - POSITIVE_SHARE if total else 1.0
         score = (inside.sum() - 0.3 * cut.sum() + 2.0 * (inside & labels).any() + 2.0 * (inside & ~labels).any()
-                 - 60.0 * max(balance - 0.15, 0.0))
+                 - 150.0 * max(balance - 0.1, 0.0))
         if score > best_score:
             best, best_score = (x0, y0), score
     x0, y0 = best
@@ -253,7 +253,7 @@ def place_footprints(
         pick = np.array([(p[1] == "datacenter") == want_pos for p in fits])
         if not pick.any():
             pick[:] = True
-        weight = np.where(pick, np.sqrt(areas) if (not want_pos and _area_share(out) > POSITIVE_SHARE) else 1.0, 0.0)
+        weight = np.where(pick, areas if (not want_pos and _area_share(out) > POSITIVE_SHARE) else 1.0, 0.0)
         shape, cls, name = fits[int(rng.choice(len(fits), p=weight / weight.sum()))]
         geom = affinity.rotate(shape, float(rng.uniform(0, 360)), origin=(0, 0))
         gx0, gy0, gx1, gy1 = geom.bounds
