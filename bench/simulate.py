@@ -8,10 +8,10 @@ and one training pass of the chosen U-Net to estimate the run time, runs
   holdout IoU, and
 * its holdout IoU minus random's at a 10% labelling budget (mean over seeds).
 
-The defaults (2048 px scene = 48 pool chips + 16 held-out chips, U-Net base 16 / depth 4,
-3 epochs per round, 6 rounds of 3 chips, 4 strategies, 3 seeds) are sized to finish within
-about an hour on a 2-core CPU; ``--estimate-only`` prints the estimate without running,
-``--quick`` runs a reduced version in a few minutes.
+The defaults (2048 px scene = 48 pool chips + 16 held-out chips, depth-4 U-Net, 3 epochs per
+round, 6 rounds of 3 chips, 4 strategies, 3 seeds) take the widest U-Net (base 16, 12 or 8
+channels) whose measured-speed estimate fits ``--budget-min`` (60) on this CPU; ``--estimate-only``
+prints the estimates without running, ``--quick`` runs a reduced version in a few minutes.
 
 Usage: ``.venv/bin/python bench/simulate.py [--quick] [--estimate-only] [--output-dir bench/out/simulate]``
 """
@@ -83,7 +83,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--full-epochs", type=int, default=None)
-    ap.add_argument("--base-channels", type=int, default=16)
+    ap.add_argument("--base-channels", type=int, default=None,
+                    help="U-Net width; default the widest of 16, 12, 8 whose estimate fits --budget-min")
+    ap.add_argument("--budget-min", type=float, default=60.0, help="run-time budget for choosing the width")
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output-dir", type=Path, default=Path("bench/out/simulate"))
@@ -92,25 +94,30 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.size, args.strategies, args.seeds, args.rounds, args.batch = 1024, "random,entropy", 1, 3, 2
-        args.epochs, args.base_channels = 2, 8
+        args.epochs, args.base_channels = 2, args.base_channels or 8
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    config = SimulationConfig(
-        strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
-        epochs=args.epochs, full_epochs=args.full_epochs, base_channels=args.base_channels, depth=args.depth,
-        threads=args.threads,
-    )
     chips_side = args.size // 256
-    n_hold = chips_side * chips_side - (round(chips_side * (1 - config.holdout_fraction))) * chips_side
+    n_hold = chips_side * chips_side - round(chips_side * 0.75) * chips_side
     n_pool = chips_side * chips_side - n_hold
-    unet = UNetConfig(base_channels=args.base_channels, depth=args.depth, dropout=config.dropout)
-    fwd, step = time_passes(unet, 256, args.threads)
-    est = estimate_s(config, n_pool, n_hold, fwd, step)
-    print(f"config: {json.dumps(config_dict(config))}")
     print(f"scene {args.size} px: {n_pool} pool chips, {n_hold} held-out chips; 10% budget = {0.1 * n_pool:.1f} chips")
-    print(f"timing ({args.threads} threads): forward {fwd * 1000:.0f} ms/chip, training step {step * 1000:.0f} ms/chip")
-    print(f"estimated run time: {est / 60:.1f} min")
+    for base in [args.base_channels] if args.base_channels else [16, 12, 8]:
+        config = SimulationConfig(
+            strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
+            epochs=args.epochs, full_epochs=args.full_epochs, base_channels=base, depth=args.depth,
+            threads=args.threads,
+        )
+        unet = UNetConfig(base_channels=base, depth=args.depth, dropout=config.dropout)
+        fwd, step = time_passes(unet, 256, args.threads)
+        est = estimate_s(config, n_pool, n_hold, fwd, step)
+        print(f"base {base} ({args.threads} threads): forward {fwd * 1000:.0f} ms/chip, training step "
+              f"{step * 1000:.0f} ms/chip -> estimated run time {est / 60:.1f} min")
+        if est <= args.budget_min * 60:
+            break
+    else:
+        print(f"warning: no width fits {args.budget_min:.0f} min on this (possibly shared) CPU; using base {base}")
+    print(f"config: {json.dumps(config_dict(config))}")
     if args.estimate_only:
         return 0
 
