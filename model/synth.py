@@ -175,7 +175,8 @@ def write_truth(gdf: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         Path(tmp).unlink()
-        out.to_file(tmp, driver="GeoJSON", engine="pyogrio", layer_options={"RFC7946": "YES"})
+        out.to_file(tmp, driver="GeoJSON", engine="pyogrio", layer="footprints",
+                    layer_options={"RFC7946": "YES"})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

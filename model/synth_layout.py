@@ -172,8 +172,9 @@ def choose_origin(
 ) -> tuple[float, float]:
     """Upper-left corner (x, y) of a scene window over the real layout.
 
-    Among ``tries`` seeded candidate windows, keeps the one holding most whole buildings,
-    preferring windows with both a data center and a hard negative, and few cut buildings.
+    Among ``tries`` seeded candidate windows, keeps the one holding both a data center and a
+    hard negative, then most whole buildings and few cut ones, penalising windows whose
+    building area is mostly data centers (the real Ashburn core is; copies rebalance the rest).
     """
     minx, miny, maxx, maxy = layout.total_bounds
     geoms = layout.geometry.to_numpy()
@@ -187,11 +188,13 @@ def choose_origin(
         win = box(x0, y0, x0 + width_m, y0 + height_m)
         inside = shapely.within(geoms, win)
         cut = shapely.intersects(geoms, win) & ~inside
-        hit = inside | cut
-        total = areas[hit].sum()
-        balance = areas[hit & labels].sum() / total - POSITIVE_SHARE if total else 1.0
+        drawn = shapely.area(shapely.intersection(geoms, win))
+        hit = drawn >= 0.2 * areas
+        total = drawn[hit].sum()
+        balance = drawn[hit & labels].sum() / total - POSITIVE_SHARE if total else 1.0
         score = (inside.sum() - 0.3 * cut.sum() + 2.0 * (inside & labels).any() + 2.0 * (inside & ~labels).any()
-                 - 150.0 * max(balance - 0.1, 0.0))
+                 + 30.0 * (drawn >= 0.5 * areas)[labels].any() + 30.0 * (drawn >= 0.5 * areas)[~labels].any()
+                 - 150.0 * max(balance - 0.1, 0.0) * min(1.0, hit.sum() / 8.0))
         if score > best_score:
             best, best_score = (x0, y0), score
     x0, y0 = best
@@ -247,7 +250,11 @@ def place_footprints(
     inner = scene.buffer(-8.0)
     attempts, cap = 0, max(target, int(len(out) * 2.0))
     areas = np.array([p[0].area for p in fits])
-    while attempts < 40 * cap and (len(out) < target or (_area_share(out) > POSITIVE_SHARE + 0.03 and len(out) < cap)):
+    while attempts < 40 * cap and (
+        len(out) < target
+        or not _has_both(out)
+        or (_area_share(out) > POSITIVE_SHARE + 0.03 and len(out) < cap)
+    ):
         attempts += 1
         want_pos = _wants_positive(out, rng)
         pick = np.array([(p[1] == "datacenter") == want_pos for p in fits])
@@ -274,6 +281,10 @@ def place_footprints(
 def _diameter(geom: Polygon) -> float:
     x0, y0, x1, y1 = geom.bounds
     return float(np.hypot(x1 - x0, y1 - y0))
+
+
+def _has_both(current: list[Footprint]) -> bool:
+    return any(f.label for f in current) and any(not f.label for f in current)
 
 
 def _area_share(current: list[Footprint]) -> float:
