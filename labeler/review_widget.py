@@ -28,59 +28,21 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from labeler.chip_layers import (
+    HEATMAP_LAYER,
+    PROPOSALS_LAYER,
+    chip_uncertainty,
+    rank_queue,
+    show_heatmap,
+    show_proposals,
+)
 from labeler.footprints import class_colour
-from labeler.geo import geometry_to_napari, polygon_parts, window_centre
+from labeler.geo import window_centre
 from labeler.session import ProjectSession
 from labeler.workers import ProgressJob
 from model.errors import Cancelled, DclabelError
 
-PROPOSALS_LAYER = "proposals"
-HEATMAP_LAYER = "uncertainty"
 COLUMNS = ("rank", "score", "chip", "proposals")
-
-
-def rank_queue(project, strategy: str, progress=None, cancel=None) -> list:
-    """Rank the project's chips and save the queue (runs in a worker thread)."""
-    from loop.ranking import rank_chips, save_queue
-
-    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
-    save_queue(project, items, strategy)
-    return items
-
-
-def chip_uncertainty(project, scene, window, progress=None, cancel=None) -> np.ndarray | None:
-    """Per-pixel entropy of the current model on one chip, or None without a model."""
-    from loop.proposals import entropy_map
-    from loop.ranking_predict import predict_probabilities
-    from model.checkpoint import build_model, load_checkpoint
-    from model.scene import read_chip
-
-    current = project.registry.current()
-    if current is None:
-        return None
-    ckpt = load_checkpoint(current.path, expected_bands=4)
-    chip = read_chip(scene, window)
-    probs = predict_probabilities(build_model(ckpt, "cpu"), ckpt.normalization, chip.image[None], "single")
-    return entropy_map(probs[0])
-
-
-def confidence_colour(score: float) -> np.ndarray:
-    """RGBA edge colour for a proposal: red (unsure, 0.5) to green (confident, 1.0)."""
-    t = float(np.clip((score - 0.5) * 2.0, 0.0, 1.0))
-    return np.array([1.0 - t, 0.35 + 0.65 * t, 0.1, 1.0])
-
-
-def uncertainty_colormap():
-    """Transparent where the model is sure, a blue haze where it hesitates.
-
-    Blue stays apart from the proposals' red-to-green confidence and the class colours.
-    """
-    from napari.utils.colormaps import Colormap
-
-    return Colormap(
-        [[0.0, 0.0, 0.0, 0.0], [0.16, 0.38, 1.0, 0.0], [0.16, 0.38, 1.0, 0.35], [0.75, 0.88, 1.0, 0.6]],
-        controls=[0.0, 0.2, 0.6, 1.0], name="dclabel uncertainty",
-    )
 
 
 class ReviewWidget(QWidget):
@@ -285,28 +247,7 @@ class ReviewWidget(QWidget):
         self._show_heatmap(item)
 
     def _show_proposals(self, item) -> None:
-        transform = self.session.scene.transform
-        data, colours, owner = [], [], []
-        for k, p in enumerate(item.proposals):
-            for part in polygon_parts(p.geometry):
-                data.append(geometry_to_napari(part, transform))
-                colours.append(confidence_colour(p.score))
-                owner.append(k)
-        if PROPOSALS_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[PROPOSALS_LAYER]
-            layer.selected_data = set()
-            layer.data = []
-        else:
-            layer = self.viewer.add_shapes(name=PROPOSALS_LAYER, ndim=2, face_color="transparent")
-            for key, slot in self._keys():
-                layer.bind_key(key, lambda _layer, s=slot: s(), overwrite=True)
-        if data:
-            layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=3)
-            layer.features = {"proposal": np.asarray(owner, dtype=int),
-                              "score": np.asarray([item.proposals[o].score for o in owner])}
-        layer.metadata["item"] = item
-        layer.mode = "select"
-        self.viewer.layers.selection.active = layer
+        show_proposals(self.viewer, item, self.session.scene.transform, self._keys())
 
     def _show_heatmap(self, item) -> None:
         if HEATMAP_LAYER in self.viewer.layers:
@@ -322,28 +263,13 @@ class ReviewWidget(QWidget):
     def _on_heatmap(self, item, heat: np.ndarray | None) -> None:
         if self.closed or heat is None or item is not self.current:
             return
-        translate = (float(item.window.row_off), float(item.window.col_off))
-        if HEATMAP_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[HEATMAP_LAYER]
-            layer.data = heat
-            layer.translate = translate
-            layer.visible = True
-        else:
-            layer = self.viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(),
-                                          opacity=1.0, blending="translucent", contrast_limits=(0, 1),
-                                          translate=translate)
-            self._restore_active()
+        show_heatmap(self.viewer, item, heat)
 
     def _on_heatmap_toggled(self, on: bool) -> None:
         if HEATMAP_LAYER in self.viewer.layers:
             self.viewer.layers[HEATMAP_LAYER].visible = on and self.current is not None
         if on and self.current is not None:
             self._show_heatmap(self.current)
-
-    def _restore_active(self) -> None:
-        """Keep the proposals layer active (its keys A/R/E/N drive the review)."""
-        if PROPOSALS_LAYER in self.viewer.layers:
-            self.viewer.layers.selection.active = self.viewer.layers[PROPOSALS_LAYER]
 
     def _clear_chip_layers(self) -> None:
         for name in (PROPOSALS_LAYER, HEATMAP_LAYER):

@@ -1,0 +1,112 @@
+"""Layers of the chip under review: the model's proposals and its uncertainty heatmap.
+
+Also the two background computations behind them (ranking the queue, the entropy map of one
+chip); both run in worker threads and take ``progress``/``cancel`` keywords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from labeler.geo import geometry_to_napari, polygon_parts
+
+PROPOSALS_LAYER = "proposals"
+HEATMAP_LAYER = "uncertainty"
+
+
+def rank_queue(project, strategy: str, progress=None, cancel=None) -> list:
+    """Rank the project's chips and save the queue (runs in a worker thread)."""
+    from loop.ranking import rank_chips, save_queue
+
+    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
+    save_queue(project, items, strategy)
+    return items
+
+
+def chip_uncertainty(project, scene, window, progress=None, cancel=None) -> np.ndarray | None:
+    """Per-pixel entropy of the current model on one chip, or None without a model."""
+    from loop.proposals import entropy_map
+    from loop.ranking_predict import predict_probabilities
+    from model.checkpoint import build_model, load_checkpoint
+    from model.scene import read_chip
+
+    current = project.registry.current()
+    if current is None:
+        return None
+    ckpt = load_checkpoint(current.path, expected_bands=4)
+    chip = read_chip(scene, window)
+    probs = predict_probabilities(build_model(ckpt, "cpu"), ckpt.normalization, chip.image[None], "single")
+    return entropy_map(probs[0])
+
+
+def confidence_colour(score: float) -> np.ndarray:
+    """RGBA edge colour for a proposal: red (unsure, 0.5) to green (confident, 1.0)."""
+    t = float(np.clip((score - 0.5) * 2.0, 0.0, 1.0))
+    return np.array([1.0 - t, 0.35 + 0.65 * t, 0.1, 1.0])
+
+
+def uncertainty_colormap():
+    """Transparent where the model is sure, a blue haze where it hesitates.
+
+    Blue stays apart from the proposals' red-to-green confidence and the class colours.
+    """
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        [[0.0, 0.0, 0.0, 0.0], [0.16, 0.38, 1.0, 0.0], [0.16, 0.38, 1.0, 0.35], [0.75, 0.88, 1.0, 0.6]],
+        controls=[0.0, 0.2, 0.6, 1.0], name="dclabel uncertainty",
+    )
+
+
+def show_proposals(viewer, item, transform, keys: Iterable[tuple[str, Callable[[], None]]] = ()):
+    """Show a queue item's proposals as a Shapes layer coloured by confidence (made active).
+
+    Args:
+        viewer: The napari viewer.
+        item: A :class:`loop.ranking.QueueItem`.
+        transform: The scene's affine transform.
+        keys: Key bindings of the review, bound on the layer when it is created.
+
+    Returns:
+        The proposals layer; feature ``proposal`` is the index into ``item.proposals``.
+    """
+    data, colours, owner = [], [], []
+    for k, p in enumerate(item.proposals):
+        for part in polygon_parts(p.geometry):
+            data.append(geometry_to_napari(part, transform))
+            colours.append(confidence_colour(p.score))
+            owner.append(k)
+    if PROPOSALS_LAYER in viewer.layers:
+        layer = viewer.layers[PROPOSALS_LAYER]
+        layer.selected_data = set()
+        layer.data = []
+    else:
+        layer = viewer.add_shapes(name=PROPOSALS_LAYER, ndim=2, face_color="transparent")
+        for key, slot in keys:
+            layer.bind_key(key, lambda _layer, s=slot: s(), overwrite=True)
+    if data:
+        layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=3)
+        layer.features = {"proposal": np.asarray(owner, dtype=int),
+                          "score": np.asarray([item.proposals[o].score for o in owner])}
+    layer.metadata["item"] = item
+    layer.mode = "select"
+    viewer.layers.selection.active = layer
+    return layer
+
+
+def show_heatmap(viewer, item, heat: np.ndarray):
+    """Show (or move) the uncertainty heatmap over a chip; returns the Image layer."""
+    translate = (float(item.window.row_off), float(item.window.col_off))
+    if HEATMAP_LAYER in viewer.layers:
+        layer = viewer.layers[HEATMAP_LAYER]
+        layer.data = heat
+        layer.translate = translate
+        layer.visible = True
+        return layer
+    layer = viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(), opacity=1.0,
+                             blending="translucent", contrast_limits=(0, 1), translate=translate)
+    if PROPOSALS_LAYER in viewer.layers:  # keep the review keys A/R/E/N live
+        viewer.layers.selection.active = viewer.layers[PROPOSALS_LAYER]
+    return layer
