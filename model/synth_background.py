@@ -58,35 +58,37 @@ def land_cover(cv: Canvas, site: str, rng: np.random.Generator, f: int = 8) -> n
     kinds = rng.choice(list(probs), n_parcels, p=list(probs.values()))
     lut = np.array([COVER[k] for k in kinds], np.float32) * rng.uniform(0.88, 1.12, (n_parcels, 1)).astype(np.float32)
     low_tone = 1.0 + 0.06 * _smooth_noise(rng, (hl, wl), 30.0 / cell)
-    fine = _smooth_noise(rng, (H, W), 0.8)
-    for band in range(4):
-        low = lut[parcel, band] * low_tone
-        cv.img[band] = _upsample(low, (H, W))
-        cv.img[band] *= 1.0 + 0.05 * fine
-    # crop rows: stripes in crop parcels with a per-parcel direction
+    base = np.stack([lut[parcel, band] * low_tone for band in range(4)])  # (4, hl, wl)
     crop = np.isin(kinds, ["crop", "soil"])
-    if crop.any():
-        ang = rng.uniform(0, np.pi, n_parcels).astype(np.float32)
-        pid = _upsample_nearest(parcel, (H, W))
-        on = crop[pid]
-        ys, xs = np.nonzero(on)
-        a = ang[pid[ys, xs]]
-        stripe = np.sin((xs * np.cos(a) + ys * np.sin(a)) * (2 * np.pi * cv.res / 3.0)).astype(np.float32)
-        cv.img[:, ys, xs] *= 1.0 + 0.07 * stripe
-        del pid, on, ys, xs, a, stripe
-    # forest: thresholded smooth noise, crowns as dark/bright blobs, NIR very bright
+    ang = rng.uniform(0, np.pi, n_parcels).astype(np.float32)
     share = FOREST_SHARE.get(site, 0.15)
-    field = _upsample(_smooth_noise(rng, (hl, wl), 60.0 / cell), (H, W))
-    forest = field > np.quantile(field[:: 7, :: 7], 1.0 - share)
-    del field
-    crowns = _smooth_noise(rng, (H, W), 2.2)
-    crowns += 0.5 * _smooth_noise(rng, (H, W), 0.8)
-    crowns = np.where(crowns < -1.1, crowns * 1.6, crowns)  # gaps between crowns
-    idx = np.nonzero(forest)
-    c = crowns[idx]
-    for band in range(4):
-        cv.img[band][idx] = TREE[band] * (1.0 + (0.28 if band < 3 else 0.12) * c)
-    del crowns, idx, c
+    field = _smooth_noise(rng, (hl, wl), 60.0 / cell)
+    level = np.quantile(field, 1.0 - share)
+    forest = np.zeros((H, W), bool)
+    cols = np.arange(W)
+    k = np.float32(2 * np.pi * cv.res / 3.0)
+    for r0 in range(0, H, BLOCK):  # row blocks keep temporaries small on big scenes
+        r1 = min(r0 + BLOCK, H)
+        rows = np.arange(r0, r1)
+        block = cv.img[:, r0:r1]
+        for band in range(4):
+            block[band] = _bilinear(base[band], rows, cols, f)
+        block *= 1.0 + 0.05 * _block_noise(rng, r1 - r0, W, 0.8)
+        pid = parcel[np.ix_(np.minimum(rows // f, hl - 1), np.minimum(cols // f, wl - 1))]
+        on = crop[pid]
+        if on.any():  # crop rows / grading tracks: stripes with a per-parcel direction
+            ys, xs = np.nonzero(on)
+            a = ang[pid[ys, xs]]
+            stripe = np.sin((xs * np.cos(a) + (ys + r0) * np.sin(a)) * k).astype(np.float32)
+            block[:, ys, xs] *= 1.0 + 0.07 * stripe
+        # forest: thresholded smooth noise; crowns as dark/bright blobs, NIR very bright
+        fb = _bilinear(field, rows, cols, f) > level
+        forest[r0:r1] = fb
+        if fb.any():
+            crowns = _block_noise(rng, r1 - r0, W, 2.2) + 0.5 * _block_noise(rng, r1 - r0, W, 0.8)
+            crowns = np.where(crowns < -1.1, crowns * 1.6, crowns)[fb]  # gaps between crowns
+            for band in range(4):
+                block[band][fb] = TREE[band] * (1.0 + (0.28 if band < 3 else 0.12) * crowns)
     _pads(cv, rng)
     if rng.random() < 0.5:  # a stormwater pond
         r = rng.uniform(25, 70)
@@ -124,10 +126,30 @@ def _pads(cv: Canvas, rng: np.random.Generator) -> None:
             cv.scale(win, m & (tex > 0.8), 0.88)
 
 
-def _upsample_nearest(low: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    fy = -(-shape[0] // low.shape[0])
-    fx = -(-shape[1] // low.shape[1])
-    return np.repeat(np.repeat(low, fy, axis=0), fx, axis=1)[: shape[0], : shape[1]]
+BLOCK = 512
+
+
+def _bilinear(low: np.ndarray, rows: np.ndarray, cols: np.ndarray, f: int) -> np.ndarray:
+    """Bilinear sample of a field stored at 1/f resolution, at full-resolution rows x cols."""
+    def axis(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((idx + 0.5) / f - 0.5, 0, n - 1)
+        i0 = np.floor(pos).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+
+    y0, y1, wy = axis(rows, low.shape[0])
+    x0, x1, wx = axis(cols, low.shape[1])
+    top = low[y0][:, x0] * (1 - wx) + low[y0][:, x1] * wx
+    bot = low[y1][:, x0] * (1 - wx) + low[y1][:, x1] * wx
+    return (top * (1 - wy)[:, None] + bot * wy[:, None]).astype(np.float32)
+
+
+def _block_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
+    """Unit-std smooth noise for one row block (filtered with a halo so blocks join smoothly)."""
+    halo = int(4 * sigma) + 1
+    n = rng.standard_normal((h + 2 * halo, w), dtype=np.float32)
+    n = ndimage.gaussian_filter(n, sigma, mode="reflect")[halo: halo + h]
+    return n / (n.std() + 1e-6)
 
 
 def road_network(cv: Canvas, lots: list[Polygon], angles: list[float], rng: np.random.Generator) -> list[Polygon]:

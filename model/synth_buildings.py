@@ -74,7 +74,7 @@ class _Building:
     v: np.ndarray | None = None
 
 
-ROOF_GREYS = ((205, 240), (160, 200), (115, 155), (58, 95))  # white, light, mid, dark
+ROOF_GREYS = ((212, 232), (170, 190), (125, 145), (66, 86))  # white, light, mid, dark
 
 
 def roof_color(rng: np.random.Generator, cls: str, kind: int | None = None) -> np.ndarray:
