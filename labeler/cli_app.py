@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -18,11 +19,24 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Open the app and run the Qt event loop until the window closes."""
+    """Open the app and run the Qt event loop until the window closes.
+
+    Without a project the demo project is created first (first run only: a synthetic scene, seed
+    labels and a first model), in the terminal and before any window opens, so the GUI never
+    waits on it.
+    """
+    project = args.project
+    if project is None:
+        from loop.demo import ensure_demo_project
+
+        def report(done: int, total: int, info: dict) -> None:
+            print(f"dclabel app: demo project {done}/{total}: {info.get('step', '')}", file=sys.stderr)
+
+        project = ensure_demo_project(progress=report)
     import napari
 
     from labeler.app import launch
 
-    launch(args.project, show=True)
+    launch(project, show=True)
     napari.run()
     return 0

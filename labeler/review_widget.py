@@ -63,6 +63,7 @@ class ReviewWidget(QWidget):
         self.viewer = session.viewer
         self.items: list = []
         self._rows: list = []
+        self._edited = None  # chip accepted with "edit, then accept", still on screen
         self.current = None
         self.rank_job: ProgressJob | None = None
         self.heat_job: ProgressJob | None = None
@@ -305,6 +306,7 @@ class ReviewWidget(QWidget):
             return
         chosen = self.selected_proposals() or list(self.current.proposals)
         fids = self._accept(chosen, "proposal-edited", advance=False)
+        self._edited = self.current  # leaves the queue when the user moves on (N)
         editor = self.session.editor
         if fids and editor is not None:
             self.viewer.layers.selection.active = editor.layer
@@ -331,7 +333,13 @@ class ReviewWidget(QWidget):
         self._advance_from(item)
 
     def next_chip(self) -> None:
-        """Show the next chip of the queue."""
+        """Show the next chip of the queue (dropping a chip accepted for editing)."""
+        item = self.current
+        if item is not None and self._edited is item:
+            self._edited = None
+            self.items = [it for it in self.items if it is not item]
+            self._advance_from(item)
+            return
         rows = self.table.selectionModel().selectedRows()
         row = rows[0].row() + 1 if rows else 0
         if row < self.table.rowCount():

@@ -131,3 +131,43 @@ def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
         assert "bands" in text
     finally:
         viewer.close()
+
+
+def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    viewer, editor = app.session.viewer, app.session.editor
+    sid = app.session.scene.scene_id
+
+    review.accept_selected()  # nothing selected: nothing stored, chip stays
+    assert len(store.reviewed_chips()) == 0
+    viewer.layers["proposals"].selected_data = {0}
+    first = review.current
+    review.accept_selected()
+    assert len(store.footprints(sid)) == 1 and review.current is not first
+
+    skipped = review.current
+    review.skip()
+    assert review.items[-1] is skipped and review.current is not skipped
+
+    chip = review.current
+    review.edit_then_accept()
+    fp = store.footprints(sid)
+    assert len(fp) == 2 and fp["source"].iloc[-1] == "proposal-edited"
+    assert review.current is chip  # stays on the chip to edit
+    assert viewer.layers.selection.active is editor.layer and editor.layer.mode == "direct"
+    (i,) = editor.layer.selected_data
+    moved = editor.layer.data[i].copy()
+    moved[0] -= (4.0, 0.0)
+    editor.layer._data_view.edit(i, moved)
+    editor.layer.events.data(value=editor.layer.data, action=ActionType.CHANGED, data_indices=(i,),
+                             vertex_indices=((0,),))
+    row = store.footprints(sid).iloc[-1]
+    assert row["source"] == "proposal-edited"
+    y0 = np.asarray(fp.geometry.iloc[-1].exterior.coords)[0, 1]
+    assert np.asarray(row.geometry.exterior.coords)[0, 1] == pytest.approx(y0 + 2.4, abs=1e-6)  # 4 rows up
+    assert any(r.window == chip.window for r in store.reviewed_chips())
+    rows = review.table.rowCount()
+    review.next_chip()
+    assert review.current is not chip and review.table.rowCount() == rows - 1
+    assert all(it.window != chip.window for it in review.items)
