@@ -63,11 +63,14 @@ def estimate_s(config: SimulationConfig, n_pool: int, n_hold: int, fwd: float, s
     """Rough run time: training chip-passes, ranking forward passes, holdout evaluation, plus overhead."""
     labelled = [config.batch * r for r in range(1, config.rounds + 1)]
     runs = len(config.strategies) * config.seeds
-    train = runs * sum(0.8 * n * config.epochs * step + 0.2 * n * config.epochs * fwd for n in labelled)
+    passes = [max(n * config.epochs, config.train_passes) for n in labelled]
+    train = runs * sum(0.8 * p * step + 0.2 * p * fwd for p in passes)
     rank = config.seeds * sum(PASSES.get(s, 1) for s in config.strategies) * sum(
         (n_pool - n) * fwd for n in labelled[:-1])
     evaluate = runs * config.rounds * n_hold * fwd
-    full = n_pool * (config.full_epochs or 3 * config.epochs) * step if config.full_label else 0.0
+    full_passes = n_pool * config.full_epochs if config.full_epochs else max(3 * config.epochs * n_pool,
+                                                                              3 * config.train_passes)
+    full = full_passes * step if config.full_label else 0.0
     overhead = runs * config.rounds * 3.0  # Lightning trainer setup, store writes, chip reads
     return train + rank + evaluate + full + overhead
 
@@ -75,13 +78,15 @@ def estimate_s(config: SimulationConfig, n_pool: int, n_hold: int, fwd: float, s
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048, help="scene side in pixels")
-    ap.add_argument("--scene-seed", type=int, default=0)
+    ap.add_argument("--scene-seed", type=int, default=1)
     ap.add_argument("--difficulty", type=float, default=1.0)
+    ap.add_argument("--density", type=float, default=3.0, help="building density (3: ~18 data centers in 2048 px)")
     ap.add_argument("--strategies", default="random,entropy,tta,bald")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--train-passes", type=int, default=96, help="minimum chip passes per round")
     ap.add_argument("--full-epochs", type=int, default=None)
     ap.add_argument("--base-channels", type=int, default=None,
                     help="U-Net width; default the widest of 16, 12, 8 whose estimate fits --budget-min")
@@ -94,7 +99,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.size, args.strategies, args.seeds, args.rounds, args.batch = 1024, "random,entropy", 1, 3, 2
-        args.epochs, args.base_channels = 2, args.base_channels or 8
+        args.epochs, args.base_channels, args.train_passes = 2, args.base_channels or 8, 48
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +110,7 @@ def main() -> int:
     for base in [args.base_channels] if args.base_channels else [16, 12, 8]:
         config = SimulationConfig(
             strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
-            epochs=args.epochs, full_epochs=args.full_epochs, base_channels=base, depth=args.depth,
+            epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, base_channels=base, depth=args.depth,
             threads=args.threads,
         )
         unet = UNetConfig(base_channels=base, depth=args.depth, dropout=config.dropout)
@@ -121,11 +126,11 @@ def main() -> int:
     if args.estimate_only:
         return 0
 
-    tif = out / f"scene_{args.size}_s{args.scene_seed}.tif"
+    tif = out / f"scene_{args.size}_s{args.scene_seed}_d{args.density:g}.tif"
     truth = tif.with_suffix(".geojson")
     if not (tif.exists() and truth.exists()):
         generate_scene(tif, truth, SynthConfig(width=args.size, height=args.size, seed=args.scene_seed,
-                                               difficulty=args.difficulty))
+                                               difficulty=args.difficulty, density=args.density))
     t0 = time.perf_counter()
 
     def progress(done: int, total: int, info: dict) -> None:

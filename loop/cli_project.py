@@ -117,7 +117,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     config = SimulationConfig(
         strategies=args.strategies, rounds=args.rounds, batch=args.batch, seeds=args.seeds,
-        chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, full_epochs=args.full_epochs,
+        chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, train_passes=args.train_passes,
+        full_epochs=args.full_epochs,
         base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr,
         batch_size=args.batch_size, warm_start=not args.cold, full_label=not args.no_full_label,
         threads=args.threads,
@@ -192,13 +193,14 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--chip-size", type=int, default=256)
     p.add_argument("--holdout", type=float, default=0.25, help="right-hand share of the scene kept for evaluation")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="minimum epochs per round")
+    p.add_argument("--train-passes", type=int, default=96, help="minimum chip passes per round")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-label model (default 3x)")
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--cold", action="store_true", help="train each round from scratch instead of warm starting")
     p.add_argument("--no-full-label", action="store_true", help="skip the full-label reference model")
     p.add_argument("--threads", type=int, default=1)

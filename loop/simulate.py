@@ -45,8 +45,11 @@ class SimulationConfig:
         seeds: Number of seeds (0, 1, ...): initial pick, training and random ranking.
         chip_size: Chip side in pixels.
         holdout_fraction: Right-hand share of the scene kept for evaluation only.
-        epochs: Training epochs per round.
-        full_epochs: Epochs of the full-label reference model (default ``3 * epochs``).
+        epochs: Minimum training epochs per round.
+        train_passes: Minimum chip passes per round (epochs are raised to reach it, so the first
+            rounds on a few chips still take enough optimizer steps).
+        full_epochs: Epochs of the full-label reference model (default: 3x the chip passes of a
+            round, at least ``3 * epochs``).
         base_channels: U-Net width.
         depth: U-Net levels.
         dropout: Dropout (> 0 so ``bald`` has MC samples).
@@ -65,12 +68,13 @@ class SimulationConfig:
     chip_size: int = 256
     holdout_fraction: float = 0.25
     epochs: int = 3
+    train_passes: int = 96
     full_epochs: int | None = None
     base_channels: int = 16
     depth: int = 4
     dropout: float = 0.1
-    lr: float = 1e-3
-    batch_size: int = 8
+    lr: float = 2e-3
+    batch_size: int = 4
     warm_start: bool = True
     full_label: bool = True
     min_object_px: int = 100
@@ -186,11 +190,16 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
 
     chips = reviewed_training_chips(project)
     train, val = split_train_val(chips, 0.2)
-    tc = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+    tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=config.lr,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu")
     return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc,
                init=init if config.warm_start else None, cancel=cancel)
+
+
+def round_epochs(config: SimulationConfig, n_train: int) -> int:
+    """Epochs of a round on ``n_train`` chips: at least ``epochs`` and ``train_passes`` chip passes."""
+    return max(config.epochs, -(-config.train_passes // max(1, n_train)))
 
 
 def _is_cancelled(cancel: Any) -> bool:
@@ -305,7 +314,8 @@ def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig,
             shape = (int(w.height), int(w.width))
             pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
     t0 = time.perf_counter()
-    tc = TrainConfig(epochs=config.full_epochs or 3 * config.epochs, batch_size=config.batch_size, lr=config.lr,
+    tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-3 * config.train_passes // len(pairs))),
+                     batch_size=config.batch_size, lr=config.lr,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=0,
                      accelerator="cpu")
     ckpt = fit(pairs, [], tc, cancel=cancel)
