@@ -51,11 +51,16 @@ class SceneDisplay:
         scene: The scene.
         luts: One uint8 lookup table per source band (R, G, B, NIR order).
         composite: Which bands are shown as red, green and blue.
+        overview: The coarsest pyramid level, all 4 bands (kept: it is small, and switching
+            composites or building the pyramid then needs no second read).
+        overview_factor: Decimation factor of ``overview``.
     """
 
     scene: SceneInfo
     luts: np.ndarray  # (4, 256) uint8
     composite: Composite = "true"
+    overview: np.ndarray | None = None  # (4, h, w) uint8 coarsest level, read once
+    overview_factor: int = 1
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -77,6 +82,11 @@ class SceneDisplay:
         for k, band in enumerate(order):
             out[..., k] = self.luts[band][arr[k]]
         return out
+
+    def overview_rgb(self) -> np.ndarray:
+        """The coarsest level as display RGB (H, W, 3), from the kept overview."""
+        order = COMPOSITES[self.composite]
+        return np.stack([self.luts[b][self.overview[b]] for b in order], axis=-1)
 
     def close(self) -> None:
         """Close the dataset (it is reopened on the next read)."""
@@ -167,7 +177,7 @@ def build_display(scene: SceneInfo, overview_side: int = OVERVIEW_SIDE) -> tuple
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     valid = arr.any(axis=0) if scene.nodata is None else (arr != scene.nodata).any(axis=0)
     luts = np.stack([_stretch_lut(arr[b], valid) for b in range(4)])
-    return SceneDisplay(scene=scene, luts=luts), factor
+    return SceneDisplay(scene=scene, luts=luts, overview=arr, overview_factor=factor), factor
 
 
 def scene_pyramid(display: SceneDisplay, overview_side: int = OVERVIEW_SIDE) -> list:
@@ -175,7 +185,8 @@ def scene_pyramid(display: SceneDisplay, overview_side: int = OVERVIEW_SIDE) -> 
     sc = display.scene
     factors = pyramid_factors(sc.width, sc.height, overview_side)
     levels: list = [LazySceneLevel(display, f) for f in factors]
-    levels[-1] = np.asarray(levels[-1])  # small; napari also builds its thumbnail from it
+    # small, read once by build_display; napari also builds its thumbnail from it
+    levels[-1] = display.overview_rgb() if display.overview is not None else np.asarray(levels[-1])
     return levels
 
 
