@@ -54,6 +54,13 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simplify", type=float, default=d.simplify, help="simplify tolerance in metres")
     p.add_argument("--device", default=None, help="torch device (default: GPU when present, else CPU)")
     p.add_argument("--bands", type=_bands, default=None, help="source bands as R,G,B,NIR, e.g. 3,2,1,4")
+    p.add_argument("--fast", dest="mode", action="store_const", const="fast", default=d.mode,
+                   help="fast path: coarse pass gates the full U-Net, bf16 where native (model/fastpath.py)")
+    p.add_argument("--coarse-factor", type=int, default=d.coarse_factor, help="fast: coarse downsampling")
+    p.add_argument("--coarse-threshold", type=float, default=d.coarse_threshold,
+                   help="fast: coarse probability a tile needs to run at full resolution")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="fast: auto = bf16 where the CPU/GPU has it natively")
 
 
 def _detect_config(a: argparse.Namespace) -> DetectConfig:
@@ -109,6 +116,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, nargs="*", default=[], help="scene files")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--output-mask", action="store_true", help="also write a mask per scene")
+    p.add_argument("--accelerator", default=None, help="run on Lightning's engine: cpu, gpu, auto")
+    p.add_argument("--devices", default=None, help="Lightning devices (processes or GPUs per node)")
+    p.add_argument("--num-nodes", type=int, default=None, help="Lightning nodes")
+    p.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp")
+    p.add_argument("--num-workers", type=int, default=0, help="tile-reading processes per rank")
     _add_detect_flags(p)
     p.set_defaults(func=_batch_detect)
 
@@ -146,7 +158,10 @@ def _detect(a: argparse.Namespace) -> int:
     outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
     if not any(outputs):
         raise SystemExit("dclabel detect: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
-    from model.detect import detect_scene
+    if a.mode == "fast":
+        from model.detect_fast import detect_scene_fast as detect_scene
+    else:
+        from model.detect import detect_scene
 
     bar = TqdmProgress("detect", "tile")
     try:
@@ -164,12 +179,32 @@ def _batch_detect(a: argparse.Namespace) -> int:
         images += sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     if not images:
         raise SystemExit("dclabel batch-detect: no scenes; give --input-dir or --images")
-    from model.detect import batch_detect
+    engine_flags = (a.accelerator, a.devices, a.num_nodes, a.strategy)
+    if any(f is not None for f in engine_flags):
+        from model.distributed import EngineConfig, batch_detect_distributed
 
-    bar = TqdmProgress("batch-detect", "scene")
-    try:
-        table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)
-    finally:
-        bar.close()
+        e = EngineConfig()
+        devices = a.devices if a.devices is None or not str(a.devices).isdigit() else int(a.devices)
+        engine = EngineConfig(a.accelerator or e.accelerator, devices or e.devices, a.num_nodes or e.num_nodes,
+                              a.strategy or e.strategy, a.num_workers)
+        bar = TqdmProgress("batch-detect", "batch")
+        try:
+            table = batch_detect_distributed(a.checkpoint, images, a.output_dir, _detect_config(a), engine,
+                                             a.output_mask, progress=bar)
+        finally:
+            bar.close()
+        if table is None:  # not global rank 0: rank 0 reports
+            return 0
+    else:
+        if a.mode == "fast":
+            from model.detect_fast import batch_detect_fast as batch_detect
+        else:
+            from model.detect import batch_detect
+
+        bar = TqdmProgress("batch-detect", "scene")
+        try:
+            table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)
+        finally:
+            bar.close()
     print(f"{len(table)} footprints over {len(images)} scenes; see {a.output_dir / 'all_detections.geojson'}")
     return 0

@@ -77,6 +77,11 @@ class DetectConfig:
         simplify: Polygon simplification tolerance in metres (0 keeps pixel edges).
         device: Torch device (None: CUDA/MPS when present, else CPU).
         bands: 1-based source bands read as R,G,B,NIR (None: 1,2,3,4).
+        mode: ``exact`` runs the U-Net on every tile; ``fast`` (model/fastpath.py) runs it only on
+            tiles a coarse pass flags, with batch norm folded and bf16 where the CPU has it.
+        coarse_factor: Fast mode: downsampling of the coarse pass (1 = no gate).
+        coarse_threshold: Fast mode: coarse probability a tile must reach to run at full resolution.
+        precision: Fast mode: ``auto`` (bf16 where native), ``fp32`` or ``bf16``.
     """
 
     tile_size: int = 256
@@ -88,8 +93,16 @@ class DetectConfig:
     simplify: float = 0.6
     device: str | None = None
     bands: tuple[int, ...] | None = None
+    mode: Literal["exact", "fast"] = "exact"
+    coarse_factor: int = 4
+    coarse_threshold: float = 0.1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
+        if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
+            raise ValueError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
         if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
             raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
         if not 0 < self.threshold < 1:

@@ -1,0 +1,120 @@
+"""Strip-by-strip blending of tile probabilities into a probability GeoTIFF.
+
+The arithmetic is the one of :func:`model.predict_scene.predict_scene` (same weights, same
+float32 accumulation order: tiles of a strip left to right, strips top to bottom), so a scene
+blended here from the same tile probabilities gives the same bytes. Used by the fast path
+(:mod:`model.fastpath`) and by rank 0 of distributed detection (:mod:`model.distributed`), whose
+tiles come from other processes. Memory depends on the scene's width, not its area.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from model.predict_scene import PROB_SCALE
+from model.scene import SceneInfo
+from model.tiling import blend_weights, tile_starts
+
+
+def tile_grid(scene: SceneInfo, tile_size: int, overlap: int) -> tuple[list[int], list[int]]:
+    """Row and column origins of the tiles :func:`predict_scene` uses for a scene."""
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in 0..{tile_size - 1}, got {overlap}")
+    stride = tile_size - overlap
+    return tile_starts(scene.height, tile_size, stride), tile_starts(scene.width, tile_size, stride)
+
+
+def strip_width(scene: SceneInfo, tile_size: int) -> int:
+    """Columns of a strip buffer (at least one tile, read past the edge with zero fill)."""
+    return max(scene.width, tile_size)
+
+
+def has_mask(src: rasterio.DatasetReader) -> bool:
+    """True when the raster has nodata or an alpha/mask band (some pixels may be invalid)."""
+    return any(rasterio.enums.MaskFlags.all_valid not in f for f in src.mask_flag_enums)
+
+
+def read_strip_valid(src: rasterio.DatasetReader, row: int, width: int, tile_size: int) -> np.ndarray:
+    """Valid-data mask (tile_size, width) of a strip, as :func:`predict_scene` reads it."""
+    return src.read_masks(1, window=Window(0, row, width, tile_size), boundless=True) > 0
+
+
+def keep_tile(tile: np.ndarray, valid: np.ndarray | None) -> bool:
+    """The tile holds data worth predicting (not all nodata, not all zero fill)."""
+    return not ((valid is not None and not valid.any()) or not tile.any())
+
+
+class StripBlender:
+    """Accumulates weighted tile probabilities of one strip and writes rows that are final.
+
+    Args:
+        scene: The scene being predicted.
+        dst: Open uint8 GeoTIFF on the scene grid to write into.
+        tile_size: Tile side in pixels.
+        overlap: Tile overlap in pixels.
+    """
+
+    def __init__(self, scene: SceneInfo, dst: rasterio.io.DatasetWriter, tile_size: int, overlap: int) -> None:
+        self.scene, self.dst, self.tile_size = scene, dst, tile_size
+        self.rows, self.cols = tile_grid(scene, tile_size, overlap)
+        width = strip_width(scene, tile_size)
+        self.weights = blend_weights(tile_size, overlap)
+        self.acc = np.zeros((tile_size, width), np.float32)
+        self.wsum = np.zeros((tile_size, width), np.float32)
+
+    def add(self, col: int, prob: np.ndarray) -> None:
+        """Add one tile's probability (tile_size, tile_size) at column ``col`` of the current strip."""
+        t = self.tile_size
+        self.acc[:, col : col + t] += prob * self.weights
+        self.wsum[:, col : col + t] += self.weights
+
+    def finish_strip(self, i: int, valid: np.ndarray | None) -> None:
+        """Write the rows of strip ``i`` that no later strip touches, then shift the buffers."""
+        t, r = self.tile_size, self.rows[i]
+        nxt = self.rows[i + 1] if i + 1 < len(self.rows) else r + t
+        final = min(nxt, self.scene.height) - r
+        acc, wsum = self.acc, self.wsum
+        if final > 0:
+            out = np.divide(acc[:final], wsum[:final], out=np.zeros_like(acc[:final]), where=wsum[:final] > 0)
+            if valid is not None:
+                out[~valid[:final]] = 0
+            q = np.rint(out[:, : self.scene.width] * PROB_SCALE).astype(np.uint8)
+            self.dst.write(q[None], window=Window(0, r, self.scene.width, final))
+        shift = nxt - r
+        acc[: t - shift] = acc[shift:]
+        wsum[: t - shift] = wsum[shift:]
+        acc[t - shift :] = 0
+        wsum[t - shift :] = 0
+
+
+@contextmanager
+def probability_raster(scene: SceneInfo, prob_path: str | os.PathLike) -> Iterator[rasterio.io.DatasetWriter]:
+    """Open a tiled uint8 probability GeoTIFF on the scene grid under a temporary name.
+
+    The file is renamed to ``prob_path`` when the block exits normally and removed otherwise
+    (a cancelled or failed run leaves nothing at ``prob_path``).
+    """
+    prob_path = Path(prob_path)
+    prob_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".tif.part", dir=prob_path.parent)
+    os.close(fd)
+    profile = {
+        "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
+        "crs": scene.crs, "transform": scene.transform, "compress": "deflate", "tiled": True,
+        "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            yield dst
+        os.replace(tmp, prob_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
