@@ -39,6 +39,8 @@ class OpenedProject:
     def close(self) -> None:
         """Stop every background job of the project (training process, workers)."""
         self.review.close_jobs()
+        if self.session.overview_job is not None:
+            self.session.overview_job.cancel()
         self.export.close_jobs()
         self.retrain.close_job()
 

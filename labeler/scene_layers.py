@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -54,6 +55,8 @@ class SceneDisplay:
         overview: The coarsest pyramid level, all 4 bands (kept: it is small, and switching
             composites or building the pyramid then needs no second read).
         overview_factor: Decimation factor of ``overview``.
+        sources: Cached level files (see :mod:`labeler.overviews`) read instead of the scene.
+        needs_cache: The scene has no overviews and no cache yet: build one in the background.
     """
 
     scene: SceneInfo
@@ -61,19 +64,33 @@ class SceneDisplay:
     composite: Composite = "true"
     overview: np.ndarray | None = None  # (4, h, w) uint8 coarsest level, read once
     overview_factor: int = 1
+    sources: dict[int, Path] = field(default_factory=dict)  # factor -> cached level file
+    needs_cache: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._src: rasterio.DatasetReader | None = None
+        self._open: dict[Path, rasterio.DatasetReader] = {}
 
-    def read(self, window: Window, out_shape: tuple[int, int]) -> np.ndarray:
-        """Read a window (clipped to the scene) decimated to ``out_shape``; display RGB (H, W, 3)."""
+    def read(self, window: Window, out_shape: tuple[int, int], factor: int = 1) -> np.ndarray:
+        """Read a window decimated to ``out_shape``; display RGB (H, W, 3).
+
+        Args:
+            window: Window in scene pixels (clipped to the scene).
+            out_shape: Rows and columns wanted.
+            factor: The level's decimation; a cached level of that factor is read when present.
+        """
         order = COMPOSITES[self.composite]
-        indexes = [self.scene.bands[i] for i in order]
+        path = self.sources.get(factor)
+        if path is not None:  # cached level files hold the 4 bands in order
+            indexes = [i + 1 for i in order]
+            f = factor
+            window = Window(window.col_off // f, window.row_off // f, out_shape[1], out_shape[0])
+        else:
+            path, indexes = Path(self.scene.path), [self.scene.bands[i] for i in order]
         with self._lock:
-            if self._src is None:
-                self._src = rasterio.open(self.scene.path)
-            arr = self._src.read(
+            if path not in self._open:
+                self._open[path] = rasterio.open(path)
+            arr = self._open[path].read(
                 indexes, window=window, out_shape=(3, *out_shape), resampling=Resampling.nearest
             )
         if arr.dtype != np.uint8:
@@ -88,12 +105,21 @@ class SceneDisplay:
         order = COMPOSITES[self.composite]
         return np.stack([self.luts[b][self.overview[b]] for b in order], axis=-1)
 
+    def use_cache(self, sources: dict[int, Path]) -> None:
+        """Read the given cached levels from now on (the coarsest also becomes the overview)."""
+        coarsest = max(sources)
+        with rasterio.open(sources[coarsest]) as src:
+            self.overview = src.read()
+        self.overview_factor = coarsest
+        self.sources = dict(sources)
+        self.needs_cache = False
+
     def close(self) -> None:
-        """Close the dataset (it is reopened on the next read)."""
+        """Close the datasets (they are reopened on the next read)."""
         with self._lock:
-            if self._src is not None:
-                self._src.close()
-                self._src = None
+            for src in self._open.values():
+                src.close()
+            self._open.clear()
 
 
 def _norm_slice(key: object, n: int) -> tuple[int, int, int]:
@@ -144,7 +170,7 @@ class LazySceneLevel:
             f = self.factor
             sc = self.display.scene
             win = Window(c0 * f, r0 * f, min(c1 * f, sc.width) - c0 * f, min(r1 * f, sc.height) - r0 * f)
-            out = self.display.read(win, (r1 - r0, c1 - c0))
+            out = self.display.read(win, (r1 - r0, c1 - c0), f)
             self.reads += 1
         out = out[::rs, ::cs][:, :, key[2]]
         squeeze = tuple(i for i in (0, 1) if isinstance(key[i], (int, np.integer)))
@@ -163,21 +189,53 @@ def pyramid_factors(width: int, height: int, overview_side: int = OVERVIEW_SIDE)
     return factors
 
 
-def build_display(scene: SceneInfo, overview_side: int = OVERVIEW_SIDE) -> tuple[SceneDisplay, int]:
-    """Open a scene for display: read the decimated overview once and compute the stretch.
+def build_display(
+    scene: SceneInfo, overview_side: int = OVERVIEW_SIDE, cache_dir: Path | None = None
+) -> tuple[SceneDisplay, int]:
+    """Open a scene for display: the coarsest level and the 2-98 % stretch, cheaply.
+
+    With GDAL overviews (or a level cache in ``cache_dir``) the coarsest level is read from
+    them. Without, reading it would decode the whole file, so the stretch is computed from 64
+    small windows spread over the scene and ``needs_cache`` is set: the caller builds the cache
+    in the background (:func:`labeler.overviews.build_overview_cache`) and calls ``use_cache``.
 
     Returns:
         The shared display state and the coarsest decimation factor.
     """
-    factor = pyramid_factors(scene.width, scene.height, overview_side)[-1]
-    shape = (math.ceil(scene.height / factor), math.ceil(scene.width / factor))
+    from labeler.overviews import cached_levels, has_overviews
+
+    factors = pyramid_factors(scene.width, scene.height, overview_side)
+    factor = factors[-1]
+    cached = cached_levels(cache_dir, scene, factors) if cache_dir is not None else None
+    if cached:
+        display = SceneDisplay(scene=scene, luts=np.zeros((4, 256), np.uint8))
+        display.use_cache(cached)
+        display.luts = _luts(display.overview, scene.nodata)
+        return display, factor
+    if len(factors) == 1 or has_overviews(scene):
+        shape = (math.ceil(scene.height / factor), math.ceil(scene.width / factor))
+        with rasterio.open(scene.path) as src:
+            arr = src.read(list(scene.bands), out_shape=(4, *shape), resampling=Resampling.nearest)
+        arr = arr if arr.dtype == np.uint8 else np.clip(arr, 0, 255).astype(np.uint8)
+        return SceneDisplay(scene, _luts(arr, scene.nodata), overview=arr, overview_factor=factor), factor
+    sample = _sample_windows(scene)
+    return SceneDisplay(scene, _luts(sample, scene.nodata), needs_cache=True), factor
+
+
+def _luts(arr: np.ndarray, nodata: float | None) -> np.ndarray:
+    valid = arr.any(axis=0) if nodata is None else (arr != nodata).any(axis=0)
+    return np.stack([_stretch_lut(arr[b], valid) for b in range(arr.shape[0])])
+
+
+def _sample_windows(scene: SceneInfo, n: int = 8, side: int = 128) -> np.ndarray:
+    """(4, n*side, n*side) mosaic of n x n small windows spread over the scene."""
+    out = np.zeros((4, n * side, n * side), np.uint8)
     with rasterio.open(scene.path) as src:
-        arr = src.read(list(scene.bands), out_shape=(4, *shape), resampling=Resampling.nearest)
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    valid = arr.any(axis=0) if scene.nodata is None else (arr != scene.nodata).any(axis=0)
-    luts = np.stack([_stretch_lut(arr[b], valid) for b in range(4)])
-    return SceneDisplay(scene=scene, luts=luts, overview=arr, overview_factor=factor), factor
+        for i, r in enumerate(np.linspace(0, max(scene.height - side, 0), n).astype(int)):
+            for j, c in enumerate(np.linspace(0, max(scene.width - side, 0), n).astype(int)):
+                arr = src.read(list(scene.bands), window=Window(c, r, side, side), boundless=True, fill_value=0)
+                out[:, i * side : (i + 1) * side, j * side : (j + 1) * side] = np.clip(arr, 0, 255)
+    return out
 
 
 def scene_pyramid(display: SceneDisplay, overview_side: int = OVERVIEW_SIDE) -> list:
@@ -185,23 +243,30 @@ def scene_pyramid(display: SceneDisplay, overview_side: int = OVERVIEW_SIDE) -> 
     sc = display.scene
     factors = pyramid_factors(sc.width, sc.height, overview_side)
     levels: list = [LazySceneLevel(display, f) for f in factors]
-    # small, read once by build_display; napari also builds its thumbnail from it
-    levels[-1] = display.overview_rgb() if display.overview is not None else np.asarray(levels[-1])
+    # small, read once by build_display; napari also builds its thumbnail from it. Until the
+    # background cache exists, a scene without overviews shows a dark placeholder when zoomed out.
+    if display.overview is not None:
+        levels[-1] = display.overview_rgb()
+    elif display.needs_cache:
+        levels[-1] = np.zeros(levels[-1].shape, np.uint8)
+    else:
+        levels[-1] = np.asarray(levels[-1])
     return levels
 
 
-def add_scene_layer(viewer, scene: SceneInfo, composite: Composite = "true"):
+def add_scene_layer(viewer, scene: SceneInfo, composite: Composite = "true", cache_dir: Path | None = None):
     """Add (or replace) the scene image layer.
 
     Args:
         viewer: The napari viewer.
         scene: The scene to show.
         composite: ``"true"`` colour (R,G,B) or ``"nir"`` false colour (NIR,R,G).
+        cache_dir: Folder of the overview cache (scenes without overviews).
 
     Returns:
         The napari Image layer; ``layer.metadata["display"]`` holds the :class:`SceneDisplay`.
     """
-    display, _ = build_display(scene)
+    display, _ = build_display(scene, cache_dir=cache_dir)
     display.composite = composite
     levels = scene_pyramid(display)
     data = levels if len(levels) > 1 else levels[0]
@@ -219,14 +284,19 @@ def add_scene_layer(viewer, scene: SceneInfo, composite: Composite = "true"):
     return layer
 
 
+def refresh_pyramid(layer) -> None:
+    """Rebuild a scene layer's levels (after a composite switch or once the cache exists)."""
+    levels = scene_pyramid(layer.metadata["display"])
+    layer.data = levels if len(levels) > 1 else levels[0]
+
+
 def set_composite(layer, composite: Composite) -> None:
     """Switch a scene layer between true colour and NIR false colour (re-reads lazily)."""
     display: SceneDisplay = layer.metadata["display"]
     if display.composite == composite:
         return
     display.composite = composite
-    levels = scene_pyramid(display)
-    layer.data = levels if len(levels) > 1 else levels[0]
+    refresh_pyramid(layer)
 
 
 def chip_status_colours(

@@ -6,6 +6,8 @@ global state). Widgets talk to each other only through its psygnal signals.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from psygnal import Signal
 from rasterio.windows import Window
 
@@ -49,6 +51,7 @@ class ProjectSession:
         self.current_chip: tuple[int, int] | None = None
         self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]
         self.editor: FootprintEditor | None = None
+        self.overview_job = None
         self.show_scene(self.scene.scene_id)
 
     # ----- scene -------------------------------------------------------------------------------
@@ -59,7 +62,8 @@ class ProjectSession:
         if "scene" in self.viewer.layers:
             composite = self.viewer.layers["scene"].metadata["display"].composite
         self.scene = scene
-        self.image_layer = add_scene_layer(self.viewer, scene, composite)
+        self.image_layer = add_scene_layer(self.viewer, scene, composite, cache_dir=self.cache_dir)
+        self._build_overviews()
         self.grid_layer = add_chip_grid(
             self.viewer, self.project.chip_windows(scene_id), self.reviewed_keys(), self.queued
         )
@@ -69,6 +73,37 @@ class ProjectSession:
         self.viewer.layers.selection.active = self.editor.layer
         self.viewer.reset_view()
         self.scene_changed.emit(scene_id)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The project's cache folder (overview levels of scenes without overviews)."""
+        return Path(self.project.root) / "cache"
+
+    def _build_overviews(self) -> None:
+        """Build the overview cache in the background when the scene has no overviews."""
+        from napari.utils.notifications import show_info, show_warning
+
+        from labeler.overviews import build_overview_cache
+        from labeler.scene_layers import pyramid_factors, refresh_pyramid
+        from labeler.workers import ProgressJob
+
+        display = self.image_layer.metadata["display"]
+        if not display.needs_cache:
+            return
+        layer, scene = self.image_layer, self.scene
+        job = ProgressJob(build_overview_cache, scene, self.cache_dir,
+                          pyramid_factors(scene.width, scene.height))
+
+        def done(paths) -> None:
+            if paths and layer in self.viewer.layers:
+                display.use_cache(paths)
+                refresh_pyramid(layer)
+
+        job.worker.returned.connect(done)
+        job.worker.errored.connect(lambda exc: show_warning(f"Overviews not built ({exc}); zooming out stays slow."))
+        self.overview_job = job
+        show_info(f"{scene.path.name} has no overviews: building them once in the background for fast zoom.")
+        job.start()
 
     def set_composite(self, composite: str) -> None:
         """Switch true colour / NIR false colour."""

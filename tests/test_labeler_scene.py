@@ -31,6 +31,29 @@ def test_pyramid_levels_halve_until_overview_side() -> None:
     assert pyramid_factors(512, 512) == [1]
 
 
+def test_scene_without_overviews_gets_a_background_cache(wide_scene, tmp_path) -> None:
+    from labeler.overviews import build_overview_cache
+
+    scene, img = wide_scene
+    display, coarsest = build_display(scene, cache_dir=tmp_path / "cache")
+    assert coarsest == 4 and display.needs_cache and display.overview is None
+    assert not scene_pyramid(display)[-1].any()  # dark placeholder until the cache exists
+    done = []
+    paths = build_overview_cache(scene, tmp_path / "cache", pyramid_factors(scene.width, scene.height),
+                                 progress=lambda d, t, i: done.append((d, t)))
+    assert list(paths) == [4] and done[-1] == (1500, 1500)
+    with rasterio.open(paths[4]) as src:
+        level = src.read()
+        assert level.shape == (4, 375, 650) and src.crs == scene.crs
+        assert src.transform.a == pytest.approx(scene.transform.a * 4)
+    np.testing.assert_array_equal(level[2, 10, 20], np.round(img[2, 40:44, 80:84].mean()).astype(np.uint8))
+    display.use_cache(paths)
+    lazy = LazySceneLevel(display, 4)
+    np.testing.assert_array_equal(lazy[10:12, 20:25][..., 0], display.luts[0][level[0, 10:12, 20:25]])
+    again, _ = build_display(scene, cache_dir=tmp_path / "cache")  # next open: from the cache
+    assert not again.needs_cache and again.overview.shape == (4, 375, 650)
+
+
 def test_levels_read_only_the_requested_window(wide_scene) -> None:
     scene, img = wide_scene
     display, coarsest = build_display(scene)
