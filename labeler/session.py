@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from psygnal import Signal
+from qtpy.QtCore import QTimer
 from rasterio.windows import Window
 
 from labeler.footprints import FootprintEditor
@@ -52,6 +53,7 @@ class ProjectSession:
         self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]
         self.editor: FootprintEditor | None = None
         self.overview_job = None
+        self._grid_pending = False
         self.show_scene(self.scene.scene_id)
 
     # ----- scene -------------------------------------------------------------------------------
@@ -128,7 +130,18 @@ class ProjectSession:
         self.refresh_grid()
 
     def refresh_grid(self) -> None:
+        """Recolour the chip grid soon (coalesced: one recolour per turn of the event loop).
+
+        Recolouring a 12,000 px scene's 2,209 chips costs about 35 ms, and accepting a chip
+        changes the grid twice (reviewed, then the next chip becomes current).
+        """
+        if not self._grid_pending:
+            self._grid_pending = True
+            QTimer.singleShot(0, self.refresh_grid_now)
+
+    def refresh_grid_now(self) -> None:
         """Recolour the chip grid from the store's reviewed chips, the queue and the current chip."""
+        self._grid_pending = False
         if self.grid_layer in self.viewer.layers:
             update_chip_grid(self.grid_layer, self.reviewed_keys(), self.queued, self.current_chip)
 

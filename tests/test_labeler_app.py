@@ -171,3 +171,18 @@ def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     review.next_chip()
     assert review.current is not chip and review.table.rowCount() == rows - 1
     assert all(it.window != chip.window for it in review.items)
+
+
+def test_ctrl_z_on_the_canvas_undoes_the_last_edit(app, qtbot) -> None:
+    from qtpy.QtCore import Qt
+
+    editor, store = app.session.editor, app.session.project.labels
+    viewer = app.session.viewer
+    viewer.layers.selection.active = editor.layer
+    editor.layer.add(np.array([[10.0, 10.0], [10.0, 60.0], [60.0, 60.0]]), shape_type="polygon")
+    assert len(store.footprints()) == 1
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert len(store.footprints()) == 0 and editor.layer.nshapes == 0
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert len(store.footprints()) == 1 and editor.layer.nshapes == 1

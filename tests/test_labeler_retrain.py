@@ -88,3 +88,17 @@ def test_full_window_screenshot(app, qtbot, tmp_path) -> None:
     with Image.open(path) as img:
         assert img.width >= 1000 and img.height >= 600
         assert np.asarray(img.convert("L")).std() > 10  # not a blank window
+
+
+def test_cancelled_retrain_keeps_the_current_model(app, qtbot) -> None:
+    review, retrain = app.review, app.retrain
+    qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+    review.accept_all()
+    assert retrain.start()
+    retrain.cancel()
+    qtbot.waitUntil(lambda: not retrain.timer.isActive(), timeout=60_000)
+    kinds = [e["type"] for e in retrain.events]
+    assert "cancelled" in kinds and "published" not in kinds, kinds
+    registry = app.session.project.registry
+    assert [v.version for v in registry.versions()] == ["v1"] and registry.current().version == "v1"
+    assert retrain.start_button.isEnabled() and not retrain.cancel_button.isEnabled()
