@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 from pyproj import Transformer
 from shapely.geometry import shape
@@ -78,7 +79,7 @@ def geojson_rings(path: Path) -> list[np.ndarray]:
     feats = json.loads(path.read_text())["features"]
     feats.sort(key=lambda f: (f["properties"]["centroid_lat"], f["properties"]["centroid_lon"]))
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True)
-    return [np.column_stack(to_utm.transform(*np.asarray(shape(f["geometry"]).exterior.coords).T)) for f in feats]
+    return [np.column_stack(to_utm.transform(*shapely.get_coordinates(shape(f["geometry"])).T)) for f in feats]
 
 
 def max_vertex_gap(a: Path, b: Path) -> float:

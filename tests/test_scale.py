@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 import torch
 from geodata import make_scene
 from pyproj import Transformer
@@ -111,11 +112,11 @@ def test_gate_off_when_nothing_reaches_the_threshold(tmp_path):
 
 
 def _coords(path: Path) -> list[np.ndarray]:
-    """Exterior rings of a GeoJSON's polygons in UTM metres, sorted by centroid."""
+    """Vertices of a GeoJSON's polygons in UTM metres, sorted by centroid."""
     feats = json.loads(path.read_text())["features"]
     feats.sort(key=lambda f: (f["properties"]["centroid_lat"], f["properties"]["centroid_lon"]))
     to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32618", always_xy=True)
-    return [np.column_stack(to_utm.transform(*np.asarray(shape(f["geometry"]).exterior.coords).T)) for f in feats]
+    return [np.column_stack(to_utm.transform(*shapely.get_coordinates(shape(f["geometry"])).T)) for f in feats]
 
 
 def test_batch_detect_on_two_ddp_processes_equals_one_process(tmp_path):
@@ -138,3 +139,18 @@ def test_batch_detect_on_two_ddp_processes_equals_one_process(tmp_path):
         for x, y in zip(a, b, strict=True):
             assert x.shape == y.shape and np.abs(x - y).max() < 1e-6  # metres
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_detect_cli_fast_flag_writes_the_same_footprints(tmp_path):
+    from loop.cli import main as cli_main
+
+    path, _ = make_scene(tmp_path / "s.tif", (200, 260), [(40, 40, 150, 200)], seed=4)
+    ckpt = save_checkpoint(bright_roof_checkpoint(), tmp_path / "m.pt")
+    args = ["detect", "--checkpoint", str(ckpt), "--image", str(path), "--tile-size", "64", "--overlap", "16",
+            "--min-area", "50"]
+    assert cli_main([*args, "--output-geojson", str(tmp_path / "e.geojson")]) == 0
+    assert cli_main([*args, "--fast", "--coarse-threshold", "0.3", "--output-geojson", str(tmp_path / "f.geojson")]) == 0
+    e, f = _coords(tmp_path / "e.geojson"), _coords(tmp_path / "f.geojson")
+    assert len(e) == len(f) == 1
+    a, b = shapely.Polygon(e[0]), shapely.Polygon(f[0])
+    assert a.intersection(b).area / a.union(b).area > 0.98
