@@ -7,7 +7,6 @@ with ``torch.load(..., weights_only=True)``, so loading needs no other file and 
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from model.atomic import atomic_path
 from model.errors import CheckpointError
 from model.scene import BANDS
 from model.unet import UNet, UNetConfig
@@ -88,15 +88,8 @@ class Checkpoint:
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pt.part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(ckpt.to_payload(), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -6,7 +6,6 @@ Every file is written under a temporary name in its folder and renamed when comp
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,6 +13,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from model.atomic import atomic_path
 from model.predict_scene import PROB_SCALE
 
 COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
@@ -44,18 +44,9 @@ def detection_table(gdf: gpd.GeoDataFrame, model_version: str, scene_id: str | N
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # OGR drivers refuse to overwrite an existing (empty) file
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def write_detections(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from model.atomic import atomic_path
 from model.errors import SceneError, SceneNotFoundError
 
 BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
@@ -250,7 +250,6 @@ def write_geotiff(
     so a crash never leaves a half-written file at ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = array[None] if array.ndim == 2 else array
     prof = {
         "driver": "GTiff",
@@ -267,15 +266,8 @@ def write_geotiff(
     if nodata is not None:
         prof["nodata"] = nodata
     prof.update(profile)
-    fd, tmp = tempfile.mkstemp(suffix=".tif.part", dir=path.parent)
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", **prof) as dst:
-            dst.write(arr)
-            if tags:
-                dst.update_tags(**tags)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **prof) as dst:
+        dst.write(arr)
+        if tags:
+            dst.update_tags(**tags)
     return path

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
+from model.atomic import atomic_path
 from model.scene import write_geotiff
 from model.synth_background import houses, land_cover, road_network, sensor
 from model.synth_buildings import Knobs, draw_buildings
@@ -169,16 +169,8 @@ def generate_scene(
 def write_truth(gdf: gpd.GeoDataFrame, path: str | os.PathLike) -> Path:
     """Write footprints as RFC 7946 GeoJSON (EPSG:4326) via a temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = gdf.to_crs(4326)
-    fd, tmp = tempfile.mkstemp(suffix=".geojson.part", dir=path.parent)
-    os.close(fd)
-    try:
-        Path(tmp).unlink()
+    with atomic_path(path) as tmp:
         out.to_file(tmp, driver="GeoJSON", engine="pyogrio", layer="footprints",
                     layer_options={"RFC7946": "YES"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -1,0 +1,48 @@
+"""Atomic file writes: write under a temporary name in the target folder, then ``os.replace``.
+
+A crash, a kill or an exception never leaves a half-written file at the target path, and the
+previous version (if any) stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, create: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    Args:
+        path: Final file path (its folder is created if missing).
+        create: Leave an empty temporary file in place (for writers that open an existing file);
+            by default the temporary name does not exist yet (GDAL/OGR drivers refuse to overwrite).
+
+    Yields:
+        The temporary path, with the same suffix as ``path`` so drivers pick the right format.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    if not create:
+        tmp.unlink()
+    try:
+        yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; give them the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
