@@ -32,6 +32,9 @@ from labeler.workers import ProgressJob
 from model.errors import Cancelled
 
 DETECTIONS_LAYER = "detections"
+#: Orange: apart from the class colours, the proposals' red-green and the blue uncertainty.
+DETECTION_EDGE = "#ff6d00"
+DETECTION_FACE = [1.0, 0.43, 0.0, 0.18]
 FORMATS = {"geojson": ".geojson", "gpkg": ".gpkg", "csv": ".csv", "mask": "_mask.tif"}
 
 
@@ -180,7 +183,7 @@ class ExportWidget(QWidget):
         show_info(f"Exported {len(table)} detections to {next(iter(self.paths.values())).parent}")
 
     def show_detections(self, table) -> None:
-        """Add (or replace) the detections Shapes layer, coloured by mean confidence."""
+        """Add (or replace) the detections Shapes layer (feature ``mean_confidence`` per shape)."""
         transform = self.session.scene.transform
         data, conf = [], []
         for geom, c in zip(table.geometry, table["mean_confidence"], strict=True):
@@ -191,12 +194,9 @@ class ExportWidget(QWidget):
             self.viewer.layers.remove(DETECTIONS_LAYER)
         layer = self.viewer.add_shapes(name=DETECTIONS_LAYER, ndim=2, face_color="transparent")
         if data:
-            layer.add(data, shape_type="polygon", face_color=[0, 0, 0, 0], edge_width=3,
-                      edge_color="#4fc3f7")
+            layer.add(data, shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
+                      edge_color=DETECTION_EDGE)
             layer.features = {"mean_confidence": np.asarray(conf)}
-            layer.edge_color = "mean_confidence"
-            layer.edge_colormap = "viridis"
-            layer.edge_contrast_limits = (0.5, 1.0)
         editor = self.session.editor
         if editor is not None and editor.layer in self.viewer.layers:
             self.viewer.layers.selection.active = editor.layer

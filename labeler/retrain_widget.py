@@ -228,7 +228,7 @@ class RetrainWidget(QWidget):
             self.model_label.setText("No model yet: review chips with data centers, then Retrain.")
         else:
             metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(current.metrics.items())
-                                if isinstance(v, float) and not k.startswith("baseline"))
+                                if isinstance(v, float) and not k.startswith("baseline") and k != "epoch")
             self.model_label.setText(f"Current model <b>{current.version}</b> ({metrics or 'no metrics'})")
         self.versions.clear()
         for mv in reversed(versions):

@@ -202,7 +202,7 @@ def build_display(
     Returns:
         The shared display state and the coarsest decimation factor.
     """
-    from labeler.overviews import cached_levels, has_overviews
+    from labeler.overviews import cache_factors, cached_levels, has_overviews
 
     factors = pyramid_factors(scene.width, scene.height, overview_side)
     factor = factors[-1]
@@ -212,7 +212,7 @@ def build_display(
         display.use_cache(cached)
         display.luts = _luts(display.overview, scene.nodata)
         return display, factor
-    if len(factors) == 1 or has_overviews(scene):
+    if not cache_factors(factors) or has_overviews(scene):  # small enough, or GDAL has overviews
         shape = (math.ceil(scene.height / factor), math.ceil(scene.width / factor))
         with rasterio.open(scene.path) as src:
             arr = src.read(list(scene.bands), out_shape=(4, *shape), resampling=Resampling.nearest)
