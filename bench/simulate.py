@@ -69,7 +69,7 @@ def estimate_s(config: SimulationConfig, n_pool: int, n_hold: int, fwd: float, s
         (n_pool - n) * fwd for n in labelled[:-1])
     evaluate = runs * config.rounds * n_hold * fwd
     full_passes = n_pool * config.full_epochs if config.full_epochs else max(3 * config.epochs * n_pool,
-                                                                              3 * config.train_passes)
+                                                                              10 * config.train_passes)
     full = full_passes * step if config.full_label else 0.0
     overhead = runs * config.rounds * 3.0  # Lightning trainer setup, store writes, chip reads
     return train + rank + evaluate + full + overhead

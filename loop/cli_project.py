@@ -120,7 +120,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, train_passes=args.train_passes,
         full_epochs=args.full_epochs,
         base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr,
-        batch_size=args.batch_size, warm_start=not args.cold, full_label=not args.no_full_label,
+        batch_size=args.batch_size, val_fraction=args.val_fraction, warm_start=not args.cold, full_label=not args.no_full_label,
         threads=args.threads,
     )
 
@@ -201,6 +201,8 @@ def register(subparsers) -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="reviewed chips held out to pick the best epoch (0: train on all, keep the last)")
     p.add_argument("--cold", action="store_true", help="train each round from scratch instead of warm starting")
     p.add_argument("--no-full-label", action="store_true", help="skip the full-label reference model")
     p.add_argument("--threads", type=int, default=1)

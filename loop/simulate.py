@@ -48,8 +48,11 @@ class SimulationConfig:
         epochs: Minimum training epochs per round.
         train_passes: Minimum chip passes per round (epochs are raised to reach it, so the first
             rounds on a few chips still take enough optimizer steps).
-        full_epochs: Epochs of the full-label reference model (default: 3x the chip passes of a
-            round, at least ``3 * epochs``).
+        full_epochs: Epochs of the full-label reference model (default: 10x the chip passes of a
+            round, at least ``3 * epochs``): the reference should be trained to convergence.
+        val_fraction: Share of reviewed chips held out for picking the best epoch, as the retraining
+            job does; 0 (default) trains on every reviewed chip and keeps the last epoch, which is
+            less noisy with a few chips (the holdout region is the judge here).
         base_channels: U-Net width.
         depth: U-Net levels.
         dropout: Dropout (> 0 so ``bald`` has MC samples).
@@ -75,6 +78,7 @@ class SimulationConfig:
     dropout: float = 0.1
     lr: float = 2e-3
     batch_size: int = 4
+    val_fraction: float = 0.0
     warm_start: bool = True
     full_label: bool = True
     min_object_px: int = 100
@@ -189,7 +193,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     from model.train import TrainConfig, fit
 
     chips = reviewed_training_chips(project)
-    train, val = split_train_val(chips, 0.2)
+    train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=config.lr,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu")
@@ -314,7 +318,7 @@ def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig,
             shape = (int(w.height), int(w.width))
             pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
     t0 = time.perf_counter()
-    tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-3 * config.train_passes // len(pairs))),
+    tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-10 * config.train_passes // len(pairs))),
                      batch_size=config.batch_size, lr=config.lr,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=0,
                      accelerator="cpu")
