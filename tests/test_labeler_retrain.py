@@ -22,7 +22,8 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     kinds = [e["type"] for e in retrain.events]
     assert kinds[0] == "started" and kinds[-1] == "done", kinds
     assert "epoch" in kinds and retrain.history  # the plot got its points
-    assert len(retrain.ax_loss.lines) >= 1 and len(retrain.ax_iou.lines) == 1
+    assert len(retrain.loss_line.get_xdata()) == len(retrain.history) >= 1
+    assert len(retrain.iou_line.get_ydata()) == len(retrain.history)
     registry = app.session.project.registry
     assert [v.version for v in registry.versions()] == ["v1", "v2"]
     assert retrain.versions.count() == 2
