@@ -403,7 +403,9 @@ class ReviewWidget(QWidget):
             f"<span style='color:{class_colour(c)}'>■</span> {c} {per_class.get(c, 0)}"
             for c in project.settings.classes
         )
+        elsewhere = len(self.items) - len(self._rows)
+        other = f" (+{elsewhere} in other scenes: pick one under Labels ▸ Scene)" if elsewhere > 0 else ""
         self.counts.setText(
             f"<b>{reviewed}</b> of {total} chips reviewed, <b>{total - reviewed}</b> remaining, "
-            f"{len(self._rows)} queued<br>{classes}"
+            f"{len(self._rows)} queued{other}<br>{classes}"
         )

@@ -125,3 +125,30 @@ def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
     assert get_reader(str(tmp_path)) is None  # not a project folder
     (tmp_path / "project.json").write_text("{}")
     assert callable(get_reader(str(tmp_path)))
+
+
+@pytest.mark.gui
+def test_two_scene_project_switches_scene_and_queue_rows(make_napari_viewer, qtbot, tmp_path) -> None:
+    from labeler.app import open_project
+    from loop.project import Project
+    from tests.conftest import tiny_checkpoint, write_tiny_scene
+
+    a = write_tiny_scene(tmp_path / "a.tif", seed=1)
+    b = write_tiny_scene(tmp_path / "b.tif", seed=2)
+    project = Project.create(tmp_path / "project", images=[a, b])
+    project.registry.publish(tiny_checkpoint())
+    opened = open_project(make_napari_viewer(), project.root)
+    try:
+        review, session = opened.review, opened.session
+        qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+        first, second = (s.scene_id for s in project.scenes)
+        assert len(review.items) == 8 and review.table.rowCount() == 4
+        assert {it.scene_id for it in review._rows} == {first}
+        assert "+4 in other scenes" in review.counts.text()
+        opened.labels.scene.setCurrentIndex(1)
+        assert session.scene.scene_id == second and session.editor.scene.scene_id == second
+        assert {it.scene_id for it in review._rows} == {second} and review.current.scene_id == second
+        review.accept_all()
+        assert set(project.labels.footprints()["scene_id"]) == {second}
+    finally:
+        opened.close()
