@@ -107,6 +107,8 @@ def show_heatmap(viewer, item, heat: np.ndarray):
         return layer
     layer = viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(), opacity=1.0,
                              blending="translucent", contrast_limits=(0, 1), translate=translate)
+    # right above the scene image: outlines (grid, footprints, proposals) stay crisp on top of it
+    viewer.layers.move(viewer.layers.index(layer), 1 if len(viewer.layers) > 1 else 0)
     if PROPOSALS_LAYER in viewer.layers:  # keep the review keys A/R/E/N live
         viewer.layers.selection.active = viewer.layers[PROPOSALS_LAYER]
     return layer
