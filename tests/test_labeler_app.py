@@ -30,7 +30,8 @@ def test_open_shows_scene_grid_footprints_and_ranks_queue(app, qtbot) -> None:
     grid = viewer.layers["chip grid"]
     index = {(int(w.row_off), int(w.col_off)): i for i, w in enumerate(grid.metadata["windows"])}
     current = index[(int(review.current.window.row_off), int(review.current.window.col_off))]
-    np.testing.assert_allclose(grid.edge_color[current][:3], [1.0, 1.0, 1.0], atol=0.01)
+    # recolouring is coalesced to the next turn of the event loop
+    qtbot.waitUntil(lambda: np.allclose(grid.edge_color[current][:3], 1.0, atol=0.01), timeout=5_000)
     other = index[(int(review.items[1].window.row_off), int(review.items[1].window.col_off))]
     np.testing.assert_allclose(grid.edge_color[other][:3], [1.0, 2 / 3, 0.0], atol=0.01)
 
