@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -43,6 +43,8 @@ from labeler.workers import ProgressJob
 from model.errors import Cancelled, DclabelError
 
 COLUMNS = ("rank", "score", "chip", "proposals")
+#: Pause on a chip before its uncertainty map is computed.
+HEATMAP_DELAY_MS = 250
 
 
 class ReviewWidget(QWidget):
@@ -69,6 +71,10 @@ class ReviewWidget(QWidget):
         self.heat_job: ProgressJob | None = None
         self.last_accept_ms: float | None = None
         self.closed = False
+        self._heat_timer = QTimer(self)
+        self._heat_timer.setSingleShot(True)
+        self._heat_timer.setInterval(HEATMAP_DELAY_MS)
+        self._heat_timer.timeout.connect(self._start_heatmap)
 
         self.strategy = QComboBox()
         self.strategy.addItems(list(STRATEGIES))
@@ -172,6 +178,7 @@ class ReviewWidget(QWidget):
     def close_jobs(self, wait_ms: int = 10_000) -> None:
         """Stop ranking and heatmap workers and ignore their late results (on viewer close)."""
         self.closed = True
+        self._heat_timer.stop()
         for job in (self.rank_job, self.heat_job):
             if job is not None:
                 job.cancel()
@@ -251,9 +258,19 @@ class ReviewWidget(QWidget):
         show_proposals(self.viewer, item, self.session.scene.transform, self._keys())
 
     def _show_heatmap(self, item) -> None:
-        if HEATMAP_LAYER in self.viewer.layers:
+        """Hide the previous chip's heatmap; compute this chip's once the user pauses on it.
+
+        The worker starts after :data:`HEATMAP_DELAY_MS` (restarted on every move), so stepping
+        quickly through the queue starts no jobs and accepting a chip stays fast.
+        """
+        if HEATMAP_LAYER in self.viewer.layers and self.viewer.layers[HEATMAP_LAYER].visible:
             self.viewer.layers[HEATMAP_LAYER].visible = False
-        if not self.heatmap.isChecked() or self.session.current_model() is None:
+        if self.heatmap.isChecked():
+            self._heat_timer.start()
+
+    def _start_heatmap(self) -> None:
+        item = self.current
+        if self.closed or item is None or not self.heatmap.isChecked() or self.session.current_model() is None:
             return
         job = ProgressJob(chip_uncertainty, self.session.project, self.session.scene, item.window)
         job.worker.returned.connect(lambda heat, it=item: self._on_heatmap(it, heat))

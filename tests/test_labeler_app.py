@@ -187,3 +187,22 @@ def test_ctrl_z_on_the_canvas_undoes_the_last_edit(app, qtbot) -> None:
     assert len(store.footprints()) == 0 and editor.layer.nshapes == 0
     qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
     assert len(store.footprints()) == 1 and editor.layer.nshapes == 1
+
+
+def test_uncertainty_heatmap_follows_the_chip_and_toggles(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, viewer = app.review, app.session.viewer
+    qtbot.waitUntil(lambda: "uncertainty" in viewer.layers and viewer.layers["uncertainty"].visible,
+                    timeout=15_000)
+    heat = viewer.layers["uncertainty"]
+    w = review.current.window
+    assert heat.data.shape == (256, 256) and 0.0 <= float(heat.data.min()) <= float(heat.data.max()) <= 1.0
+    assert tuple(heat.translate) == (float(w.row_off), float(w.col_off))
+    assert viewer.layers.index(heat) == 1  # under the outlines, over the scene
+    review.next_chip()
+    assert not heat.visible  # the old chip's map is hidden at once
+    w2 = review.current.window
+    qtbot.waitUntil(lambda: heat.visible and tuple(heat.translate) == (float(w2.row_off), float(w2.col_off)),
+                    timeout=15_000)
+    review.heatmap.setChecked(False)
+    assert not heat.visible
