@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from affine import Affine
 from rasterio.crs import CRS
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip napari window tests when there is no display (run them under ``xvfb-run``)."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"):
+        return
+    skip = pytest.mark.skip(reason="needs a display: run under xvfb-run (see `make test`)")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)
+
 
 TINY_TRANSFORM = Affine(0.6, 0.0, 500_000.0, 0.0, -0.6, 4_300_000.0)
 TINY_CRS = CRS.from_epsg(32618)  # UTM 18N, as NAIP in Virginia

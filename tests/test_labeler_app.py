@@ -126,9 +126,9 @@ def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
     viewer, opened = launch(tiny_project, show=False)
     try:
         assert opened is None
-        docks = viewer.window._dock_widgets
+        docks = viewer.window.dock_widgets
         assert "dclabel: error" in docks
-        text = docks["dclabel: error"].widget().text()
+        text = docks["dclabel: error"].text()
         assert "bands" in text
     finally:
         viewer.close()
