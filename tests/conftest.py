@@ -10,6 +10,7 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Skip napari window tests when there is no display (run them under ``xvfb-run``)."""
     if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM"):
