@@ -206,3 +206,37 @@ def test_uncertainty_heatmap_follows_the_chip_and_toggles(app, qtbot) -> None:
                     timeout=15_000)
     review.heatmap.setChecked(False)
     assert not heat.visible
+
+
+def _drag(layer, start, end) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))
+
+
+def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
+    editor, store = app.session.editor, app.session.project.labels
+    layer, sid = editor.layer, app.session.scene.scene_id
+    editor.set_class("warehouse")
+    layer.mode = "add_rectangle"
+    _drag(layer, (100.0, 100.0), (150.0, 180.0))
+    fp = store.footprints(sid)
+    assert len(fp) == 1 and fp["class"].iloc[0] == "warehouse" and fp["source"].iloc[0] == "manual"
+    # 50 x 80 px of 0.6 m pixels
+    assert fp.geometry.iloc[0].area == pytest.approx(50 * 80 * 0.36, rel=1e-6)
+    before = np.asarray(fp.geometry.iloc[0].exterior.coords)
+    layer.mode = "direct"
+    layer.selected_data = {0}
+    corner = tuple(layer.data[0][0])
+    _drag(layer, corner, (corner[0] - 10.0, corner[1] - 20.0))
+    after = np.asarray(store.footprints(sid).geometry.iloc[0].exterior.coords)
+    moved = np.abs(after - before).max(axis=1) > 1e-9
+    assert moved.sum() in (1, 2)  # the dragged corner (and the ring's closing copy of it)
+    np.testing.assert_allclose((after - before)[moved][0], [-12.0, 6.0], atol=1e-6)  # 20 cols W, 10 rows N
