@@ -202,6 +202,16 @@ class FootprintEditor:
         wanted = np.fromiter((int(f) for f in fids), dtype=np.int64)
         return np.flatnonzero(np.isin(self._fids(), wanted)).tolist()
 
+    def touches(self, window) -> bool:
+        """True when a footprint on screen intersects a chip window."""
+        from shapely.geometry import box
+
+        from labeler.geo import napari_to_crs, window_to_napari
+
+        xy = napari_to_crs(window_to_napari(window), self.scene.transform)
+        chip = box(*xy.min(axis=0), *xy.max(axis=0))
+        return any(g.intersects(chip) for g in self._geoms.values())
+
     def class_counts(self) -> dict[str, int]:
         """Number of footprints per class on screen (from the layer, without reading the store)."""
         feats = self.layer.features

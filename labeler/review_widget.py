@@ -11,19 +11,15 @@ import time
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QComboBox,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -38,11 +34,11 @@ from labeler.chip_layers import (
 )
 from labeler.footprints import class_colour
 from labeler.geo import window_centre
+from labeler.queue_table import QueueTable
 from labeler.session import ProjectSession
 from labeler.workers import ProgressJob
 from model.errors import Cancelled, DclabelError
 
-COLUMNS = ("rank", "score", "chip", "proposals")
 #: Pause on a chip before its uncertainty map is computed.
 HEATMAP_DELAY_MS = 250
 
@@ -85,14 +81,7 @@ class ReviewWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setMaximumHeight(14)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels([c.capitalize() for c in COLUMNS])
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.table.setMinimumHeight(160)
+        self.table = QueueTable()
         self.heatmap = QCheckBox("Uncertainty heatmap")
         self.heatmap.setChecked(True)
         self.counts = QLabel()
@@ -201,34 +190,33 @@ class ReviewWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.progress.setFormat("%p%")
 
-    def populate(self, items: list | None, select_row: int = 0) -> None:
+    def populate(self, items: list | None, select_row: int = 0, keep_current: bool = True) -> None:
         """Show a ranked queue (items of every scene are kept; rows show the scene on screen).
 
         Args:
             items: Queue items, best first.
             select_row: Row to select (and show) afterwards, clipped to the table.
+            keep_current: When the chip on screen is still queued (a background re-rank), stay on
+                it without moving the view and only refresh its proposals.
         """
         if self.closed:
             return
         self.items = list(items or [])
         scene_id = self.session.scene.scene_id
         rows = [it for it in self.items if it.scene_id == scene_id]
-        self.table.blockSignals(True)
-        self.table.clearSelection()
-        self.table.setRowCount(len(rows))
-        for r, it in enumerate(rows):
-            w = it.window
-            cells = (str(it.rank), f"{it.score:.3f}", f"r{int(w.row_off)} c{int(w.col_off)}",
-                     str(len(it.proposals)))
-            for c, text in enumerate(cells):
-                cell = QTableWidgetItem(text)
-                cell.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
-                self.table.setItem(r, c, cell)
-        self.table.blockSignals(False)
+        self.table.show_items(rows)
         self._rows = rows
         self.session.set_queued([it.window for it in rows])
         self.update_counts()
-        if rows:
+        prev = self.current
+        keep = next((r for r, it in enumerate(rows) if keep_current and prev is not None
+                     and it.scene_id == prev.scene_id and it.window == prev.window), None)
+        if keep is not None:
+            self.table.blockSignals(True)
+            self.table.selectRow(keep)
+            self.table.blockSignals(False)
+            self.show_item(rows[keep], move_camera=False)
+        elif rows:
             self.table.selectRow(min(max(select_row, 0), len(rows) - 1))
         else:
             self.current = None
@@ -241,16 +229,17 @@ class ReviewWidget(QWidget):
             return
         self.show_item(self._rows[rows[0].row()])
 
-    def show_item(self, item) -> None:
+    def show_item(self, item, move_camera: bool = True) -> None:
         """Centre and zoom on a chip, show its proposals and (optionally) its uncertainty."""
         self.current = item
         w = item.window
         self.session.set_current_chip(w)
-        self.viewer.camera.center = window_centre(w)
-        canvas = self.viewer.window._qt_viewer.canvas.size if hasattr(self.viewer, "window") else None
-        side = max(int(w.width), int(w.height)) * 1.4
-        if canvas is not None and min(canvas) > 0:
-            self.viewer.camera.zoom = min(canvas) / side
+        if move_camera:
+            self.viewer.camera.center = window_centre(w)
+            canvas = self.viewer.window._qt_viewer.canvas.size if hasattr(self.viewer, "window") else None
+            side = max(int(w.width), int(w.height)) * 1.4
+            if canvas is not None and min(canvas) > 0:
+                self.viewer.camera.zoom = min(canvas) / side
         self._show_proposals(item)
         self._show_heatmap(item)
 
@@ -334,7 +323,7 @@ class ReviewWidget(QWidget):
     def reject(self) -> None:
         """Discard the proposals; the chip is reviewed (empty unless footprints were drawn in it)."""
         if self.current is not None:
-            self._decide([], "proposal-accepted", empty=not self._has_footprints(self.current.window))
+            self._decide([], "proposal-accepted", empty=not self.session.editor.touches(self.current.window))
 
     def mark_empty(self) -> None:
         """Mark the chip reviewed with no data center in it."""
@@ -396,17 +385,7 @@ class ReviewWidget(QWidget):
 
     def _advance_from(self, item) -> None:
         row = next((r for r, it in enumerate(self._rows) if it is item), 0)
-        self.populate(self.items, select_row=row)
-
-    def _has_footprints(self, window) -> bool:
-        from shapely.geometry import box
-
-        from labeler.geo import napari_to_crs, window_to_napari
-
-        xy = napari_to_crs(window_to_napari(window), self.session.scene.transform)
-        chip = box(*xy.min(axis=0), *xy.max(axis=0))
-        editor = self.session.editor
-        return any(g.intersects(chip) for g in editor._geoms.values()) if editor else False
+        self.populate(self.items, select_row=row, keep_current=False)
 
     # ----- counts ------------------------------------------------------------------------------
     def update_counts(self) -> None:

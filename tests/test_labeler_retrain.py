@@ -16,6 +16,7 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
     review.accept_all()  # a chip with a data center: something to learn from
     review.accept_all()
+    on_screen = review.current.window
     assert retrain.start()
     assert retrain.timer.isActive() and retrain.cancel_button.isEnabled()
     qtbot.waitUntil(lambda: not retrain.timer.isActive(), timeout=80_000)
@@ -34,6 +35,7 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
         assert review.rank_job is not None
         qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
         assert len(review.items) == 2  # two chips left unreviewed
+        assert review.current.window == on_screen  # the re-rank did not pull the view away
     else:
         assert registry.current().version == "v1"
         assert "candidate" in retrain.status.text()

@@ -1,0 +1,36 @@
+"""The review queue as a read-only table (used by the review panel)."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+
+class QueueTable(QTableWidget):
+    """The queue as a read-only table: rank, score, chip, number of proposals."""
+
+    COLUMNS = ("Rank", "Score", "Chip", "Proposals")
+
+    def __init__(self) -> None:
+        super().__init__(0, len(self.COLUMNS))
+        self.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.verticalHeader().setVisible(False)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.setMinimumHeight(160)
+
+    def show_items(self, rows: list) -> None:
+        """Replace the rows (no selection signals are emitted)."""
+        self.blockSignals(True)
+        self.clearSelection()
+        self.setRowCount(len(rows))
+        for r, it in enumerate(rows):
+            w = it.window
+            cells = (str(it.rank), f"{it.score:.3f}", f"r{int(w.row_off)} c{int(w.col_off)}", str(len(it.proposals)))
+            for c, text in enumerate(cells):
+                cell = QTableWidgetItem(text)
+                cell.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self.setItem(r, c, cell)
+        self.blockSignals(False)
