@@ -62,6 +62,7 @@ class ReviewWidget(QWidget):
         self.items: list = []
         self._rows: list = []
         self._edited = None  # chip accepted with "edit, then accept", still on screen
+        self._done: list = []  # chips reviewed in this session (back in the queue if undone)
         self.current = None
         self.rank_job: ProgressJob | None = None
         self.heat_job: ProgressJob | None = None
@@ -122,6 +123,7 @@ class ReviewWidget(QWidget):
         self.table.itemSelectionChanged.connect(self._on_row_selected)
         self.heatmap.toggled.connect(self._on_heatmap_toggled)
         session.labels_changed.connect(self.update_counts)
+        session.labels_changed.connect(self._requeue_undone)
         session.scene_changed.connect(lambda _: self.populate(self.items))
         for key, slot in self._keys():
             self.viewer.bind_key(key, lambda _v, s=slot: s(), overwrite=True)
@@ -374,6 +376,7 @@ class ReviewWidget(QWidget):
             return []
         self.chip_reviewed.emit()
         self.session.reviewed_changed.emit()
+        self._done.append(item)
         if advance:
             self.items = [it for it in self.items if it is not item]
             self._advance_from(item)
@@ -386,6 +389,18 @@ class ReviewWidget(QWidget):
     def _advance_from(self, item) -> None:
         row = next((r for r, it in enumerate(self._rows) if it is item), 0)
         self.populate(self.items, select_row=row, keep_current=False)
+
+    def _requeue_undone(self) -> None:
+        """Put chips whose review was undone (Ctrl+Z) back at the front of the queue."""
+        if not self._done:
+            return
+        reviewed = {(r.scene_id, r.window) for r in self.session.project.labels.reviewed_chips()}
+        undone = [it for it in self._done if (it.scene_id, it.window) not in reviewed]
+        if undone:
+            self._done = [it for it in self._done if it not in undone]
+            queued = {(it.scene_id, it.window) for it in self.items}
+            back = [it for it in reversed(undone) if (it.scene_id, it.window) not in queued]
+            self.populate(back + self.items)
 
     # ----- counts ------------------------------------------------------------------------------
     def update_counts(self) -> None:

@@ -52,6 +52,10 @@ def test_accept_all_stores_proposals_and_shows_next_chip(app, qtbot) -> None:
     assert len(app.session.editor.layer.data) == 1
     # the reviewed chip turned green in the grid
     assert (int(first.window.row_off), int(first.window.col_off)) in app.session.reviewed_keys()
+    # Ctrl+Z undoes the whole decision (footprints and chip mark) and the chip is queued again
+    assert app.session.editor.undo()
+    assert len(store.footprints()) == 0 and store.reviewed_chips() == []
+    assert review.table.rowCount() == 4 and review.items[0].window == first.window
 
 
 def test_review_keys_on_canvas(app, qtbot) -> None:
