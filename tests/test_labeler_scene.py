@@ -152,3 +152,27 @@ def test_two_scene_project_switches_scene_and_queue_rows(make_napari_viewer, qtb
         assert set(project.labels.footprints()["scene_id"]) == {second}
     finally:
         opened.close()
+
+
+@pytest.mark.gui
+def test_project_folder_opens_through_the_npe2_reader(make_napari_viewer, tiny_project, qtbot) -> None:
+    from pathlib import Path
+
+    from npe2 import PluginManager, PluginManifest
+
+    import labeler
+    from labeler.session import find_session
+
+    manifest = PluginManifest.from_file(Path(labeler.__file__).parent / "napari.yaml")
+    pm = PluginManager.instance()
+    if manifest.name not in pm._manifests:  # installed packages register it via the entry point
+        pm.register(manifest)
+    viewer = make_napari_viewer()
+    viewer.open(str(tiny_project), plugin="dclabel")
+    session = find_session(viewer)
+    assert session is not None and session.scene.width == 512
+    assert {"scene", "chip grid", "footprints"} <= {layer.name for layer in viewer.layers}
+    assert "Review queue" in viewer.window.dock_widgets
+    review = viewer.window.dock_widgets["Review queue"]
+    qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+    review.close_jobs()
