@@ -13,7 +13,7 @@ from labeler.scene_layers import (
     pyramid_factors,
     scene_pyramid,
 )
-from tests.conftest import TINY_CRS, TINY_TRANSFORM
+from conftest import TINY_CRS, TINY_TRANSFORM
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
 def test_two_scene_project_switches_scene_and_queue_rows(make_napari_viewer, qtbot, tmp_path) -> None:
     from labeler.app import open_project
     from loop.project import Project
-    from tests.conftest import tiny_checkpoint, write_tiny_scene
+    from conftest import tiny_checkpoint, write_tiny_scene
 
     a = write_tiny_scene(tmp_path / "a.tif", seed=1)
     b = write_tiny_scene(tmp_path / "b.tif", seed=2)
