@@ -121,9 +121,10 @@ def test_mark_empty_and_reject(app, qtbot) -> None:
 
 
 def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
+    from conftest import TINY_CRS, TINY_TRANSFORM
+
     from labeler.app import launch
     from model.scene import write_geotiff
-    from conftest import TINY_CRS, TINY_TRANSFORM
 
     scene = next(tiny_project.parent.glob("scene.tif"))
     write_geotiff(scene, np.zeros((3, 64, 64), np.uint8), TINY_CRS, TINY_TRANSFORM)  # 3 bands now

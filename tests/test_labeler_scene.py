@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from conftest import TINY_CRS, TINY_TRANSFORM
 from rasterio.enums import Resampling
 
 from labeler.scene_layers import (
@@ -13,7 +14,6 @@ from labeler.scene_layers import (
     pyramid_factors,
     scene_pyramid,
 )
-from conftest import TINY_CRS, TINY_TRANSFORM
 
 
 @pytest.fixture
@@ -129,9 +129,10 @@ def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
 
 @pytest.mark.gui
 def test_two_scene_project_switches_scene_and_queue_rows(make_napari_viewer, qtbot, tmp_path) -> None:
+    from conftest import tiny_checkpoint, write_tiny_scene
+
     from labeler.app import open_project
     from loop.project import Project
-    from conftest import tiny_checkpoint, write_tiny_scene
 
     a = write_tiny_scene(tmp_path / "a.tif", seed=1)
     b = write_tiny_scene(tmp_path / "b.tif", seed=2)
