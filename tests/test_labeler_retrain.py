@@ -105,3 +105,19 @@ def test_cancelled_retrain_keeps_the_current_model(app, qtbot) -> None:
     registry = app.session.project.registry
     assert [v.version for v in registry.versions()] == ["v1"] and registry.current().version == "v1"
     assert retrain.start_button.isEnabled() and not retrain.cancel_button.isEnabled()
+
+
+def test_regressed_candidate_is_reported_not_swapped_in(app, qtbot) -> None:
+    from conftest import tiny_checkpoint
+
+    registry = app.session.project.registry
+    candidate = tiny_checkpoint(confident=False)
+    candidate.metrics = {"iou": -1.0}  # far below v1: the registry keeps it as a candidate
+    result = registry.publish(candidate)
+    assert not result.promoted
+    switched = []
+    app.session.model_changed.connect(switched.append)
+    app.retrain._handle({"type": "rejected", "version": result.version, "reason": result.reason})
+    assert "candidate" in app.retrain.status.text() and switched == []
+    assert registry.current().version == "v1"
+    assert app.retrain.versions.count() == 2 and "candidate" in app.retrain.versions.item(0).text()
