@@ -7,8 +7,9 @@ budget, and both are scored through the same tiled detection pipeline on the tes
 
 - seed: U-Net base 32, two-class cross-entropy with equal weights, no augmentation, random chip
   split for validation, Adam(W) lr 1e-3, batch 8 (the study's defaults);
-- ours: same U-Net, BCE + soft Dice with positive weighting, dihedral + radiometric
-  augmentation, dropout before the head, cosine schedule, best-epoch selection on validation.
+- ours: the same U-Net at half width (base 16: ~4x cheaper per step, so ~4x more epochs in the
+  same budget), BCE + soft Dice with positive weighting, dihedral + radiometric augmentation,
+  dropout before the head, best-epoch selection on validation.
 
 Prints pixel IoU, Dice, precision, recall and object F1 (IoU >= 0.5 one-to-one) of both.
 
@@ -129,15 +130,13 @@ def main() -> None:
                        max_time_s=a.budget_s, seed=0)
     recipes = {
         "seed": replace(base, loss="ce", augment=False, dropout=0.0, weight_decay=0.0),
-        "ours": replace(base, loss="dice_bce", pos_weight=2.0, augment=True, dropout=0.1, lr=2e-3),
+        # On a CPU budget a half-width U-Net trained ~4x longer beats the full width trained briefly.
+        "ours": replace(base, loss="dice_bce", pos_weight=2.0, augment=True, dropout=0.1, lr=3e-3,
+                        base_channels=16),
     }
     rows = []
-    epochs_seen = 0
     for name, cfg in recipes.items():
         t = time.perf_counter()
-        if name == "ours":
-            # cosine schedule over the epochs the budget allows (measured from the seed run)
-            cfg = replace(cfg, epochs=max(2, epochs_seen))
         ckpt = fit(train, val, cfg)
         secs = time.perf_counter() - t
         epochs_seen = ckpt.train["epochs_run"]
