@@ -176,7 +176,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-time", type=float, default=None, help="stop training after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training process")
-    p.add_argument("--base-channels", type=int, default=32, help="U-Net width of a first (cold-start) model")
+    p.add_argument("--base-channels", type=int, default=16,
+                   help="U-Net width of a first (cold-start) model (32 = the seed's; 16 trains ~4x faster on a CPU)")
     p.add_argument("--depth", type=int, default=4, help="U-Net levels of a first model")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of a first model (BALD needs > 0)")
     p.set_defaults(func=run_retrain)

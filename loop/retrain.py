@@ -66,7 +66,7 @@ class RetrainJob:
         lr: Learning rate.
         batch_size: Chips per batch.
         val_fraction: Share of reviewed chips held out (chosen by window hash, stable across rounds).
-        unet: Model shape of a cold start; default base 32, depth 4, dropout 0.1 (BALD needs dropout).
+        unet: Model shape of a cold start; default base 16, depth 4, dropout 0.1 (BALD needs dropout).
         tolerance: Allowed validation drop before a new model is kept only as a candidate.
         seed: Training seed.
         max_time_s: Stop training after this many seconds (best-so-far weights are published).

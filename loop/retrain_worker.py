@@ -27,8 +27,10 @@ from model.scene import Chip
 from model.unet import UNetConfig
 
 Emit = Callable[[dict], None]
-#: Model shape of a first model: the seed U-Net plus dropout, so BALD (MC-dropout) ranking works.
-COLD_START_UNET = UNetConfig(base_channels=32, depth=4, dropout=0.1)
+#: Model shape of a first model: the seed's 4-level U-Net at half width (base 16: ~4x cheaper per
+#: step, so interactive rounds on a CPU take minutes, not tens of minutes; pass base 32 on a GPU),
+#: plus dropout so BALD (MC-dropout) ranking works.
+COLD_START_UNET = UNetConfig(base_channels=16, depth=4, dropout=0.1)
 
 
 @dataclass(frozen=True)
