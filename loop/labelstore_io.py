@@ -9,9 +9,7 @@ transaction (one undo step). Export writes RFC 7946 (EPSG:4326, right-hand rule)
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +19,7 @@ from rasterio.windows import bounds as window_bounds
 
 from loop import labelstore_gpkg as gp
 from loop.project import CLASSES
+from model.atomic import write_json_atomic
 from model.errors import LabelError
 from model.scene import SceneInfo, chip_windows
 
@@ -194,15 +193,4 @@ def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | N
         features.append({"type": "Feature", "id": props["fid"], "properties": props,
                          "geometry": shapely.geometry.mapping(shapely.orient_polygons(geom))})
     collection = {"type": "FeatureCollection", "name": path.stem, "features": features}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".geojson.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(collection, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, collection, indent=None)

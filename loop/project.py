@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import rasterio
 from rasterio.windows import Window
 
 from loop.errors import ProjectError
+from model.atomic import write_json_atomic
 from model.errors import SceneError
 from model.scene import Chip, SceneInfo, chip_windows, open_scene, read_chip, scene_id_for
 
@@ -66,17 +66,7 @@ class ProjectSettings:
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload)
 
 
 def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:

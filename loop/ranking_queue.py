@@ -8,8 +8,6 @@ queue atomically (geometries as WKT, windows as col_off/row_off/width/height) an
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from rasterio.windows import Window
 
 from loop.errors import ProjectError
 from loop.proposals import Proposal
+from model.atomic import write_json_atomic
 
 QUEUE_FILE = "queue.json"
 QUEUE_FORMAT = "dclabel-queue/1"
@@ -102,15 +101,7 @@ def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> 
             for it in items
         ],
     }
-    fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, payload, indent=None)
 
 
 def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from loop.errors import ProjectError
+from model.atomic import write_json_atomic
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.errors import CheckpointError
 
@@ -188,16 +188,7 @@ class CheckpointRegistry:
 
     # ----- writing ------------------------------------------------------------------------------
     def _write(self, payload: dict) -> None:
-        fd, tmp = tempfile.mkstemp(suffix=".json.part", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(payload, fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(self.path, payload)
 
     @contextmanager
     def _locked(self):

@@ -25,6 +25,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from loop.ranking import rank_chips
+from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
 from model.errors import Cancelled
 from model.scene import SceneInfo, open_scene, read_window, write_geotiff
@@ -330,14 +331,11 @@ def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig,
 
 def write_csv(rows: list[dict], path: Path) -> Path:
     """Write the rows atomically (temporary file, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.part")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
     return path
 
 
@@ -411,11 +409,9 @@ def plot_learning_curves(rows: list[dict], full: dict | None, path: Path, summar
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("dclabel active learning: mean +- std over seeds")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -6,11 +6,13 @@ previous version (if any) stays intact until the new one is complete.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _default_mode() -> int:
@@ -46,3 +48,12 @@ def atomic_path(path: str | os.PathLike, create: bool = False) -> Iterator[Path]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
+    """Write JSON atomically, flushed to disk (``fsync``) before it replaces ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=indent)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
