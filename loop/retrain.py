@@ -98,6 +98,7 @@ class RetrainJob:
         self._cancel = None
         self._cancel_deadline: float | None = None
         self._finished = True
+        self._exiting: list = []  # (process, deadline) of children that sent "done" but still run
         self._pending = False
         self.last_result: dict | None = None
 
@@ -169,6 +170,7 @@ class RetrainJob:
         When a round ends with a follow-up pending, the follow-up starts here (its failure to
         start is reported as an ``error`` event).
         """
+        self._reap()
         events = self._drain()
         if self.is_running and not any(e["type"] == "done" for e in events):
             events.extend(self._check_child())
@@ -200,6 +202,11 @@ class RetrainJob:
     def close(self) -> None:
         """Cancel and reap the child (for application shutdown)."""
         self.cancel()
+        for proc, _ in self._exiting:
+            proc.join(CANCEL_GRACE_S)
+            if proc.is_alive():
+                proc.terminate()
+        self._exiting = []
         if self._process is not None and self._process.is_alive():
             self._process.join(CANCEL_GRACE_S)
             if self._process.is_alive():
@@ -219,6 +226,18 @@ class RetrainJob:
                 return events
             except (EOFError, OSError):
                 return events
+
+    def _reap(self) -> None:
+        """Join finished children without blocking; terminate ones that outstay the grace period."""
+        still = []
+        for proc, deadline in self._exiting:
+            if proc.is_alive():
+                if time.monotonic() > deadline:
+                    proc.terminate()
+                still.append((proc, deadline))
+            else:
+                proc.join(0)
+        self._exiting = still
 
     def _check_child(self) -> list[dict]:
         """Synthesised events for a child that died silently or ignored a cancel."""
@@ -243,11 +262,11 @@ class RetrainJob:
                         f"(exit code {proc.exitcode}); the current model is unchanged."}, {"type": "done"}]
 
     def _finish(self) -> None:
+        # Never wait here (poll() runs on the GUI thread): a child still tearing down after "done"
+        # is reaped by later polls, and terminated if it lingers past the grace period.
         if self._process is not None:
-            self._process.join(2)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join(2)
+            self._exiting.append((self._process, time.monotonic() + CANCEL_GRACE_S))
+        self._reap()
         if self._queue is not None:
             self._queue.close()
             self._queue.join_thread()
