@@ -26,8 +26,8 @@ class DemoConfig:
     size: int = 2048
     seed: int = 0
     site: str = "ashburn"
-    seed_fraction: float = 0.25
-    initial_epochs: int = 6
+    seed_fraction: float = 0.375
+    initial_epochs: int = 25
     base_channels: int = 16
 
 
