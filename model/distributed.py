@@ -4,12 +4,14 @@
 of every scene, as scene index + window); with ``strategy="ddp"`` Lightning gives each rank an
 interleaved share of the tiles (its ``UnrepeatedDistributedSampler``: no tile twice). A
 :class:`TileWriter` appends each rank's float32 tile probabilities to per-rank files in
-``output_dir/.dclabel-parts``; after a barrier, rank 0 blends them scene by scene with the exact
-path's arithmetic (:class:`model.blend.StripBlender`), vectorizes and exports. With the same
-per-tile probabilities the GeoJSON equals the one-process :func:`model.detect.batch_detect`.
+``output_dir/.dclabel-parts``; after a barrier, each rank blends a share of the scenes (scene k on
+rank k % world size) with the exact path's arithmetic (:class:`model.blend.StripBlender`),
+vectorizes and writes ``<scene>.geojson``; after a second barrier rank 0 writes
+``all_detections``. With the same per-tile probabilities the GeoJSON equals the one-process
+:func:`model.detect.batch_detect`.
 
-The parts folder must be on a file system every rank sees (for several nodes: a shared one).
-Non-zero ranks write only their part files and return None.
+The output folder must be on a file system every rank sees (for several nodes: a shared one).
+Non-zero ranks write their part files and their scenes' outputs, and return None.
 
 Example:
     dclabel batch-detect --checkpoint m.pt --input-dir scenes/ --output-dir out/ \
@@ -199,7 +201,7 @@ class TileWriter(BasePredictionWriter):
 
 def blend_parts(scene: SceneInfo, scene_index: int, offset: int, parts: Path, world_size: int,
                 prob_path: Path, tile_size: int, overlap: int) -> Path:
-    """Rank 0: blend every rank's tiles of one scene into its probability GeoTIFF (exact-path order)."""
+    """Blend every rank's tiles of one scene into its probability GeoTIFF (exact-path order)."""
     t = tile_size
     lookup: dict[int, np.ndarray] = {}
     for rank in range(world_size):
@@ -277,21 +279,21 @@ def batch_detect_distributed(
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         if len(dataset):
             trainer.predict(TileDetector(ckpt, config), loader, return_predictions=False)
+    # Every rank blends, vectorizes and exports its share of the scenes (scene k on rank k % world).
+    rank, world = (trainer.global_rank, trainer.world_size) if len(dataset) else (0, 1)
+    for k in range(rank, len(scenes), world):
+        stem = stems[todo[k]]
+        prob = parts / f"{stem}_prob.tif"
+        blend_parts(scenes[k], k, dataset.offsets[k], parts, world, prob, config.tile_size, config.overlap)
+        export_scene(prob, scenes[k], ckpt.version, config, output_geojson=out / f"{stem}.geojson",
+                     output_mask=out / f"{stem}_mask.tif" if masks else None)
+        prob.unlink()
+    trainer.strategy.barrier("dclabel-scenes-exported")
     if not trainer.is_global_zero:
         return None
     tables = []
-    for i, stem in enumerate(stems):
-        gj = out / f"{stem}.geojson"
-        if i in todo:
-            k = todo.index(i)
-            prob = parts / f"{stem}_prob.tif"
-            blend_parts(scenes[k], k, dataset.offsets[k], parts, trainer.world_size, prob,
-                        config.tile_size, config.overlap)
-            t = export_scene(prob, scenes[k], ckpt.version, config, output_geojson=gj,
-                             output_mask=out / f"{stem}_mask.tif" if masks else None).to_crs("EPSG:4326")
-            prob.unlink()
-        else:
-            t = gpd.read_file(gj)
+    for stem in stems:
+        t = gpd.read_file(out / f"{stem}.geojson")
         t["scene"] = stem
         tables.append(t)
     shutil.rmtree(parts, ignore_errors=True)
