@@ -163,7 +163,7 @@ def main() -> None:
           f"{VIRGINIA_KM2 * per_gpu / 3600:8.1f} h ({per_gpu:.3f} s/km^2, "
           f"{'compute' if gpu_s_km2 >= io_s_km2 else 'I/O'}-bound)")
     print(f"  {a.gpus} GPUs (PROJECTION, linear DDP scaling over tiles, I/O per host assumed to scale): "
-          f"{VIRGINIA_KM2 * per_gpu / a.gpus / 3600:8.1f} h, plus rank 0's serial blend + vectorize per scene")
+          f"{VIRGINIA_KM2 * per_gpu / a.gpus / 3600:8.1f} h, plus blend + vectorize (spread over ranks by scene)")
 
 
 if __name__ == "__main__":
