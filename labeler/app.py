@@ -16,6 +16,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
 
+from labeler.download_widget import DownloadWidget
 from labeler.export_widget import ExportWidget
 from labeler.labels_widget import LabelsWidget
 from labeler.retrain_widget import RetrainWidget
@@ -35,6 +36,7 @@ class OpenedProject:
     review: ReviewWidget
     retrain: RetrainWidget
     export: ExportWidget
+    download: DownloadWidget
 
     def close(self) -> None:
         """Stop every background job of the project (training process, workers)."""
@@ -42,6 +44,7 @@ class OpenedProject:
         if self.session.overview_job is not None:
             self.session.overview_job.cancel()
         self.export.close_jobs()
+        self.download.close_jobs()
         self.retrain.close_job()
 
 
@@ -73,6 +76,8 @@ def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
     review = ReviewWidget(session)
     retrain = RetrainWidget(session, **(retrain_options or {}))
     export = ExportWidget(session)
+    download = DownloadWidget(session)
+    download.scene_added.connect(labels.add_scene_item)
 
     session.labels_changed.connect(session.refresh_grid)
     session.labels_changed.connect(review.update_counts)
@@ -84,10 +89,11 @@ def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
         review_dock = win.add_dock_widget(review, name="Review queue", area="right", tabify=False)
         win.add_dock_widget(retrain, name="Retrain", area="right", tabify=True)
         win.add_dock_widget(export, name="Export", area="right", tabify=True)
+        win.add_dock_widget(download, name="Download NAIP", area="right", tabify=True)
         # tabify leaves the last panel in front; reviewing comes first (once the docks are laid out)
         QTimer.singleShot(0, review_dock.raise_)
         viewer.title = f"{TITLE}: {Path(project.root).name}"
-    opened = OpenedProject(session, labels, review, retrain, export)
+    opened = OpenedProject(session, labels, review, retrain, export, download)
     if win is not None:
         try:
             win._qt_window.destroyed.connect(opened.close)
@@ -156,6 +162,7 @@ review_widget = session_widget(ReviewWidget)
 retrain_widget = session_widget(RetrainWidget)
 export_widget = session_widget(ExportWidget)
 labels_widget = session_widget(LabelsWidget)
+download_widget = session_widget(DownloadWidget)
 
 
 def get_reader(path):

@@ -71,6 +71,15 @@ class LabelsWidget(QWidget):
         self.redo_button.clicked.connect(lambda: self.session.editor.redo())
         session.scene_changed.connect(lambda _: self._on_class())
 
+    def add_scene_item(self, scene_id: str) -> None:
+        """List a scene added while the app runs (e.g. downloaded) and select it."""
+        sc = self.session.project.scene(scene_id)
+        if self.scene.findData(scene_id) < 0:
+            self.scene.addItem(f"{sc.scene_id}  ({sc.width}×{sc.height})", sc.scene_id)
+        self.scene.blockSignals(True)
+        self.scene.setCurrentIndex(self.scene.findData(scene_id))
+        self.scene.blockSignals(False)
+
     def _on_scene(self) -> None:
         scene_id = self.scene.currentData()
         if scene_id and scene_id != self.session.scene.scene_id:

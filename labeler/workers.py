@@ -32,6 +32,18 @@ class Progress:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
 
+class JobError(Exception):
+    """A background job's RuntimeError (e.g. ``NaipError``, ``StoreError``), passed on intact.
+
+    Attributes:
+        original: The exception the job raised; ``str()`` is its message.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 class ProgressJob:
     """A long function with ``progress``/``cancel`` keywords, run off the Qt main thread.
 
@@ -96,5 +108,10 @@ class ProgressJob:
                 self.cancel_event.set()
             thread.join()
         if "error" in outcome:
-            raise outcome["error"]
+            error = outcome["error"]
+            if isinstance(error, RuntimeError):
+                # superqt's worker treats a RuntimeError as "the Qt object was deleted" and ends
+                # silently, without errored/finished: wrap it so the panel hears about it.
+                raise JobError(error) from error
+            raise error
         return outcome.get("result")
