@@ -12,6 +12,7 @@ import shapely
 from affine import Affine
 from rasterio.features import geometry_mask, shapes
 from rasterio.windows import Window
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon, shape
@@ -23,6 +24,26 @@ def mask_to_polygons(mask: np.ndarray, transform: Affine) -> list[Polygon]:
     """Polygons of the True regions of a boolean mask (8-connected), in the transform's CRS."""
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     return [shape(geom) for geom, val in shapes(m, mask=m > 0, transform=transform, connectivity=8) if val]
+
+
+def drop_specks(mask: np.ndarray, min_px: int, keep_top: bool = False, keep_bottom: bool = False) -> np.ndarray:
+    """Remove 8-connected components under ``min_px`` pixels before vectorizing.
+
+    A weak model can leave hundreds of thousands of one-pixel specks; polygonizing and merging
+    them costs minutes and they would be dropped by the area filter anyway. Components touching
+    the top or bottom row are kept when ``keep_top``/``keep_bottom`` says the row is a block edge
+    inside the scene (the component may continue in the next block).
+    """
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_px
+    small[0] = False
+    for keep, row in ((keep_top, labels[0]), (keep_bottom, labels[-1])):
+        if keep:
+            small[np.unique(row)] = False
+    return mask & ~small[labels]
 
 
 def _groups(polys: Sequence[Polygon], predicate: str, distance: float | None = None) -> list[np.ndarray]:
@@ -133,8 +154,10 @@ def vectorize_probability(
         pieces: list[Polygon] = []
         for r in range(0, src.height, block_rows):
             win = Window(0, r, src.width, min(block_rows, src.height - r))
-            block = src.read(1, window=win)
-            pieces.extend(mask_to_polygons(block >= max(cut, 1), src.window_transform(win)))
+            block = src.read(1, window=win) >= max(cut, 1)
+            block = drop_specks(block, int(min_area_px), keep_top=r > 0,
+                                keep_bottom=r + block.shape[0] < src.height)
+            pieces.extend(mask_to_polygons(block, src.window_transform(win)))
         polys = merge_nearby(stitch(pieces), merge_distance)
         min_area = min_area_px * pixel_area
         geoms = [g for g in (clean(p, min_area, simplify) for p in polys) if g is not None]

@@ -113,6 +113,16 @@ def test_vectorize_stitches_blocks_merges_close_and_keeps_edges(tmp_path):
     assert len(apart) == 4
 
 
+def test_specks_are_dropped_early_but_block_edge_pieces_are_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    prob = (rng.random((400, 400)) > 0.97).astype(np.float32) * 0.9  # ~4800 one-pixel specks
+    prob[95:105, 200:215] = 0.9  # 150 px, cut by the block edge at row 100 into two 75 px pieces
+    path, _ = _prob_raster(tmp_path, prob)
+    found = vectorize_probability(path, 0.5, 100, 0.0, 0.0, block_rows=100)
+    assert len(found) == 1
+    assert found.geometry.iloc[0].area / 0.36 >= 150
+
+
 def test_merge_nearby_leaves_far_polygons_untouched():
     a, b, c = box(0, 0, 10, 10), box(14, 0, 24, 10), box(100, 0, 110, 10)
     merged = merge_nearby([a, b, c], 5.0)
