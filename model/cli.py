@@ -146,9 +146,11 @@ def _train(a: argparse.Namespace) -> int:
     )
     init = load_checkpoint(a.init) if a.init else None
     path = train_from_folders(a.chips_dir, a.masks_dir, a.output_dir, cfg, a.val_fraction, init)
-    from model.checkpoint import load_checkpoint as _load
+    from lightning.pytorch.utilities import rank_zero_only
 
-    m = _load(path).metrics
+    if rank_zero_only.rank != 0:
+        return 0
+    m = load_checkpoint(path).metrics
     shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
     print(f"best checkpoint: {path} ({shown}); metrics log: {a.output_dir / 'logs' / 'metrics.csv'}")
     return 0

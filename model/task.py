@@ -99,6 +99,9 @@ class SegmentationTask(L.LightningModule):
             self._counts[3:] += (m["tp"], m["fp"], m["fn"])
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: every rank saw a shard of the validation chips
+            total = self.trainer.strategy.reduce(torch.tensor(self._counts, device=self.device), reduce_op="sum")
+            self._counts = total.cpu().numpy()
         pix = counts_to_metrics(*self._counts[:3])
         obj = f1_from_counts(*(int(c) for c in self._counts[3:]))
         for k, v in pix.items():

@@ -14,6 +14,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from model.checkpoint import Checkpoint, save_checkpoint
@@ -213,4 +214,7 @@ def train_from_folders(
         config = TrainConfig(**{**asdict(config), "log_dir": out / "logs"})
     ckpt = fit(_Subset(pairs, tr), _Subset(pairs, va), config, init=init, progress=progress)
     ckpt.train["chips_dir"] = str(Path(chips_dir).resolve())
-    return save_checkpoint(ckpt, out / "best.pt")
+    path = out / "best.pt"
+    if rank_zero_only.rank == 0:  # under DDP every rank returns the same weights; one writes them
+        save_checkpoint(ckpt, path)
+    return path

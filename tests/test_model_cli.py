@@ -1,0 +1,63 @@
+"""The seed scripts' workflow through the CLI: chips -> create-masks -> train -> batch-detect."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from geodata import make_scene
+
+from loop.cli import main as cli_main
+from model.checkpoint import load_checkpoint
+from model.chips import write_chips
+from model.errors import LabelError
+from model.scene import open_scene
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def chips(tmp_path):
+    path, polys = make_scene(tmp_path / "scene.tif", (512, 512), [(40, 40, 200, 220), (300, 280, 460, 470)])
+    s = open_scene(path)
+    labels = gpd.GeoDataFrame({"class": ["datacenter", "warehouse"]}, geometry=polys, crs=s.crs).to_crs(4326)
+    labels.to_file(tmp_path / "labels.geojson")
+    write_chips(s, labels, tmp_path / "ds", size=128)
+    return tmp_path, path
+
+
+def test_create_masks_train_and_batch_detect(chips, capsys):
+    tmp, scene = chips
+    assert cli_main(["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson", str(tmp / "labels.geojson"),
+                     "--output-dir", str(tmp / "masks")]) == 0
+    assert "16 masks (4 with data centers)" in capsys.readouterr().out  # the warehouse is background
+    for name in ("ds/masks", "masks"):  # write_chips and create-masks agree
+        with rasterio.open(next((tmp / name).glob("*r0_c0.tif"))) as m:
+            assert m.read(1).sum() > 0
+    assert cli_main(["train", "--chips-dir", str(tmp / "ds/chips"), "--masks-dir", str(tmp / "masks"),
+                     "--output-dir", str(tmp / "run"), "--epochs", "1", "--batch-size", "8",
+                     "--base-channels", "4", "--depth", "2", "--accelerator", "cpu"]) == 0
+    ckpt = load_checkpoint(tmp / "run" / "best.pt")
+    assert ckpt.train["train_chips"] + ckpt.train["val_chips"] == 16 and "iou" in ckpt.metrics
+    assert (tmp / "run" / "logs" / "metrics.csv").exists()
+    assert cli_main(["batch-detect", "--checkpoint", str(tmp / "run" / "best.pt"), "--images", str(scene),
+                     "--output-dir", str(tmp / "out"), "--tile-size", "128"]) == 0
+    summary = json.loads((tmp / "out" / "all_detections.geojson").read_text())
+    assert summary["type"] == "FeatureCollection"
+    assert (tmp / "out" / "scene.geojson").exists() and (tmp / "out" / "all_detections.csv").exists()
+
+
+def test_create_masks_errors_when_labels_miss_the_chips(chips):
+    tmp, _ = chips
+    far = gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=gpd.points_from_xy([-120.0], [36.0]).buffer(0.001),
+                           crs=4326)
+    far.to_file(tmp / "far.geojson")
+    from model.chips import create_masks
+
+    with pytest.raises(LabelError, match="no data-center polygon overlaps"):
+        create_masks(tmp / "ds/chips", tmp / "far.geojson", tmp / "m2", progress=False)
+    assert np.all([rasterio.open(p).read(1).max() == 0 for p in (tmp / "m2").glob("*.tif")])
