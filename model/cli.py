@@ -160,10 +160,7 @@ def _detect(a: argparse.Namespace) -> int:
     outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
     if not any(outputs):
         raise SystemExit("dclabel detect: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
-    if a.mode == "fast":
-        from model.detect_fast import detect_scene_fast as detect_scene
-    else:
-        from model.detect import detect_scene
+    from model.detect import detect_scene
 
     bar = TqdmProgress("detect", "tile")
     try:
@@ -198,10 +195,7 @@ def _batch_detect(a: argparse.Namespace) -> int:
         if table is None:  # not global rank 0: rank 0 reports
             return 0
     else:
-        if a.mode == "fast":
-            from model.detect_fast import batch_detect_fast as batch_detect
-        else:
-            from model.detect import batch_detect
+        from model.detect import batch_detect
 
         bar = TqdmProgress("batch-detect", "scene")
         try:

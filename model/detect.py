@@ -61,19 +61,55 @@ def detect_scene(
     """
     config = config or DetectConfig()
     scene = image if isinstance(image, SceneInfo) else open_scene(image, config.bands)
-    unit = _metres_per_unit(scene)
+    _metres_per_unit(scene)  # fail before predicting on a geographic CRS
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, len(scene.bands))
     with tempfile.TemporaryDirectory(prefix="dclabel-detect-") as tmp:
         prob = Path(output_prob) if output_prob else Path(tmp) / "prob.tif"
-        predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
-                      config.device, progress, cancel)
-        found = vectorize_probability(prob, config.threshold, config.min_area,
-                                      config.merge_distance / unit, config.simplify / unit)
-        table = detection_table(found, ckpt.version)
-        write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
-        if output_mask:
-            write_mask(prob, output_mask, config.threshold)
+        if config.mode == "fast":
+            from model.fastpath import predict_scene_fast
+
+            predict_scene_fast(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
+                               config.device, config.coarse_factor, config.coarse_threshold,
+                               config.precision, progress, cancel)
+        else:
+            predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
+                          config.device, progress, cancel)
+        return export_scene(prob, scene, ckpt.version, config, output_geojson, output_gpkg,
+                            output_csv, output_mask)
+
+
+def export_scene(
+    prob_path: str | os.PathLike,
+    scene: SceneInfo,
+    model_version: str,
+    config: DetectConfig,
+    output_geojson: str | os.PathLike | None = None,
+    output_gpkg: str | os.PathLike | None = None,
+    output_csv: str | os.PathLike | None = None,
+    output_mask: str | os.PathLike | None = None,
+) -> gpd.GeoDataFrame:
+    """Vectorize a probability GeoTIFF of a scene and write the requested outputs.
+
+    Returns:
+        The detection table in the scene CRS.
+    """
+    unit = _metres_per_unit(scene)
+    found = vectorize_probability(prob_path, config.threshold, config.min_area,
+                                  config.merge_distance / unit, config.simplify / unit)
+    table = detection_table(found, model_version)
+    write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
+    if output_mask:
+        write_mask(prob_path, output_mask, config.threshold)
     return table
+
+
+def merge_scene_tables(tables: list[gpd.GeoDataFrame], output_dir: Path) -> gpd.GeoDataFrame:
+    """Concatenate per-scene EPSG:4326 tables, renumber ``id``, write ``all_detections.{geojson,csv}``."""
+    allt = gpd.GeoDataFrame(pd.concat(tables, ignore_index=True), crs="EPSG:4326") if tables else \
+        gpd.GeoDataFrame({"scene": []}, geometry=[], crs="EPSG:4326")
+    allt["id"] = range(1, len(allt) + 1)
+    write_detections(allt, geojson=output_dir / "all_detections.geojson", csv=output_dir / "all_detections.csv")
+    return allt
 
 
 def batch_detect(
@@ -110,8 +146,4 @@ def batch_detect(
         tables.append(t)
         if progress is not None:
             progress(i + 1, len(images), {"scene": stem, "detections": len(t)})
-    allt = gpd.GeoDataFrame(pd.concat(tables, ignore_index=True), crs="EPSG:4326") if tables else \
-        gpd.GeoDataFrame({"scene": []}, geometry=[], crs="EPSG:4326")
-    allt["id"] = range(1, len(allt) + 1)
-    write_detections(allt, geojson=out / "all_detections.geojson", csv=out / "all_detections.csv")
-    return allt
+    return merge_scene_tables(tables, out)

@@ -48,7 +48,7 @@ from model.blend import (
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
-from model.detect_fast import export_scene, merge_scene_tables
+from model.detect import export_scene, merge_scene_tables
 from model.fastpath import FastModel
 from model.inference import predict_tiles
 from model.scene import SceneInfo, open_scene, read_window

@@ -19,7 +19,6 @@ from shapely.geometry import shape
 from model.checkpoint import Checkpoint, Normalization, save_checkpoint
 from model.config import DetectConfig
 from model.detect import batch_detect, detect_scene
-from model.detect_fast import detect_scene_fast
 from model.fastpath import FastModel, fuse_batch_norm, predict_scene_fast
 from model.predict_scene import predict_scene
 from model.scene import open_scene
@@ -92,7 +91,7 @@ def test_gate_skips_empty_tiles_and_keeps_every_footprint(tmp_path):
     exact = detect_scene(ckpt, scene, cfg)
     stats = predict_scene_fast(ckpt, scene, tmp_path / "f.tif", 64, 16, 4, "cpu", coarse_factor=4,
                                coarse_threshold=0.3)
-    fast = detect_scene_fast(ckpt, scene, DetectConfig(**{**cfg.__dict__, "mode": "fast", "coarse_threshold": 0.3}))
+    fast = detect_scene(ckpt, scene, DetectConfig(**{**cfg.__dict__, "mode": "fast", "coarse_threshold": 0.3}))
     assert stats.full_res < 0.8 * stats.with_data  # background tiles skipped
     assert len(fast) == len(exact) == len(ROOFS)
     for a, b in zip(sorted(exact.geometry, key=lambda g: g.area), sorted(fast.geometry, key=lambda g: g.area),
