@@ -10,18 +10,16 @@ tiles come from other processes. Memory depends on the scene's width, not its ar
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from model.predict_scene import PROB_SCALE
+from model.atomic import atomic_path
 from model.scene import SceneInfo
-from model.tiling import blend_weights, tile_starts
+from model.tiling import PROB_SCALE, blend_weights, tile_starts
 
 
 def tile_grid(scene: SceneInfo, tile_size: int, overlap: int) -> tuple[list[int], list[int]]:
@@ -102,19 +100,10 @@ def probability_raster(scene: SceneInfo, prob_path: str | os.PathLike) -> Iterat
     The file is renamed to ``prob_path`` when the block exits normally and removed otherwise
     (a cancelled or failed run leaves nothing at ``prob_path``).
     """
-    prob_path = Path(prob_path)
-    prob_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tif.part", dir=prob_path.parent)
-    os.close(fd)
     profile = {
         "driver": "GTiff", "width": scene.width, "height": scene.height, "count": 1, "dtype": "uint8",
         "crs": scene.crs, "transform": scene.transform, "compress": "deflate", "tiled": True,
         "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
     }
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            yield dst
-        os.replace(tmp, prob_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(prob_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        yield dst

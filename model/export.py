@@ -14,7 +14,7 @@ import rasterio
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
-from model.predict_scene import PROB_SCALE
+from model.tiling import PROB_SCALE
 
 COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PROB_SCALE = 255.0  # probability rasters store round(p * 255) as uint8
+
 
 def tile_starts(n: int, tile: int, stride: int) -> list[int]:
     """Origins of tiles of ``tile`` px with step ``stride`` covering ``n`` px; the last one snapped inside.

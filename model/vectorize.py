@@ -17,7 +17,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from model.predict_scene import PROB_SCALE
+from model.tiling import PROB_SCALE
 
 
 def mask_to_polygons(mask: np.ndarray, transform: Affine) -> list[Polygon]:
