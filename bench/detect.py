@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-checkpoint", type=Path, default=None,
+                    help="checkpoint for the memory runs (default: --checkpoint); a narrow one saves time")
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     ckpt_path = a.checkpoint or random_checkpoint(OUT / "bench_random_base32.pt")
@@ -104,7 +106,8 @@ def main() -> None:
         rss = {}
         for size in (2048, 8192):
             s = tiled_scene(base, size) if size != 2048 else base
-            _, rss[size] = run_measured([*DCLABEL, "detect", "--checkpoint", str(ckpt_path), "--image", str(s),
+            _, rss[size] = run_measured([*DCLABEL, "detect", "--checkpoint", str(a.rss_checkpoint or ckpt_path),
+                                         "--image", str(s),
                                          "--output-geojson", str(out / f"r{size}.geojson"),
                                          "--output-mask", str(out / f"r{size}.tif")])
             print(f"peak RSS, {size}x{size}: {rss[size]} MiB")
