@@ -19,6 +19,8 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 
 from model.tiling import PROB_SCALE
 
+BLOCK_PIXELS = 4 * 1024 * 1024  # pixels per vectorizing block: bounds memory for any scene size
+
 
 def mask_to_polygons(mask: np.ndarray, transform: Affine) -> list[Polygon]:
     """Polygons of the True regions of a boolean mask (8-connected), in the transform's CRS."""
@@ -128,7 +130,7 @@ def vectorize_probability(
     min_area_px: float = 100,
     merge_distance: float = 10.0,
     simplify: float = 0.6,
-    block_rows: int = 2048,
+    block_rows: int | None = None,
 ) -> gpd.GeoDataFrame:
     """Footprint polygons from a probability GeoTIFF written by :func:`predict_scene`.
 
@@ -143,22 +145,31 @@ def vectorize_probability(
         min_area_px: Minimum footprint (and part, and hole) size in pixels.
         merge_distance: Merge footprints within this distance (CRS units, metres for UTM).
         simplify: Douglas-Peucker tolerance in CRS units (0 keeps the pixel staircase).
-        block_rows: Rows read per block.
+        block_rows: Rows read per block (default: about 4 Mpx per block, whatever the width).
 
     Returns:
         GeoDataFrame in the raster's CRS with ``geometry`` and ``mean_confidence``.
     """
     cut = int(np.ceil(threshold * PROB_SCALE - 1e-9))
     with rasterio.open(prob_path) as src:
+        block_rows = block_rows or int(np.clip(BLOCK_PIXELS // max(src.width, 1), 256, 4096))
         pixel_area = abs(src.transform.a * src.transform.e - src.transform.b * src.transform.d)
         pieces: list[Polygon] = []
         for r in range(0, src.height, block_rows):
             win = Window(0, r, src.width, min(block_rows, src.height - r))
             block = src.read(1, window=win) >= max(cut, 1)
-            block = drop_specks(block, int(min_area_px), keep_top=r > 0,
-                                keep_bottom=r + block.shape[0] < src.height)
+            edges = {"keep_top": r > 0, "keep_bottom": r + block.shape[0] < src.height}
+            block = drop_specks(block, int(min_area_px), **edges)
+            # fill holes under the minimum area now: a weak model leaves thousands of pinholes,
+            # which make polygonizing, buffering and merging orders of magnitude slower
+            block = ~drop_specks(~block, int(min_area_px), **edges)
             pieces.extend(mask_to_polygons(block, src.window_transform(win)))
-        polys = merge_nearby(stitch(pieces), merge_distance)
+        polys = stitch(pieces)
+        # Pixel staircases carry a vertex per pixel edge; dropping collinear/sub-pixel vertices
+        # first (half a pixel, under the output simplification) makes merging cheaper.
+        res = abs(src.transform.a)
+        polys = list(shapely.simplify(np.asarray(polys, dtype=object), 0.5 * res, preserve_topology=True))
+        polys = merge_nearby(polys, merge_distance)
         min_area = min_area_px * pixel_area
         geoms = [g for g in (clean(p, min_area, simplify) for p in polys) if g is not None]
         conf = [mean_probability(src, g) for g in geoms]
