@@ -115,7 +115,7 @@ def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
 
     manifest = PluginManifest.from_file(Path(labeler.__file__).parent / "napari.yaml")
     assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Labels", "Review queue", "Retrain", "Export detections"}
+        "Labels", "Review queue", "Retrain", "Export detections", "Download NAIP"}
     assert manifest.contributions.readers[0].accepts_directories
     import importlib
 
