@@ -22,8 +22,8 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
     """Create the demo project if it is missing or incomplete; return its folder.
 
     Steps (each skipped when already done, so an interrupted run resumes): draw the scene and its
-    ground truth; create the project; import the ground truth of the left ``seed_fraction`` of the
-    scene as reviewed labels; train and publish a first model.
+    ground truth; create the project; import the ground truth of ``seed_fraction`` of the chips
+    as reviewed labels; train and publish a first model.
 
     Args:
         root: Project folder (default :func:`default_demo_dir`).
@@ -64,22 +64,34 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
 
 
 def seed_labels(project: Project, scene_id: str, truth_path: Path, fraction: float) -> int:
-    """Import ground truth for the chips in the left ``fraction`` of a scene and mark them reviewed.
+    """Import ground truth for ``fraction`` of a scene's chips and mark those chips reviewed.
 
-    Every footprint touching one of those chips is imported whole, so a reviewed chip holds all of
-    its data centers (the rest of the chip is truly background).
+    The chips are the ones a person would label first: two thirds are the chips with the most
+    building area (data centers and look-alike hard negatives), one third is spread evenly over
+    the remaining chips (mostly background). Every footprint touching a chosen chip is imported
+    whole, so a reviewed chip holds all of its data centers (the rest of it is truly background).
 
     Returns:
         Number of chips marked reviewed.
     """
+    from shapely.geometry import box
+
     scene = project.scene(scene_id)
     store = project.labels
     truth = gpd.read_file(truth_path).to_crs(scene.crs)
-    limit = fraction * scene.width
-    chips = [w for w in project.chip_windows(scene_id) if w.col_off + w.width <= max(limit, w.width)]
+    windows = project.chip_windows(scene_id)
+    n = max(1, round(fraction * len(windows)))
+    area = []
+    for w in windows:
+        b = box(*rasterio.windows.bounds(w, scene.transform))
+        area.append(sum(truth.geometry.iloc[i].intersection(b).area for i in truth.sindex.query(b)))
+    order = sorted(range(len(windows)), key=lambda i: -area[i])
+    busy = order[: -(-2 * n // 3)]
+    rest = order[len(busy) :]
+    step = max(1, len(rest) // max(1, n - len(busy)))
+    chosen = sorted(busy + rest[::step][: n - len(busy)])
+    chips = [windows[i] for i in chosen]
     boxes = [rasterio.windows.bounds(w, scene.transform) for w in chips]
-    from shapely.geometry import box
-
     touched = sorted({int(i) for b in boxes for i in truth.sindex.query(box(*b))})
     for i in touched:
         row = truth.iloc[i]

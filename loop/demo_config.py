@@ -17,8 +17,8 @@ class DemoConfig:
         size: Scene side in pixels (0.6 m each).
         seed: Seed of the scene generator.
         site: Real cluster layout: ``ashburn`` or ``santa_clara``.
-        seed_fraction: Fraction of the scene's columns (from the left) whose chips come labeled
-            and reviewed: the "few labels to start from".
+        seed_fraction: Fraction of the scene's chips that come labeled and reviewed (the "few
+            labels to start from"; see :func:`loop.demo.seed_labels` for which).
         initial_epochs: Epochs of the first model (0 = no model: the queue starts cold).
         base_channels: Width of the first model's U-Net.
     """

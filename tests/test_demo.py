@@ -20,7 +20,7 @@ def test_demo_project_is_complete_and_resumable(tmp_path):
     project = Project.open(root)
     scene = project.scenes[0]
     reviewed = project.labels.reviewed_chips(scene.scene_id)
-    assert reviewed and all(rc.window.col_off + rc.window.width <= 256 for rc in reviewed)
+    assert len(reviewed) == 2  # half of the 4 chips of a 512 px scene
     assert project.registry.current() is not None and project.registry.current().version == "v1"
 
     # Every data center of the ground truth inside a reviewed chip is in the store (no false negatives).
