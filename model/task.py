@@ -16,7 +16,14 @@ LossName = Literal["dice_bce", "focal_dice", "ce"]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice over the whole batch (stable when chips hold no positives)."""
+    """1 - soft Dice over the whole batch; 0 for a batch with no positive pixel.
+
+    Dice is undefined without positives, and its smoothed form would reward predicting nothing at
+    all, which collapses a model trained on few labels where most batches are reviewed-empty chips.
+    Such batches are left to the pixel-wise term (BCE or focal) of the loss.
+    """
+    if not bool((target > 0).any()):
+        return logits.sum() * 0.0
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
