@@ -70,7 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="passed to detect (default: detect's own, 1 tile per pass on a CPU)")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--rss-checkpoint", type=Path, default=None,
                     help="checkpoint for the memory runs (default: --checkpoint); a narrow one saves time")
@@ -92,7 +93,7 @@ def main() -> None:
     out.mkdir()
     cmd = [*DCLABEL, "detect", "--checkpoint", str(ckpt_path), "--image", str(scene),
            "--output-geojson", str(out / "d.geojson"), "--output-mask", str(out / "m.tif"),
-           "--batch-size", str(a.batch_size)]
+           *(["--batch-size", str(a.batch_size)] if a.batch_size else [])]
     wall, rss_big = run_measured(cmd)
     per_tile, bs = bare_forward_s_per_tile(ckpt, scene, tile)
     bare = n_tiles * per_tile

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
-from model.scene import SceneInfo
+from model.scene import SceneInfo, read_window
 from model.tiling import PROB_SCALE, blend_weights, tile_starts
 
 
@@ -48,6 +50,51 @@ def read_strip_valid(src: rasterio.DatasetReader, row: int, width: int, tile_siz
 def keep_tile(tile: np.ndarray, valid: np.ndarray | None) -> bool:
     """The tile holds data worth predicting (not all nodata, not all zero fill)."""
     return not ((valid is not None and not valid.any()) or not tile.any())
+
+
+@dataclass
+class Strip:
+    """One strip of tiles as read for prediction.
+
+    Attributes:
+        index: Strip number (0 at the top).
+        image: uint8 (bands, tile_size, strip width) pixels, zero past the scene edge.
+        valid: Valid-data mask (tile_size, strip width), or None when every pixel is valid.
+        origins: Columns of the tiles in the strip that hold data (see :func:`keep_tile`).
+    """
+
+    index: int
+    image: np.ndarray
+    valid: np.ndarray | None
+    origins: list[int]
+
+    def tiles(self, cols: list[int], tile_size: int) -> np.ndarray:
+        """Stack of the tiles at ``cols`` (N, bands, tile_size, tile_size)."""
+        return np.stack([self.image[:, :, c : c + tile_size] for c in cols])
+
+
+def read_strips(scene: SceneInfo, src: rasterio.DatasetReader, tile_size: int, overlap: int) -> Iterator[Strip]:
+    """The scene's strips top to bottom; the next strip is read in a background thread while the
+    caller works on the current one (reading overlaps the model's forward passes)."""
+    rows, cols = tile_grid(scene, tile_size, overlap)
+    width = strip_width(scene, tile_size)
+    masked = has_mask(src)
+
+    def read(i: int) -> Strip:
+        r = rows[i]
+        img = read_window(scene, Window(0, r, width, tile_size), src)
+        valid = read_strip_valid(src, r, width, tile_size) if masked else None
+        origins = [c for c in cols if keep_tile(img[:, :, c : c + tile_size],
+                                                valid[:, c : c + tile_size] if valid is not None else None)]
+        return Strip(i, img, valid, origins)
+
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(read, 0)
+        for i in range(len(rows)):
+            strip = future.result()
+            if i + 1 < len(rows):
+                future = pool.submit(read, i + 1)
+            yield strip
 
 
 class StripBlender:

@@ -70,7 +70,8 @@ class DetectConfig:
     Attributes:
         tile_size: Tile side in pixels (the seed: 256).
         overlap: Overlap of neighbouring tiles in pixels (the seed: 32).
-        batch_size: Tiles per forward pass (1-2 is fastest per tile on a small CPU).
+        batch_size: Tiles per forward pass (None: 1 on a CPU, where one tile at a time keeps the
+            activations in cache and runs fastest per tile, 16 on a GPU).
         threshold: Probability above which a pixel is a data center.
         min_area: Minimum footprint size in pixels (the seed: 100).
         merge_distance: Merge footprints closer than this, in metres (the seed: 10).
@@ -86,7 +87,7 @@ class DetectConfig:
 
     tile_size: int = 256
     overlap: int = 32
-    batch_size: int = 2
+    batch_size: int | None = None
     threshold: float = 0.5
     min_area: float = 100
     merge_distance: float = 10.0
@@ -103,6 +104,8 @@ class DetectConfig:
             raise ValueError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
         if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
             raise ValueError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
         if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
             raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
         if not 0 < self.threshold < 1:

@@ -50,7 +50,7 @@ from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
 from model.detect import export_scene, merge_scene_tables
 from model.fastpath import FastModel
-from model.inference import predict_tiles
+from model.inference import predict_tiles, tile_batch_size
 from model.scene import SceneInfo, open_scene, read_window
 
 PARTS = ".dclabel-parts"
@@ -273,7 +273,9 @@ def batch_detect_distributed(
         strategy=engine.strategy, logger=False, callbacks=[writer], enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=True,
     )
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=engine.num_workers)
+    on_cpu = engine.accelerator == "cpu" or (engine.accelerator == "auto" and not torch.cuda.is_available())
+    batch = tile_batch_size(config.batch_size, "cpu" if on_cpu else "cuda")
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=engine.num_workers)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,22 +27,14 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from rasterio.windows import Window
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from model.blend import (
-    StripBlender,
-    has_mask,
-    keep_tile,
-    probability_raster,
-    read_strip_valid,
-    strip_width,
-    tile_grid,
-)
+from model.blend import StripBlender, probability_raster, read_strips
 from model.checkpoint import Checkpoint, build_model
 from model.errors import Cancelled
-from model.scene import SceneInfo, read_window
+from model.inference import tile_batch_size
+from model.scene import SceneInfo
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -162,7 +153,7 @@ def predict_scene_fast(
     prob_path: str | os.PathLike,
     tile_size: int = 256,
     overlap: int = 32,
-    batch_size: int = 2,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     coarse_factor: int = 4,
     coarse_threshold: float = 0.1,
@@ -178,7 +169,7 @@ def predict_scene_fast(
         prob_path: Output GeoTIFF (written under a temporary name, renamed when complete).
         tile_size: Tile side in pixels.
         overlap: Overlap between neighbouring tiles in pixels.
-        batch_size: Tiles per full-resolution forward pass.
+        batch_size: Tiles per full-resolution forward pass (None: the device's default).
         device: Torch device (default: CUDA/MPS when present, else CPU).
         coarse_factor: Downsampling of the coarse pass (1 runs every tile at full resolution).
         coarse_threshold: Coarse probability a tile must reach somewhere to run at full resolution.
@@ -190,31 +181,19 @@ def predict_scene_fast(
         Counts and timing of the run.
     """
     fast = FastModel(ckpt, device, precision, coarse_factor, coarse_threshold)
-    rows, cols = tile_grid(scene, tile_size, overlap)
-    width = strip_width(scene, tile_size)
-    total, done, with_data, full_res = len(rows) * len(cols), 0, 0, 0
+    batch_size = tile_batch_size(batch_size, fast.device)
+    done, with_data, full_res = 0, 0, 0
     t0 = time.perf_counter()
-    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst, \
-            ThreadPoolExecutor(1) as pool:
-        masked = has_mask(src)
+    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst:
         blender = StripBlender(scene, dst, tile_size, overlap)
-
-        def read_strip(r: int):
-            img = read_window(scene, Window(0, r, width, tile_size), src)
-            return img, read_strip_valid(src, r, width, tile_size) if masked else None
-
-        future = pool.submit(read_strip, rows[0])
-        for i in range(len(rows)):
-            strip, valid = future.result()
-            if i + 1 < len(rows):
-                future = pool.submit(read_strip, rows[i + 1])
-            origins = [c for c in cols if keep_tile(strip[:, :, c : c + tile_size],
-                                                    valid[:, c : c + tile_size] if valid is not None else None)]
+        total = len(blender.rows) * len(blender.cols)
+        for strip in read_strips(scene, src, tile_size, overlap):
+            origins = strip.origins
             with_data += len(origins)
             if cancel is not None and cancel():
                 raise Cancelled("detection was cancelled; no output was written.")
             if origins:
-                tiles = np.stack([strip[:, :, c : c + tile_size] for c in origins])
+                tiles = strip.tiles(origins, tile_size)
                 keep = fast.gate(tiles)
                 origins = [c for c, k in zip(origins, keep, strict=True) if k]
                 tiles = tiles[keep]
@@ -224,8 +203,8 @@ def predict_scene_fast(
                 for p, c in zip(fast.predict(tiles[b : b + batch_size]), origins[b : b + batch_size], strict=True):
                     blender.add(c, p)
             full_res += len(origins)
-            blender.finish_strip(i, valid)
-            done += len(cols)
+            blender.finish_strip(strip.index, strip.valid)
+            done += len(blender.cols)
             if progress is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 progress(done, total, {"tiles_per_s": rate, "full_res": full_res})

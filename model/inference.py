@@ -72,6 +72,14 @@ def predict_tiles(
     return probs[..., :h, :w].float().cpu().numpy()
 
 
+def tile_batch_size(batch_size: int | None, device: str | torch.device | None) -> int:
+    """``batch_size``, or the device's best default: 1 on a CPU (measured fastest per tile there:
+    a 256 px tile's activations stay in cache), 16 on an accelerator."""
+    if batch_size is not None:
+        return batch_size
+    return 1 if torch.device(device if device is not None else default_device()).type == "cpu" else 16
+
+
 def best_device() -> torch.device:
     """The device inference runs on by default (CUDA, then MPS, else CPU)."""
     return default_device()

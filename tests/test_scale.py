@@ -153,3 +153,15 @@ def test_detect_cli_fast_flag_writes_the_same_footprints(tmp_path):
     assert len(e) == len(f) == 1
     a, b = shapely.Polygon(e[0]), shapely.Polygon(f[0])
     assert a.intersection(b).area / a.union(b).area > 0.98
+
+
+def test_default_tile_batch_is_one_on_cpu_and_gives_the_same_probabilities(tmp_path):
+    from model.inference import tile_batch_size
+
+    assert tile_batch_size(None, "cpu") == 1 and tile_batch_size(5, "cpu") == 5
+    path, _ = make_scene(tmp_path / "s.tif", (300, 350), ROOFS, seed=4)
+    ckpt, scene = bright_roof_checkpoint(), open_scene(path)
+    default = _read(predict_scene(ckpt, scene, tmp_path / "d.tif", 64, 16, None, "cpu"))
+    batched = _read(predict_scene(ckpt, scene, tmp_path / "b.tif", 64, 16, 5, "cpu"))
+    assert np.abs(default.astype(int) - batched).max() <= 1
+    assert 0.02 < (default >= 128).mean() < 0.8
