@@ -28,11 +28,11 @@ from common import OUT, run_measured, synthetic_scene, tiled_scene  # noqa: E402
 from model.checkpoint import (  # noqa: E402
     Checkpoint,
     Normalization,
-    build_model,
     load_checkpoint,
     save_checkpoint,
 )
-from model.inference import predict_tiles  # noqa: E402
+from model.inference import TileModel  # noqa: E402
+from model.runtime import tune_allocator  # noqa: E402
 from model.tiling import tile_starts  # noqa: E402
 from model.unet import UNet, UNetConfig  # noqa: E402
 
@@ -49,17 +49,22 @@ def random_checkpoint(path: Path) -> Path:
 
 
 def bare_forward_s_per_tile(ckpt: Checkpoint, scene: Path, tile: int, n_tiles: int = 24) -> tuple[float, int]:
-    """Fastest seconds per tile of the bare forward over batch sizes 1, 2, 4, 8 on real tiles."""
-    model = build_model(ckpt, "cpu")
+    """Fastest seconds per tile of the bare forward over batch sizes 1, 2, 4, 8 on real tiles.
+
+    The model and process settings are those ``detect`` runs with (batch norm folded,
+    channels-last, fp32, the allocator tuned), so the ratio measures the pipeline around them.
+    """
+    tune_allocator()
+    model = TileModel(ckpt, "cpu", "fp32", coarse_factor=1)
     with rasterio.open(scene) as src:
         tiles = np.stack([src.read(window=((r, r + tile), (c, c + tile)))
                           for r in range(0, 4 * tile, tile) for c in range(0, 6 * tile, tile)][:n_tiles])
-    predict_tiles(model, ckpt.normalization, tiles[:2], "cpu")  # warm-up
+    model.predict(tiles[:2])  # warm-up
     best = (float("inf"), 0)
     for bs in (1, 2, 4, 8):
         t = time.perf_counter()
         for i in range(0, n_tiles, bs):
-            predict_tiles(model, ckpt.normalization, tiles[i : i + bs], "cpu")
+            model.predict(tiles[i : i + bs])
         per_tile = (time.perf_counter() - t) / n_tiles
         print(f"  bare forward, batch {bs}: {per_tile * 1000:.1f} ms/tile")
         best = min(best, (per_tile, bs))

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from model.errors import DclabelError
+from model.runtime import tune_allocator
 
 # Modules that contribute sub-commands; each has ``register(subparsers)`` and sets ``func`` on its parsers.
 COMMAND_MODULES = [
@@ -38,6 +39,7 @@ def build_parser(extra_modules: tuple[str, ...] = ()) -> argparse.ArgumentParser
 def main(argv: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> int:
     """Run a sub-command; dclabel errors print one clear line and exit 2."""
     args = build_parser(extra_modules).parse_args(argv)
+    tune_allocator()  # forward passes stop page-faulting their activations back in (model/runtime.py)
     try:
         return int(args.func(args) or 0)
     except DclabelError as exc:

@@ -49,8 +49,7 @@ from model.blend import (
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
 from model.detect import export_scene, merge_scene_tables
-from model.fastpath import FastModel
-from model.inference import predict_tiles, tile_batch_size
+from model.inference import TileModel, tile_batch_size
 from model.scene import SceneInfo, open_scene, read_window
 
 PARTS = ".dclabel-parts"
@@ -117,7 +116,8 @@ class TileDataset(Dataset):
 
 
 class TileDetector(L.LightningModule):
-    """Predicts tile probabilities: the exact forward (:func:`predict_tiles`) or the fast path's.
+    """Predicts tile probabilities with the model the single-process paths use (:class:`TileModel`):
+    folded fp32 without a gate in ``exact`` mode, gated and in the configured precision in ``fast``.
 
     Args:
         ckpt: Checkpoint to run.
@@ -127,28 +127,27 @@ class TileDetector(L.LightningModule):
     def __init__(self, ckpt: Checkpoint, config: DetectConfig) -> None:
         super().__init__()
         self.ckpt, self.config = ckpt, config
-        self.model = build_model(ckpt, "cpu")
-        self.fast: FastModel | None = None
+        self.model = build_model(ckpt, "cpu")  # registered so Lightning moves it; TileModel folds a copy
+        self.tiles: TileModel | None = None
 
     def on_predict_start(self) -> None:
-        if self.config.mode == "fast":
-            c = self.config
-            self.fast = FastModel(self.ckpt, self.device, c.precision, c.coarse_factor, c.coarse_threshold)
+        c = self.config
+        if c.mode == "fast":
+            self.tiles = TileModel(self.ckpt, self.device, c.precision, c.coarse_factor, c.coarse_threshold)
+        else:
+            self.tiles = TileModel(self.ckpt, self.device, "fp32", coarse_factor=1)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         keep = batch["keep"].cpu().numpy().astype(bool)
         index = batch["index"].cpu().numpy()[keep]
         images = batch["image"].cpu().numpy()[keep]
-        if self.fast is not None and len(images):
-            gate = self.fast.gate(images)
+        if self.tiles is not None and len(images):
+            gate = self.tiles.gate(images)
             index, images = index[gate], images[gate]
         if len(images) == 0:
             t = self.config.tile_size
             return {"index": index, "probs": np.zeros((0, t, t), np.float32)}
-        if self.fast is not None:
-            probs = self.fast.predict(images)
-        else:
-            probs = predict_tiles(self.model, self.ckpt.normalization, images, self.device)
+        probs = self.tiles.predict(images)
         return {"index": index, "probs": probs.astype(np.float32, copy=False)}
 
 

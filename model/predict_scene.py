@@ -1,7 +1,8 @@
 """Streaming tiled prediction of a whole scene into a probability GeoTIFF (the exact path).
 
 The scene is read one strip of tiles at a time (the next strip is read in a background thread
-while the model runs), tiles are batched, overlaps are blended with a smooth window
+while the model runs), tiles are batched through the U-Net with batch norm folded and channels-last
+memory (:class:`model.inference.TileModel`, fp32), overlaps are blended with a smooth window
 (:class:`model.blend.StripBlender`), and finished rows are written straight to a tiled GeoTIFF:
 memory depends on the scene's width, not its area.
 """
@@ -16,9 +17,9 @@ import rasterio
 import torch
 
 from model.blend import StripBlender, probability_raster, read_strips
-from model.checkpoint import Checkpoint, build_model
+from model.checkpoint import Checkpoint
 from model.errors import Cancelled
-from model.inference import predict_tiles, tile_batch_size
+from model.inference import TileModel, tile_batch_size
 from model.scene import SceneInfo
 from model.tiling import PROB_SCALE
 
@@ -54,9 +55,8 @@ def predict_scene(
     """
     if not 0 <= overlap < tile_size:
         raise ValueError(f"overlap must be in 0..{tile_size - 1}, got {overlap}")
-    model = build_model(ckpt, device)
-    dev = next(model.parameters()).device
-    batch_size = tile_batch_size(batch_size, dev)
+    model = TileModel(ckpt, device, "fp32", coarse_factor=1)
+    batch_size = tile_batch_size(batch_size, model.device)
     done, t0 = 0, time.perf_counter()
     with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst:
         blender = StripBlender(scene, dst, tile_size, overlap)
@@ -66,7 +66,7 @@ def predict_scene(
                 if cancel is not None and cancel():
                     raise Cancelled("detection was cancelled; no output was written.")
                 batch = strip.origins[b : b + batch_size]
-                probs = predict_tiles(model, ckpt.normalization, strip.tiles(batch, tile_size), dev)
+                probs = model.predict(strip.tiles(batch, tile_size))
                 for p, c in zip(probs, batch, strict=True):
                     blender.add(c, p)
             blender.finish_strip(strip.index, strip.valid)
