@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=5120)
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="passed to detect (default: detect's own, 1 tile per pass on a CPU)")
+                    help="passed to detect (default: detect's own, 2 tiles per pass on a CPU)")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--rss-checkpoint", type=Path, default=None,
                     help="checkpoint for the memory runs (default: --checkpoint); a narrow one saves time")

@@ -9,18 +9,7 @@ import sys
 from pathlib import Path
 
 from loop.ranking_scores import STRATEGIES
-
-
-def _bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(b) for b in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--bands expects 4 comma-separated integers like 1,2,3,4, got {text!r}") from exc
-    if len(bands) != 4:
-        raise argparse.ArgumentTypeError(f"--bands expects 4 band indexes (R,G,B,NIR), got {text!r}")
-    return bands
+from model.cli import parse_bands
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -161,7 +150,7 @@ def register(subparsers) -> None:
                               "checkpoints/, logs/. Each --image is a 4-band GeoTIFF or a folder of chip GeoTIFFs.")
     p.add_argument("project", type=Path, help="project folder (created if missing)")
     p.add_argument("--image", action="append", type=Path, metavar="SCENE.tif", help="scene or chip folder (repeat)")
-    p.add_argument("--bands", type=_bands, default=None, help="1-based bands read as R,G,B,NIR (default 1,2,3,4)")
+    p.add_argument("--bands", type=parse_bands, default=None, help="1-based bands read as R,G,B,NIR (default 1,2,3,4)")
     p.add_argument("--chip-size", type=int, default=256, help="review/training chip side in pixels")
     p.set_defaults(func=run_init)
 

@@ -11,13 +11,14 @@ from tqdm import tqdm
 from model.config import DetectConfig, TrainConfig
 
 
-def _bands(text: str) -> tuple[int, ...]:
+def parse_bands(text: str) -> tuple[int, ...]:
+    """argparse type of ``--bands``: four 1-based source band indexes read as R,G,B,NIR."""
     try:
         bands = tuple(int(b) for b in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--bands takes 1-based indexes like 1,2,3,4; got {text!r}") from exc
-    if len(bands) != 4:
-        raise argparse.ArgumentTypeError(f"--bands needs 4 indexes (R,G,B,NIR), got {text!r}")
+    if len(bands) != 4 or min(bands) < 1:
+        raise argparse.ArgumentTypeError(f"--bands needs 4 indexes >= 1 (R,G,B,NIR), got {text!r}")
     return bands
 
 
@@ -48,13 +49,13 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile side in px (default 256)")
     p.add_argument("--overlap", type=int, default=d.overlap, help="tile overlap in px (default 32)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="tiles per forward pass (default: 1 on a CPU, where it is fastest per tile; 16 on a GPU)")
+                   help="tiles per forward pass (default: 2 on a CPU, fastest per tile there; 16 on a GPU)")
     p.add_argument("--threshold", type=float, default=d.threshold, help="probability threshold")
     p.add_argument("--min-area", type=float, default=d.min_area, help="drop footprints under this many px")
     p.add_argument("--merge-distance", type=float, default=d.merge_distance, help="merge within metres")
     p.add_argument("--simplify", type=float, default=d.simplify, help="simplify tolerance in metres")
     p.add_argument("--device", default=None, help="torch device (default: GPU when present, else CPU)")
-    p.add_argument("--bands", type=_bands, default=None, help="source bands as R,G,B,NIR, e.g. 3,2,1,4")
+    p.add_argument("--bands", type=parse_bands, default=None, help="source bands as R,G,B,NIR, e.g. 3,2,1,4")
     p.add_argument("--fast", dest="mode", action="store_const", const="fast", default=d.mode,
                    help="fast path: coarse pass gates the full U-Net, bf16 where native (model/fastpath.py)")
     p.add_argument("--coarse-factor", type=int, default=d.coarse_factor, help="fast: coarse downsampling")

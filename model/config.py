@@ -70,8 +70,8 @@ class DetectConfig:
     Attributes:
         tile_size: Tile side in pixels (the seed: 256).
         overlap: Overlap of neighbouring tiles in pixels (the seed: 32).
-        batch_size: Tiles per forward pass (None: 1 on a CPU, where one tile at a time keeps the
-            activations in cache and runs fastest per tile, 16 on a GPU).
+        batch_size: Tiles per forward pass (None: 2 on a CPU, where small batches keep the
+            activations in cache and run fastest per tile, 16 on a GPU).
         threshold: Probability above which a pixel is a data center.
         min_area: Minimum footprint size in pixels (the seed: 100).
         merge_distance: Merge footprints closer than this, in metres (the seed: 10).

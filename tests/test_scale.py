@@ -155,10 +155,10 @@ def test_detect_cli_fast_flag_writes_the_same_footprints(tmp_path):
     assert a.intersection(b).area / a.union(b).area > 0.98
 
 
-def test_default_tile_batch_is_one_on_cpu_and_gives_the_same_probabilities(tmp_path):
+def test_default_tile_batch_is_small_on_cpu_and_gives_the_same_probabilities(tmp_path):
     from model.inference import tile_batch_size
 
-    assert tile_batch_size(None, "cpu") == 1 and tile_batch_size(5, "cpu") == 5
+    assert tile_batch_size(None, "cpu") == 2 and tile_batch_size(5, "cpu") == 5
     path, _ = make_scene(tmp_path / "s.tif", (300, 350), ROOFS, seed=4)
     ckpt, scene = bright_roof_checkpoint(), open_scene(path)
     default = _read(predict_scene(ckpt, scene, tmp_path / "d.tif", 64, 16, None, "cpu"))
