@@ -206,6 +206,9 @@ def child_main(project_root: str, settings: RetrainSettings, queue: Any, cancel_
     """Entry point of the retraining process: run one round, put every event on ``queue``."""
     import torch
 
+    from model.runtime import tune_allocator
+
+    tune_allocator()
     torch.set_num_threads(max(1, settings.threads))
     log = Path(project_root) / "logs" / "retrain.jsonl"
 
