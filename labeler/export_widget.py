@@ -1,7 +1,7 @@
 """Export panel: detect data centers over the scene on screen and write the results.
 
-:func:`model.detect.detect_scene` runs in a ``thread_worker`` (progress yielded per tile batch,
-cancellable). The detections appear as a Shapes layer and are written as GeoJSON (EPSG:4326),
+:func:`model.detect.detect_scene` runs in its own process (:class:`labeler.workers.ProcessJob`; progress
+per tile batch, cancellable). The detections appear as a Shapes layer and are written as GeoJSON (EPSG:4326),
 GeoPackage (scene CRS), CSV (centroids, area, confidence) and a GeoTIFF mask, all named after
 the chosen output stem.
 """
@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 
 from labeler.geo import geometry_to_napari, polygon_parts
 from labeler.session import ProjectSession
-from labeler.workers import ProgressJob
+from labeler.workers import ProcessJob
 from model.errors import Cancelled
 
 DETECTIONS_LAYER = "detections"
@@ -46,18 +46,6 @@ def export_paths(stem: str | Path, formats: set[str]) -> dict[str, Path]:
     return {f: stem.parent / f"{stem.name}{FORMATS[f]}" for f in FORMATS if f in formats}
 
 
-def run_detection(checkpoint, scene, config, paths: dict[str, Path], progress=None, cancel=None):
-    """Detect over a scene and write the outputs (runs in a worker thread)."""
-    from model.detect import detect_scene
-
-    return detect_scene(
-        checkpoint, scene, config,
-        output_geojson=paths.get("geojson"), output_gpkg=paths.get("gpkg"),
-        output_csv=paths.get("csv"), output_mask=paths.get("mask"),
-        progress=progress, cancel=cancel,
-    )
-
-
 class ExportWidget(QWidget):
     """The export panel.
 
@@ -69,7 +57,7 @@ class ExportWidget(QWidget):
         super().__init__(parent)
         self.session = session
         self.viewer = session.viewer
-        self.job: ProgressJob | None = None
+        self.job: ProcessJob | None = None
         self.result = None
         self.paths: dict[str, Path] = {}
 
@@ -127,7 +115,7 @@ class ExportWidget(QWidget):
         if path:
             self.output.setText(path)
 
-    def run(self) -> ProgressJob | None:
+    def run(self) -> ProcessJob | None:
         """Start detection in the background; returns the job (None if it could not start)."""
         from model.detect import DetectConfig
 
@@ -146,7 +134,12 @@ class ExportWidget(QWidget):
         except ValueError as exc:
             show_error(f"Bad detection settings: {exc}")
             return None
-        job = ProgressJob(run_detection, current.path, self.session.scene, config, self.paths)
+        from model.detect import detect_scene
+
+        # its own process: vectorizing and writing would hold the GIL and stall the window
+        job = ProcessJob(detect_scene, current.path, self.session.scene, config,
+                         output_geojson=self.paths.get("geojson"), output_gpkg=self.paths.get("gpkg"),
+                         output_csv=self.paths.get("csv"), output_mask=self.paths.get("mask"))
         job.worker.yielded.connect(self._on_progress)
         job.worker.returned.connect(self._on_result)
         job.worker.errored.connect(self._on_error)

@@ -9,6 +9,9 @@ next check. Exceptions reach ``worker.errored``; the return value reaches ``work
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
+import pickle
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -70,6 +73,10 @@ class ProgressJob:
         self.worker.start()
         return self.worker
 
+    def _call(self, progress: Callable[..., None]) -> Any:
+        """Run the function (in the helper thread) and return its result."""
+        return self.fn(*self.args, progress=progress, cancel=self.cancel_event.is_set, **self.kwargs)
+
     def _run(self) -> Generator[Progress, None, Any]:
         reports: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
@@ -79,9 +86,7 @@ class ProgressJob:
 
         def target() -> None:
             try:
-                outcome["result"] = self.fn(
-                    *self.args, progress=progress, cancel=self.cancel_event.is_set, **self.kwargs
-                )
+                outcome["result"] = self._call(progress)
             except BaseException as exc:  # re-raised in the worker thread below
                 outcome["error"] = exc
             finally:
@@ -115,3 +120,83 @@ class ProgressJob:
                 raise JobError(error) from error
             raise error
         return outcome.get("result")
+
+
+class ProcessJob(ProgressJob):
+    """A :class:`ProgressJob` whose function runs in a separate OS process (spawned).
+
+    For CPU-heavy jobs with long stretches of pure-Python work (vectorizing, writing GeoPackages):
+    in a thread they would hold the GIL and stall the Qt event loop; in their own process they
+    cannot. The process uses ``threads`` torch threads (default: all CPUs but one, at least one),
+    reports progress through a queue, stops at its next ``cancel`` check when asked, and sends its
+    return value or exception back pickled. ``fn`` must be importable without Qt (GUI-free code).
+
+    Args:
+        fn: Module-level function called as ``fn(*args, progress=..., cancel=..., **kwargs)``.
+        *args: Positional arguments (picklable).
+        threads: Torch threads of the child process.
+        **kwargs: Keyword arguments (picklable).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, threads: int | None = None, **kwargs: Any) -> None:
+        super().__init__(fn, *args, **kwargs)
+        self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
+
+    def _call(self, progress: Callable[..., None]) -> Any:
+        ctx = mp.get_context("spawn")
+        events, stop = ctx.Queue(), ctx.Event()
+        name = f"dclabel-{getattr(self.fn, '__name__', 'job')}"
+        proc = ctx.Process(target=_process_main, name=name, daemon=True,
+                           args=(self.fn, self.args, self.kwargs, events, stop, self.threads))
+        proc.start()
+        try:
+            while True:
+                if self.cancel_event.is_set():
+                    stop.set()
+                try:
+                    kind, *payload = events.get(timeout=0.1)
+                except queue.Empty:
+                    if proc.is_alive():
+                        continue
+                    try:  # the last message may still be in the pipe
+                        kind, *payload = events.get(timeout=1.0)
+                    except queue.Empty:
+                        raise RuntimeError(f"the background process {name} ended (exit code {proc.exitcode}) "
+                                           "without a result; see the terminal for its output.") from None
+                if kind == "progress":
+                    progress(*payload)
+                elif kind == "error":
+                    raise payload[0]
+                else:
+                    return payload[0]
+        finally:
+            if proc.is_alive():
+                stop.set()
+                proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+
+
+def _process_main(fn, args, kwargs, events, stop, threads: int) -> None:
+    """Entry point of a :class:`ProcessJob` child."""
+    import torch
+
+    from model.runtime import tune_allocator
+
+    tune_allocator()
+    torch.set_num_threads(threads)
+
+    def progress(done: int, total: int, info: dict | None = None) -> None:
+        events.put(("progress", int(done), int(total), dict(info or {})))
+
+    try:
+        result = fn(*args, progress=progress, cancel=stop.is_set, **kwargs)
+    except BaseException as exc:  # sent back to the parent, raised there
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an unpicklable exception: keep its type name and message
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        events.put(("error", exc))
+    else:
+        events.put(("result", result))
