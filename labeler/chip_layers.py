@@ -102,8 +102,10 @@ def show_heatmap(viewer, item, heat: np.ndarray):
     if HEATMAP_LAYER in viewer.layers:
         layer = viewer.layers[HEATMAP_LAYER]
         layer.data = heat
-        layer.translate = translate
-        layer.visible = True
+        if tuple(layer.translate) != translate:  # each setter refreshes the layer: skip no-ops
+            layer.translate = translate
+        if not layer.visible:
+            layer.visible = True
         return layer
     layer = viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(), opacity=1.0,
                              blending="translucent", contrast_limits=(0, 1), translate=translate)
