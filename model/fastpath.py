@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 
 import rasterio
@@ -89,10 +90,12 @@ def predict_scene_fast(
     batch_size = tile_batch_size(batch_size, fast.device)
     done, with_data, full_res = 0, 0, 0
     t0 = time.perf_counter()
-    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst:
+    # closing(): on cancel or error the read-ahead thread is joined before the scene is closed
+    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst, \
+            closing(read_strips(scene, src, tile_size, overlap)) as strips:
         blender = StripBlender(scene, dst, tile_size, overlap)
         total = len(blender.rows) * len(blender.cols)
-        for strip in read_strips(scene, src, tile_size, overlap):
+        for strip in strips:
             origins = strip.origins
             with_data += len(origins)
             if cancel is not None and cancel():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import closing
 from pathlib import Path
 
 import rasterio
@@ -58,10 +59,12 @@ def predict_scene(
     model = TileModel(ckpt, device, "fp32", coarse_factor=1)
     batch_size = tile_batch_size(batch_size, model.device)
     done, t0 = 0, time.perf_counter()
-    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst:
+    # closing(): on cancel or error the read-ahead thread is joined before the scene is closed
+    with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst, \
+            closing(read_strips(scene, src, tile_size, overlap)) as strips:
         blender = StripBlender(scene, dst, tile_size, overlap)
         total = len(blender.rows) * len(blender.cols)
-        for strip in read_strips(scene, src, tile_size, overlap):
+        for strip in strips:
             for b in range(0, len(strip.origins), batch_size):
                 if cancel is not None and cancel():
                     raise Cancelled("detection was cancelled; no output was written.")
