@@ -127,9 +127,9 @@ class ProcessJob(ProgressJob):
 
     For CPU-heavy jobs with long stretches of pure-Python work (vectorizing, writing GeoPackages):
     in a thread they would hold the GIL and stall the Qt event loop; in their own process they
-    cannot. The process uses ``threads`` torch threads (default: all CPUs but one, at least one),
-    reports progress through a queue, stops at its next ``cancel`` check when asked, and sends its
-    return value or exception back pickled. ``fn`` must be importable without Qt (GUI-free code).
+    cannot. The process runs at a lower priority (nice 5) with ``threads`` torch threads (default:
+    all CPUs but one, at least one), reports progress through a queue, stops at its next ``cancel``
+    check when asked, and sends its return value or exception back pickled. ``fn`` must be importable without Qt (GUI-free code).
 
     Args:
         fn: Module-level function called as ``fn(*args, progress=..., cancel=..., **kwargs)``.
@@ -184,6 +184,8 @@ def _process_main(fn, args, kwargs, events, stop, threads: int) -> None:
 
     from model.runtime import tune_allocator
 
+    if hasattr(os, "nice"):  # the window's process wins any contention for the CPU
+        os.nice(5)
     tune_allocator()
     torch.set_num_threads(threads)
 
