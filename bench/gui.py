@@ -50,8 +50,8 @@ def build_project(root: Path, size: int, base_channels: int) -> Path:
         h, w = rng.integers(60, 180, 2)
         img[:3, r : r + h, c : c + w] = 200
         img[3, r : r + h, c : c + w] = 90
-        x0, y0 = TRANSFORM * (c, r + h)
-        x1, y1 = TRANSFORM * (c + w, r)
+        x0, y0 = TRANSFORM @ (c, r + h)
+        x1, y1 = TRANSFORM @ (c + w, r)
         roofs.append(box(x0, y0, x1, y1))
     tif = write_geotiff(root / "scene.tif", img, CRS.from_epsg(32618), TRANSFORM)
     project = Project.create(root / "project", images=[tif])
@@ -211,8 +211,8 @@ def main() -> int:
         with store.transaction():
             for _ in range(args.polygons - len(editor.layer.data)):
                 r, c = rng.uniform(0, args.size - 40, 2)
-                x0, y0 = TRANSFORM * (c, r + 30)
-                x1, y1 = TRANSFORM * (c + 30, r)
+                x0, y0 = TRANSFORM @ (c, r + 30)
+                x1, y1 = TRANSFORM @ (c + 30, r)
                 store.add_footprint(sid, box(x0, y0, x1, y1))
         t0 = time.perf_counter()
         editor.reload()

@@ -9,6 +9,7 @@ GUI, never raised into Qt.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,10 @@ def launch(root: str | os.PathLike | None, show: bool = True):
     import napari
 
     viewer = napari.Viewer(title=TITLE, show=show)
+    # napari shows every warning as a toast; library deprecation notices (e.g. rasterio's own use of
+    # the `*` Affine operator) are for developers, and a user can do nothing about them
+    for category in (DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
     try:
         if root is None:
             from loop.demo import ensure_demo_project

@@ -106,6 +106,6 @@ def build_overview_cache(
     for f in sorted(paths):
         if f != first:
             level = _block_mean(level, 2)
-        transform = scene.transform * Affine.scale(f, f)
+        transform = scene.transform @ Affine.scale(f, f)
         out[f] = write_geotiff(paths[f], level, scene.crs, transform)
     return out

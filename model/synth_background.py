@@ -92,7 +92,7 @@ def land_cover(cv: Canvas, site: str, rng: np.random.Generator, f: int = 8) -> n
     _pads(cv, rng)
     if rng.random() < 0.5:  # a stormwater pond
         r = rng.uniform(25, 70)
-        x0, y0 = cv.transform * (rng.uniform(0.1, 0.9) * W, rng.uniform(0.1, 0.9) * H)
+        x0, y0 = cv.transform @ (rng.uniform(0.1, 0.9) * W, rng.uniform(0.1, 0.9) * H)
         pond = Point(x0, y0).buffer(r).simplify(r / 4)
         pond = affinity.scale(pond, rng.uniform(0.6, 1.4), 1.0)
         win = cv.window(pond.bounds, 8)

@@ -75,13 +75,13 @@ class Canvas:
         """The canvas window covering ``bounds`` (minx, miny, maxx, maxy) plus ``pad_m``."""
         minx, miny, maxx, maxy = bounds
         inv = ~self.transform
-        c0, r0 = inv * (minx - pad_m, maxy + pad_m)
-        c1, r1 = inv * (maxx + pad_m, miny - pad_m)
+        c0, r0 = inv @ (minx - pad_m, maxy + pad_m)
+        c1, r1 = inv @ (maxx + pad_m, miny - pad_m)
         c0, r0 = max(int(np.floor(c0)), 0), max(int(np.floor(r0)), 0)
         c1, r1 = min(int(np.ceil(c1)), self.width), min(int(np.ceil(r1)), self.height)
         if c1 <= c0 or r1 <= r0:
             return None
-        return Win(slice(r0, r1), slice(c0, c1), self.transform * Affine.translation(c0, r0))
+        return Win(slice(r0, r1), slice(c0, c1), self.transform @ Affine.translation(c0, r0))
 
     def mask(self, geom: BaseGeometry, win: Win, all_touched: bool = False) -> np.ndarray:
         """Boolean mask of ``geom`` over ``win``."""

@@ -104,7 +104,7 @@ def test_reviewed_training_chips_burn_only_datacenters(tmp_path):
     scene, img, transform = make_scene(tmp_path / "a.tif", 64, 64)
     project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
     sid = project.scene_ids[0]
-    x0, y0 = transform * (0, 0)
+    x0, y0 = transform @ (0, 0)
     # a data center straddling chips (0,0) and (32,0): pixels 20..40 x 4..12
     dc = box(x0 + 20 * 0.6, y0 - 12 * 0.6, x0 + 40 * 0.6, y0 - 4 * 0.6)
     warehouse = box(x0 + 4 * 0.6, y0 - 40 * 0.6, x0 + 12 * 0.6, y0 - 36 * 0.6)  # in chip (0,32)

@@ -37,7 +37,7 @@ def make_project(tmp_path, positives=True, review=True):
     write_geotiff(tmp_path / "scene.tif", img, UTM, transform)
     project = Project.create(tmp_path / "proj", images=[tmp_path / "scene.tif"], chip_size=CHIP)
     sid = project.scene_ids[0]
-    x0, y0 = transform * (0, 0)
+    x0, y0 = transform @ (0, 0)
     for r0, c0, r1, c1 in rects:
         cls = "datacenter" if positives else "warehouse"
         project.labels.add_footprint(sid, box(x0 + c0 * 0.6, y0 - r1 * 0.6, x0 + c1 * 0.6, y0 - r0 * 0.6), cls)

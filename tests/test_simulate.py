@@ -32,8 +32,8 @@ def make_scene(tmp_path, width=128, height=96, seed=0):
     for cls, items in rects.items():
         for r0, c0, r1, c1 in items:
             img[:, r0:r1, c0:c1] = 220 if cls == "datacenter" else 150
-            x0, y0 = transform * (c0, r0)
-            x1, y1 = transform * (c1, r1)
+            x0, y0 = transform @ (c0, r0)
+            x1, y1 = transform @ (c1, r1)
             rows.append({"class": cls, "geometry": box(x0, y1, x1, y0)})
     tif = write_geotiff(tmp_path / "scene.tif", img, UTM, transform)
     truth = tmp_path / "truth.geojson"
