@@ -88,6 +88,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-passes", type=int, default=96, help="minimum chip passes per round")
     ap.add_argument("--full-epochs", type=int, default=None)
+    ap.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
     ap.add_argument("--base-channels", type=int, default=None,
                     help="U-Net width; default the widest of 16, 12, 8 whose estimate fits --budget-min")
     ap.add_argument("--budget-min", type=float, default=60.0, help="run-time budget for choosing the width")
@@ -110,7 +111,8 @@ def main() -> int:
     for base in [args.base_channels] if args.base_channels else [16, 12, 8]:
         config = SimulationConfig(
             strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
-            epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, base_channels=base, depth=args.depth,
+            epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, pos_weight=args.pos_weight,
+            base_channels=base, depth=args.depth,
             threads=args.threads,
         )
         unet = UNetConfig(base_channels=base, depth=args.depth, dropout=config.dropout)

@@ -108,7 +108,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         strategies=args.strategies, rounds=args.rounds, batch=args.batch, seeds=args.seeds,
         chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, train_passes=args.train_passes,
         full_epochs=args.full_epochs,
-        base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr,
+        base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr, pos_weight=args.pos_weight,
         batch_size=args.batch_size, val_fraction=args.val_fraction, warm_start=not args.cold, full_label=not args.no_full_label,
         threads=args.threads,
     )
@@ -190,6 +190,7 @@ def register(subparsers) -> None:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--val-fraction", type=float, default=0.0,
                    help="reviewed chips held out to pick the best epoch (0: train on all, keep the last)")

@@ -41,6 +41,9 @@ class RetrainSettings:
         epochs: Training epochs.
         lr: Learning rate.
         batch_size: Chips per batch.
+        pos_weight: BCE weight of data-center pixels. 2 (as the demo's first model): reviewed chips
+            are mostly background, and with weight 1 the few-label models end under-confident
+            (holdout IoU 0.28 -> 0.33 over 3 seeds of 9 random chips, see README).
         val_fraction: Share of reviewed chips held out for validation.
         unet: Model shape of a cold start (no current model); default :data:`COLD_START_UNET`.
         tolerance: Allowed validation drop before a new model is kept as a candidate only.
@@ -52,6 +55,7 @@ class RetrainSettings:
     epochs: int = 5
     lr: float = 1e-3
     batch_size: int = 8
+    pos_weight: float = 2.0
     val_fraction: float = 0.2
     unet: UNetConfig | None = None
     tolerance: float = 0.02
@@ -151,7 +155,8 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
     emit({"type": "started", "n_train": len(train), "n_val": len(val), "parent": current.version if current else None,
           "data_version": data_version})
     config = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, base_channels=unet.base_channels,
+        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, pos_weight=settings.pos_weight,
+        base_channels=unet.base_channels,
         depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="auto",
         max_time_s=settings.max_time_s, log_dir=project.logs_dir / time.strftime("train-%Y%m%d-%H%M%S"),
     )

@@ -58,6 +58,7 @@ class SimulationConfig:
         depth: U-Net levels.
         dropout: Dropout (> 0 so ``bald`` has MC samples).
         lr: Learning rate.
+        pos_weight: BCE weight of data-center pixels (as the retraining job's default).
         batch_size: Chips per training step.
         warm_start: Start each round from the previous round's model.
         full_label: Also train on every pool chip for the reference line.
@@ -78,6 +79,7 @@ class SimulationConfig:
     depth: int = 4
     dropout: float = 0.1
     lr: float = 2e-3
+    pos_weight: float = 2.0
     batch_size: int = 4
     val_fraction: float = 0.0
     warm_start: bool = True
@@ -196,6 +198,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     chips = reviewed_training_chips(project)
     train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=config.lr,
+                     pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu")
     return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc,
@@ -320,7 +323,7 @@ def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig,
             pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
     t0 = time.perf_counter()
     tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-10 * config.train_passes // len(pairs))),
-                     batch_size=config.batch_size, lr=config.lr,
+                     batch_size=config.batch_size, lr=config.lr, pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=0,
                      accelerator="cpu")
     ckpt = fit(pairs, [], tc, cancel=cancel)
