@@ -86,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=t.batch_size)
     p.add_argument("--epochs", type=int, default=t.epochs)
     p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"], default=t.lr_schedule,
+                   help="cosine: annealed over the run (epochs or --max-time, whichever ends it first)")
     p.add_argument("--loss", choices=["dice_bce", "focal_dice", "ce"], default=t.loss)
     p.add_argument("--pos-weight", type=float, default=t.pos_weight)
     p.add_argument("--no-augment", dest="augment", action="store_false")
@@ -141,7 +143,8 @@ def _train(a: argparse.Namespace) -> int:
 
     devices = int(a.devices) if str(a.devices).isdigit() else a.devices
     cfg = TrainConfig(
-        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, loss=a.loss, pos_weight=a.pos_weight,
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_schedule=a.lr_schedule, loss=a.loss,
+        pos_weight=a.pos_weight,
         augment=a.augment, base_channels=a.base_channels, depth=a.depth, dropout=a.dropout, seed=a.seed,
         accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes, strategy=a.strategy,
         max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers,

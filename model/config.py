@@ -17,7 +17,9 @@ class TrainConfig:
     Attributes:
         epochs: Passes over the training chips.
         batch_size: Chips per step.
-        lr: AdamW learning rate (cosine-annealed over ``epochs``).
+        lr: AdamW learning rate.
+        lr_schedule: ``cosine``: annealed to 0 per step over the run (``epochs``, or ``max_time_s``
+            when that ends it first); ``constant``: no schedule.
         loss: ``dice_bce``, ``focal_dice`` or ``ce`` (the seed's plain cross-entropy).
         pos_weight: BCE weight of data-center pixels (``dice_bce`` only).
         augment: Dihedral flips/rotations and brightness/contrast jitter.
@@ -39,6 +41,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     loss: Literal["dice_bce", "focal_dice", "ce"] = "dice_bce"
     pos_weight: float = 1.0
     augment: bool = True
@@ -59,6 +62,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.loss not in ("dice_bce", "focal_dice", "ce"):
             raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
 

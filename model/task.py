@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Literal
 
 import lightning as L
@@ -13,6 +15,7 @@ from model.metrics import counts_to_metrics, f1_from_counts, label_objects, matc
 from model.unet import UNet, UNetConfig
 
 LossName = Literal["dice_bce", "focal_dice", "ce"]
+Schedule = Literal["cosine", "constant"]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -49,8 +52,12 @@ class SegmentationTask(L.LightningModule):
         loss: ``dice_bce`` (BCE + soft Dice), ``focal_dice`` or ``ce`` (plain cross-entropy with
             equal class weights: the seed's recipe; with one logit it equals binary cross-entropy).
         pos_weight: Weight of positive pixels in the BCE term.
-        max_epochs: Length of the cosine learning-rate schedule (0 = constant rate).
+        max_epochs: Epochs of the run (the cosine schedule's length in steps follows from it).
         min_object_px: Predicted objects smaller than this are ignored by object F1.
+        lr_schedule: ``cosine`` (annealed to 0 per step over the run) or ``constant``.
+        max_time_s: Wall-clock budget of the run, if any: the cosine schedule then follows
+            whichever of steps and time runs out first, so a time-capped run still anneals
+            (with ``epochs`` large and a time cap, a step-based schedule would stay at full rate).
     """
 
     def __init__(
@@ -64,6 +71,8 @@ class SegmentationTask(L.LightningModule):
         pos_weight: float = 1.0,
         max_epochs: int = 0,
         min_object_px: int = 100,
+        lr_schedule: Schedule = "cosine",
+        max_time_s: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +80,7 @@ class SegmentationTask(L.LightningModule):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self._counts = np.zeros(6)
+        self._started: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for raw (0..255) float images."""
@@ -115,9 +125,23 @@ class SegmentationTask(L.LightningModule):
             self.log(f"val_{k}", v, prog_bar=k == "iou")
         self.log("val_object_f1", obj["f1"])
 
+    def on_train_start(self) -> None:
+        self._started = time.monotonic()
+
+    def training_progress(self, step: int) -> float:
+        """Share of the run done at optimizer step ``step``: steps or wall-clock time, the larger."""
+        total = self.trainer.estimated_stepping_batches
+        done = step / total if math.isfinite(total) and total > 0 else 0.0
+        if self.hparams.max_time_s and self._started is not None:
+            done = max(done, (time.monotonic() - self._started) / self.hparams.max_time_s)
+        return min(done, 1.0)
+
+    def _lr_factor(self, step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * self.training_progress(step)))
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.max_epochs and self.hparams.max_epochs > 1:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.hparams.max_epochs)
-            return {"optimizer": opt, "lr_scheduler": sched}
-        return opt
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

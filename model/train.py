@@ -113,6 +113,8 @@ def fit(
         loss=config.loss,
         pos_weight=config.pos_weight,
         max_epochs=config.epochs,
+        lr_schedule=config.lr_schedule,
+        max_time_s=config.max_time_s,
     )
     if init is not None:
         task.model.load_state_dict(init.state_dict)
