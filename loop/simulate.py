@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -264,7 +265,10 @@ def run_simulation(
     for seed in range(config.seeds):
         initial = _initial_pick(pool, config, seed)
         for strategy in config.strategies:
-            project = Project.create(out / "runs" / f"{strategy}-s{seed}", images=[pool_tif], chip_size=config.chip_size)
+            run_dir = out / "runs" / f"{strategy}-s{seed}"
+            if run_dir.exists():  # a previous simulation's run: its reviewed chips must not carry over
+                shutil.rmtree(run_dir)
+            project = Project.create(run_dir, images=[pool_tif], chip_size=config.chip_size)
             oracle = Oracle(project, gt)
             ckpt: Checkpoint | None = None
             pick, rank_s = initial, 0.0

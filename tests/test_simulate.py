@@ -76,6 +76,9 @@ def test_tiny_simulation_writes_csv_and_png(tmp_path):
     tif, truth, _ = make_scene(tmp_path)
     config = SimulationConfig(strategies=("random", "entropy"), rounds=2, batch=2, seeds=1, chip_size=32,
                               epochs=1, train_passes=4, full_epochs=1, base_channels=4, depth=2, batch_size=4)
+    stale = Project.create(tmp_path / "out" / "runs" / "random-s0", images=[tif], chip_size=32)
+    stale.labels.mark_reviewed(stale.scenes[0].scene_id, Window(0, 0, 32, 32))  # left by an earlier run
+    stale.labels.close()
     seen = []
     result = run_simulation(tif, truth, tmp_path / "out", config, progress=lambda d, t, i: seen.append((d, t)))
     assert seen[-1] == (5, 5)
