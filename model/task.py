@@ -52,12 +52,13 @@ class SegmentationTask(L.LightningModule):
         loss: ``dice_bce`` (BCE + soft Dice), ``focal_dice`` or ``ce`` (plain cross-entropy with
             equal class weights: the seed's recipe; with one logit it equals binary cross-entropy).
         pos_weight: Weight of positive pixels in the BCE term.
-        max_epochs: Epochs of the run (the cosine schedule's length in steps follows from it).
         min_object_px: Predicted objects smaller than this are ignored by object F1.
         lr_schedule: ``cosine`` (annealed to 0 per step over the run) or ``constant``.
         max_time_s: Wall-clock budget of the run, if any: the cosine schedule then follows
             whichever of steps and time runs out first, so a time-capped run still anneals
             (with ``epochs`` large and a time cap, a step-based schedule would stay at full rate).
+            Under DDP the schedule follows steps only: each rank's clock differs, and ranks
+            stepping at different rates would drift apart.
     """
 
     def __init__(
@@ -69,7 +70,6 @@ class SegmentationTask(L.LightningModule):
         weight_decay: float = 1e-4,
         loss: LossName = "dice_bce",
         pos_weight: float = 1.0,
-        max_epochs: int = 0,
         min_object_px: int = 100,
         lr_schedule: Schedule = "cosine",
         max_time_s: float | None = None,
@@ -132,7 +132,7 @@ class SegmentationTask(L.LightningModule):
         """Share of the run done at optimizer step ``step``: steps or wall-clock time, the larger."""
         total = self.trainer.estimated_stepping_batches
         done = step / total if math.isfinite(total) and total > 0 else 0.0
-        if self.hparams.max_time_s and self._started is not None:
+        if self.hparams.max_time_s and self._started is not None and self.trainer.world_size == 1:
             done = max(done, (time.monotonic() - self._started) / self.hparams.max_time_s)
         return min(done, 1.0)
 

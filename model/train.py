@@ -112,7 +112,6 @@ def fit(
         weight_decay=config.weight_decay,
         loss=config.loss,
         pos_weight=config.pos_weight,
-        max_epochs=config.epochs,
         lr_schedule=config.lr_schedule,
         max_time_s=config.max_time_s,
     )
