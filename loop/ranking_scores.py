@@ -17,6 +17,8 @@ Passes = Literal["none", "single", "tta", "mc"]
 
 #: Fraction of a chip's most uncertain pixels averaged into its score (see :func:`chip_score`).
 TOP_FRACTION = 0.05
+#: Weight of the chip's mean uncertainty in its score (see :func:`chip_score`).
+AREA_WEIGHT = 0.1
 #: Default distance (m) under which a chip is penalised for being near an already queued one:
 #: about two 256 px NAIP chips (256 x 0.6 m = 154 m), so the neighbours of one building are spread.
 DIVERSITY_RADIUS_M = 300.0
@@ -92,8 +94,10 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
-def chip_score(uncertainty: np.ndarray, top_fraction: float = TOP_FRACTION) -> float:
-    """Score of one chip: the mean of its ``top_fraction`` most uncertain pixels.
+def chip_score(
+    uncertainty: np.ndarray, top_fraction: float = TOP_FRACTION, area_weight: float = AREA_WEIGHT
+) -> float:
+    """Score of one chip: mostly the mean of its ``top_fraction`` most uncertain pixels.
 
     Why not the plain mean: a data center fills a small part of a 256 px chip and the model's
     doubt sits on its roof edges and on the odd building, so a chip with one genuinely ambiguous
@@ -103,23 +107,33 @@ def chip_score(uncertainty: np.ndarray, top_fraction: float = TOP_FRACTION) -> f
     3,300 px, a 35 m square at 0.6 m) is driven by the most doubtful object in the chip yet needs
     an object-sized patch of doubt, not one pixel, to score high.
 
+    That term saturates: with a young model many chips hold a patch at p = 0.5 and all score 1.0,
+    which leaves their order arbitrary. ``area_weight`` of the score is therefore the plain mean,
+    so among chips with an equally doubtful patch the one with more of its area in doubt comes
+    first, while a chip's most doubtful patch still dominates (a weight of 0.1 cannot lift a
+    uniformly mildly uncertain field above a chip with one ambiguous building).
+
     Args:
         uncertainty: (H, W) per-pixel uncertainty in [0, 1].
         top_fraction: Fraction of pixels averaged, in (0, 1]; 1 gives the plain mean.
+        area_weight: Weight of the plain mean, in [0, 1].
 
     Returns:
-        The score in [0, 1].
+        ``(1 - area_weight) * top_mean + area_weight * mean``, in [0, 1].
 
     Raises:
-        ValueError: ``top_fraction`` is outside (0, 1] or the map is empty.
+        ValueError: ``top_fraction`` or ``area_weight`` is out of range, or the map is empty.
     """
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    if not 0.0 <= area_weight <= 1.0:
+        raise ValueError(f"area_weight must be in [0, 1], got {area_weight}")
     flat = np.asarray(uncertainty, dtype=np.float32).ravel()
     if flat.size == 0:
         raise ValueError("chip_score needs a non-empty uncertainty map")
     k = max(1, int(round(flat.size * top_fraction)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+    top_mean = float(np.partition(flat, flat.size - k)[flat.size - k :].mean())
+    return (1.0 - area_weight) * top_mean + area_weight * float(flat.mean())
 
 
 def diversify(

@@ -18,7 +18,7 @@ from loop.errors import ProjectError
 from loop.project import Project
 from loop.ranking import load_queue, rank_chips, save_queue, window_key
 from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabilities
-from loop.ranking_scores import STRATEGIES, chip_features, chip_score, cold_start_order, diversify
+from loop.ranking_scores import AREA_WEIGHT, STRATEGIES, chip_features, chip_score, cold_start_order, diversify
 from model.checkpoint import Checkpoint, Normalization, save_checkpoint
 from model.errors import Cancelled, CheckpointError
 from model.scene import write_geotiff
@@ -83,6 +83,22 @@ def test_one_uncertain_building_outranks_a_mildly_uncertain_field():
     ent = STRATEGIES["entropy"].uncertainty
     assert chip_score(ent(building)) > chip_score(ent(field_))
     assert chip_score(ent(building), top_fraction=1.0) < chip_score(ent(field_), top_fraction=1.0)
+
+
+def test_chips_with_a_saturated_patch_are_ordered_by_how_much_is_in_doubt():
+    # A young model: both chips hold a building-sized patch at p = 0.5 (top 5 % saturated);
+    # the chip with three such buildings carries more to learn from than the one with one.
+    one = np.full((64, 64), 0.02, np.float32)
+    one[0:16, 0:16] = 0.5
+    three = one.copy()
+    three[30:46, 0:16] = three[0:16, 30:46] = 0.5
+    ent = STRATEGIES["entropy"].uncertainty
+    assert chip_score(ent(one), area_weight=0.0) == pytest.approx(chip_score(ent(three), area_weight=0.0))
+    assert chip_score(ent(three)) > chip_score(ent(one))
+    # ... while one ambiguous building still outranks a field mildly uncertain everywhere.
+    assert chip_score(ent(one)) > chip_score(ent(np.full((64, 64), 0.25, np.float32)))
+    with pytest.raises(ValueError, match="area_weight"):
+        chip_score(ent(one), area_weight=1.5)
 
 
 def test_tta_and_bald_strategies_score_disagreement_not_ambiguity():
@@ -318,8 +334,10 @@ def test_no_data_pixels_are_neither_uncertain_nor_proposed(tmp_path):
     queue = rank_chips(project, "entropy", checkpoint=path, min_area_px=1, diversity=False)
     by_col = {int(q.window.col_off): q for q in queue}
     assert int(queue[-1].window.col_off) == 0 and by_col[0].score == 0.0
-    # A chip a quarter in the collar still has its top 5 % on real pixels: it is not diluted.
-    assert by_col[64].score == pytest.approx(1.0) == pytest.approx(by_col[32].score)
+    # A chip a quarter in the collar still has its top 5 % on real pixels: that term is not
+    # diluted; only the area term sees that a quarter of the chip holds nothing to learn.
+    assert by_col[64].score == pytest.approx(1.0)
+    assert by_col[32].score == pytest.approx(1.0 - AREA_WEIGHT * 8 / 32)
     assert by_col[0].proposals == ()
     (prop,) = by_col[32].proposals
     assert prop.area_m2 == pytest.approx(24 * 32 * 0.36)  # columns 40..63 only
