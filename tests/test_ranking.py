@@ -18,7 +18,14 @@ from loop.errors import ProjectError
 from loop.project import Project
 from loop.ranking import load_queue, rank_chips, save_queue, window_key
 from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabilities
-from loop.ranking_scores import AREA_WEIGHT, STRATEGIES, chip_features, chip_score, cold_start_order, diversify
+from loop.ranking_scores import (
+    AREA_WEIGHT,
+    STRATEGIES,
+    chip_features,
+    chip_score,
+    cold_start_order,
+    diversify,
+)
 from model.checkpoint import Checkpoint, Normalization, save_checkpoint
 from model.errors import Cancelled, CheckpointError
 from model.scene import write_geotiff
