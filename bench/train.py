@@ -40,7 +40,7 @@ from shapely.geometry import Point, box
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, synthetic_scene  # noqa: E402
 
-from model.checkpoint import save_checkpoint  # noqa: E402
+from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from model.config import TrainConfig  # noqa: E402
 from model.masks import rasterize_footprints  # noqa: E402
 from model.metrics import counts_to_metrics, f1_from_counts, label_objects, match_objects  # noqa: E402
@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--recipes", default="seed,ours", help="which recipes to train (comma-separated)")
     ap.add_argument("--tag", default="", help="suffix of this run's output files (runs side by side)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--score-only", action="store_true",
+                    help="do not train: score the checkpoints an earlier run with the same --tag saved")
     ap.add_argument("--side-by-side", action="store_true",
                     help="train the recipes at the same time, one process and one thread each (each gets one "
                     "core for the budget; both see the same machine speed, which drifts between runs here)")
@@ -190,12 +192,16 @@ def main() -> None:
         tr_idx, va_idx = splits[name]
         train, val = [pairs[i] for i in tr_idx], [pairs[i] for i in va_idx]
         t = time.perf_counter()
-        ckpt = fit(train, val, cfg)
-        secs = time.perf_counter() - t
+        if a.score_only:
+            ckpt = load_checkpoint(OUT / f"train_{name}{a.tag}.pt")
+            secs = float("nan")
+        else:
+            ckpt = fit(train, val, cfg)
+            secs = time.perf_counter() - t
+            save_checkpoint(ckpt, OUT / f"train_{name}{a.tag}.pt")
         epochs_seen = ckpt.train["epochs_run"]
-        save_checkpoint(ckpt, OUT / f"train_{name}{a.tag}.pt")
         m = score(ckpt, test_tifs, truths, tag=a.tag)
-        rows.append({"recipe": name, "epochs": epochs_seen, "train_s": round(secs), "train_chips": len(train),
+        rows.append({"recipe": name, "epochs": epochs_seen, "train_s": secs if a.score_only else round(secs), "train_chips": len(train),
                      "val_chips": len(val), "best_epoch": ckpt.metrics.get("epoch"), **m})
         print(f"{name:5s}: {len(train)} train / {len(val)} val chips, {epochs_seen:3d} epochs in {secs:5.0f} s "
               f"(best {ckpt.metrics.get('epoch')}) | pixel IoU {m['iou']:.3f} Dice {m['dice']:.3f} "

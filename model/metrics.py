@@ -52,17 +52,21 @@ def match_objects(pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshol
     Because two objects of one label image never overlap, at most one predicted object can
     reach IoU > 0.5 with a given true object, so greedy matching by IoU is optimal there.
 
+    Labels need not be consecutive: an object counts when its label occurs in the image (a label
+    raster of a scene's footprints cut to a test region holds only some of their ids).
+
     Returns:
         ``{"tp", "fp", "fn"}`` counts.
     """
     n_pred, n_true = int(pred_labels.max(initial=0)), int(true_labels.max(initial=0))
-    if n_pred == 0 or n_true == 0:
-        return {"tp": 0, "fp": n_pred, "fn": n_true}
+    area_p = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    area_t = np.bincount(true_labels.ravel(), minlength=n_true + 1)
+    present_p, present_t = int(np.count_nonzero(area_p[1:])), int(np.count_nonzero(area_t[1:]))
+    if present_p == 0 or present_t == 0:
+        return {"tp": 0, "fp": present_p, "fn": present_t}
     both = (pred_labels > 0) & (true_labels > 0)
     pairs = pred_labels[both].astype(np.int64) * (n_true + 1) + true_labels[both]
     inter = np.bincount(pairs, minlength=(n_pred + 1) * (n_true + 1)).reshape(n_pred + 1, n_true + 1)
-    area_p = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    area_t = np.bincount(true_labels.ravel(), minlength=n_true + 1)
     pi, ti = np.nonzero(inter)
     ious = inter[pi, ti] / (area_p[pi] + area_t[ti] - inter[pi, ti])
     order = np.argsort(-ious)
@@ -75,7 +79,7 @@ def match_objects(pred_labels: np.ndarray, true_labels: np.ndarray, iou_threshol
         used_p.add(pi[k])
         used_t.add(ti[k])
         tp += 1
-    return {"tp": tp, "fp": n_pred - tp, "fn": n_true - tp}
+    return {"tp": tp, "fp": present_p - tp, "fn": present_t - tp}
 
 
 def object_f1(
