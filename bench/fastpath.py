@@ -114,8 +114,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7,
                     help="synthetic scene seed (bench/train.py trains on seeds 1-6, the quick checkpoint on 1)")
     ap.add_argument("--difficulty", type=float, default=0.25, help="as calibrated in bench/train.py")
-    ap.add_argument("--density", type=float, default=1.0,
-                    help="building density (1: the demo's, an Ashburn-core 12-22 buildings per 1.5 km^2)")
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--train-budget-s", type=float, default=300.0, help="quick training when no checkpoint")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -129,7 +127,7 @@ def main() -> None:
     ckpt_path = a.checkpoint if a.checkpoint and a.checkpoint.exists() else quick_checkpoint(a.train_budget_s,
                                                                                               a.difficulty)
     ckpt = load_checkpoint(ckpt_path)
-    tif = synthetic_scene(a.size, seed=a.seed, difficulty=a.difficulty, density=a.density)
+    tif = synthetic_scene(a.size, seed=a.seed, difficulty=a.difficulty)
     scene = open_scene(tif)
     truth = truth_labels(tif, scene)
     cfg = DetectConfig(device="cpu")
