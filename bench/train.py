@@ -3,8 +3,9 @@
 The demo benchmark is a set of synthetic NAIP-like scenes (real Ashburn and Santa Clara layouts).
 Training chips come from the left part of each scene (the 256 px grid plus, as the seed study cut
 its chips around known buildings, chips centred inside each labelled building); the right part is
-a held-out test region never seen in training. Both recipes train on exactly the same chips for the same wall-clock
-budget, and both are scored through the same tiled detection pipeline on the test region:
+a held-out test region never seen in training. Both recipes draw their training and validation
+chips from the same pool, train for the same wall-clock budget, and are scored through the same
+tiled detection pipeline on the test region:
 
 - seed: U-Net base 32, two-class cross-entropy with equal weights, no augmentation, random chip
   split for validation, Adam(W) at a constant lr 1e-3, batch 8 (the study's defaults);
@@ -96,7 +97,7 @@ def training_chips(train_tif: Path, truth: gpd.GeoDataFrame, per_object: int, se
                 pt = Point(rng.uniform(x0, x1), rng.uniform(y0, y1))
                 if geom.contains(pt):
                     break
-            c, r = inv * (pt.x, pt.y)
+            c, r = inv @ (pt.x, pt.y)
             windows.append((int(np.clip(r - 128, 0, s.height - 256)), int(np.clip(c - 128, 0, s.width - 256))))
     chips = []
     with rasterio.open(train_tif) as src:
@@ -201,8 +202,8 @@ def main() -> None:
             save_checkpoint(ckpt, OUT / f"train_{name}{a.tag}.pt")
         epochs_seen = ckpt.train["epochs_run"]
         m = score(ckpt, test_tifs, truths, tag=a.tag)
-        rows.append({"recipe": name, "epochs": epochs_seen, "train_s": secs if a.score_only else round(secs), "train_chips": len(train),
-                     "val_chips": len(val), "best_epoch": ckpt.metrics.get("epoch"), **m})
+        rows.append({"recipe": name, "epochs": epochs_seen, "train_s": secs if a.score_only else round(secs),
+                     "train_chips": len(train), "val_chips": len(val), "best_epoch": ckpt.metrics.get("epoch"), **m})
         print(f"{name:5s}: {len(train)} train / {len(val)} val chips, {epochs_seen:3d} epochs in {secs:5.0f} s "
               f"(best {ckpt.metrics.get('epoch')}) | pixel IoU {m['iou']:.3f} Dice {m['dice']:.3f} "
               f"precision {m['precision']:.3f} recall {m['recall']:.3f} | object F1 {m['object_f1']:.3f} "
