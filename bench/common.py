@@ -14,16 +14,14 @@ from rasterio.windows import Window
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def synthetic_scene(size: int, seed: int = 0, difficulty: float = 1.0, site: str = "ashburn",
-                    density: float = 1.0) -> Path:
+def synthetic_scene(size: int, seed: int = 0, difficulty: float = 1.0, site: str = "ashburn") -> Path:
     """A cached synthetic scene of ``size`` x ``size`` px (drawn once, reused by later runs)."""
     from model.synth import SynthConfig, generate_scene
 
-    dens = "" if density == 1.0 else f"_n{density:g}"
-    tif = OUT / f"scene_{site}_{size}_s{seed}_d{difficulty:g}{dens}.tif"
+    tif = OUT / f"scene_{site}_{size}_s{seed}_d{difficulty:g}.tif"
     if not tif.exists():
-        generate_scene(tif, tif.with_suffix(".geojson"), SynthConfig(width=size, height=size, seed=seed,
-                                                                     difficulty=difficulty, site=site, density=density))
+        generate_scene(tif, tif.with_suffix(".geojson"),
+                       SynthConfig(width=size, height=size, seed=seed, difficulty=difficulty, site=site))
     return tif
 
 
