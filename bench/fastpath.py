@@ -32,6 +32,7 @@ from common import OUT, synthetic_scene  # noqa: E402
 from model.blend import tile_grid  # noqa: E402
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from model.config import DetectConfig, TrainConfig  # noqa: E402
+from model.detect import with_threshold  # noqa: E402
 from model.fastpath import FastModel, predict_scene_fast  # noqa: E402
 from model.masks import rasterize_footprints  # noqa: E402
 from model.metrics import counts_to_metrics, f1_from_counts, label_objects, match_objects  # noqa: E402
@@ -130,11 +131,12 @@ def main() -> None:
     tif = synthetic_scene(a.size, seed=a.seed, difficulty=a.difficulty)
     scene = open_scene(tif)
     truth = truth_labels(tif, scene)
-    cfg = DetectConfig(device="cpu")
+    cfg = with_threshold(DetectConfig(device="cpu"), ckpt)
     km2 = scene.width * scene.height * scene.res[0] * scene.res[1] / 1e6
     print(f"scene {tif.name}: {scene.width}x{scene.height} px ({km2:.2f} km^2), {truth.max()} true data centers; "
           f"checkpoint {ckpt_path.name} (U-Net base {ckpt.unet.base_channels}, depth {ckpt.unet.depth}); "
-          f"{a.threads} threads; tile {cfg.tile_size}, overlap {cfg.overlap}, batch {cfg.batch_size}")
+          f"{a.threads} threads; tile {cfg.tile_size}, overlap {cfg.overlap}, batch {cfg.batch_size}, "
+          f"threshold {cfg.threshold:g}")
     runs = [("exact", None), ("fast", (a.coarse_factor, a.coarse_threshold, "auto"))]
     if a.ablation:
         runs += [("fast, gate off, fp32", (1, 0.0, "fp32")), ("fast, gate off, auto", (1, 0.0, "auto"))]

@@ -8,11 +8,12 @@ chips from the same pool, train for the same wall-clock budget, and are scored t
 tiled detection pipeline on the test region:
 
 - seed: U-Net base 32, two-class cross-entropy with equal weights, no augmentation, random chip
-  split for validation, Adam(W) at a constant lr 1e-3, batch 8 (the study's defaults);
+  split for validation, Adam(W) at a constant lr 1e-3, batch 8, threshold 0.5 (the study's defaults);
 - ours: the same U-Net at half width (base 16: ~4x cheaper per step, so ~4x more epochs in the
   same budget), BCE + soft Dice with positive weighting, dihedral + radiometric augmentation,
   dropout before the head, lr cosine-annealed over the time budget, best-epoch selection on a
-  spatially held-out validation band (no chip overlapping it is trained on).
+  spatially held-out validation band (no chip overlapping it is trained on), decision threshold
+  chosen on that band by object F1 after training (model/calibrate.py).
 
 Prints pixel IoU, Dice, precision, recall and object F1 (IoU >= 0.5 one-to-one) of both.
 
@@ -47,7 +48,7 @@ from model.masks import rasterize_footprints  # noqa: E402
 from model.metrics import counts_to_metrics, f1_from_counts, label_objects, match_objects  # noqa: E402
 from model.predict_scene import PROB_SCALE, predict_scene  # noqa: E402
 from model.scene import chip_windows, open_scene, read_window, write_geotiff  # noqa: E402
-from model.train import fit, split_random  # noqa: E402
+from model.train import fit, split_random, tune_threshold  # noqa: E402
 from model.vectorize import vectorize_probability  # noqa: E402
 
 SITES = ("ashburn", "santa_clara")
@@ -115,8 +116,10 @@ def split_spatial(chips: list[Chip], val_rows: int) -> tuple[list[int], list[int
     return [i for i in range(len(chips)) if i not in val_set], val
 
 
-def score(ckpt, test_tifs, truths, threshold=0.5, tag: str = "") -> dict[str, float]:
-    """Pixel and object metrics of a checkpoint over the held-out regions via the detect pipeline."""
+def score(ckpt, test_tifs, truths, tag: str = "") -> dict[str, float]:
+    """Pixel and object metrics of a checkpoint over the held-out regions via the detect pipeline,
+    at the checkpoint's decision threshold (0.5 unless its recipe chose one on validation)."""
+    threshold = ckpt.threshold
     pix = np.zeros(3)
     obj = np.zeros(3, int)
     for tif, truth in zip(test_tifs, truths, strict=True):
@@ -138,6 +141,7 @@ def score(ckpt, test_tifs, truths, threshold=0.5, tag: str = "") -> dict[str, fl
         obj += (m["tp"], m["fp"], m["fn"])
     out = counts_to_metrics(*pix)
     out["object_f1"] = f1_from_counts(*obj)["f1"]
+    out["threshold"] = threshold
     return out
 
 
@@ -182,7 +186,8 @@ def main() -> None:
     base = TrainConfig(epochs=1000, batch_size=8, lr=1e-3, base_channels=32, depth=4, accelerator="cpu",
                        max_time_s=a.budget_s, seed=0)
     recipes = {
-        "seed": replace(base, loss="ce", augment=False, dropout=0.0, weight_decay=0.0, lr_schedule="constant"),
+        "seed": replace(base, loss="ce", augment=False, dropout=0.0, weight_decay=0.0, lr_schedule="constant",
+                        tune_threshold=False),
         # On a CPU budget a half-width U-Net trained ~4x longer beats the full width trained briefly.
         "ours": replace(base, loss="dice_bce", pos_weight=2.0, augment=True, dropout=0.1, lr=3e-3,
                         base_channels=16),
@@ -196,6 +201,9 @@ def main() -> None:
         if a.score_only:
             ckpt = load_checkpoint(OUT / f"train_{name}{a.tag}.pt")
             secs = float("nan")
+            if cfg.tune_threshold and "threshold" not in ckpt.metrics:  # saved before fit() chose one
+                tune_threshold(ckpt, val, "cpu")
+                save_checkpoint(ckpt, OUT / f"train_{name}{a.tag}.pt")
         else:
             ckpt = fit(train, val, cfg)
             secs = time.perf_counter() - t
@@ -207,7 +215,7 @@ def main() -> None:
         print(f"{name:5s}: {len(train)} train / {len(val)} val chips, {epochs_seen:3d} epochs in {secs:5.0f} s "
               f"(best {ckpt.metrics.get('epoch')}) | pixel IoU {m['iou']:.3f} Dice {m['dice']:.3f} "
               f"precision {m['precision']:.3f} recall {m['recall']:.3f} | object F1 {m['object_f1']:.3f} "
-              f"({n_test} test data centers)", flush=True)
+              f"({n_test} test data centers) | threshold {m['threshold']:g}", flush=True)
     if len(rows) == 2:
         d_iou = rows[1]["iou"] - rows[0]["iou"]
         d_f1 = rows[1]["object_f1"] - rows[0]["object_f1"]

@@ -69,9 +69,12 @@ class ExportWidget(QWidget):
         for box in self.formats.values():
             box.setChecked(True)
         self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.05, 0.95)
+        self.threshold.setRange(0.0, 0.95)  # the minimum shows as "model's": the checkpoint's own
         self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.5)
+        self.threshold.setSpecialValueText("model's")
+        self.threshold.setToolTip("Probability threshold of a data-center pixel. \"model's\": the one the "
+                                  "current model was validated at (chosen by object F1 after training).")
+        self.threshold.setValue(0.0)
         self.min_area = QDoubleSpinBox()
         self.min_area.setRange(0, 1e6)
         self.min_area.setDecimals(0)
@@ -129,7 +132,8 @@ class ExportWidget(QWidget):
         formats = {f for f, box in self.formats.items() if box.isChecked()}
         self.paths = export_paths(self.output.text(), formats)
         try:
-            config = DetectConfig(threshold=self.threshold.value(), min_area=self.min_area.value(),
+            threshold = self.threshold.value() if self.threshold.value() > self.threshold.minimum() else None
+            config = DetectConfig(threshold=threshold, min_area=self.min_area.value(),
                                   bands=self.session.scene.bands, device="cpu")
         except ValueError as exc:
             show_error(f"Bad detection settings: {exc}")

@@ -144,7 +144,7 @@ def rank_chips(
     mc_samples: int = 8,
     top_fraction: float = TOP_FRACTION,
     diversity_radius_m: float = DIVERSITY_RADIUS_M,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     min_area_px: int = 100,
     device: str | None = None,
 ) -> list[QueueItem]:
@@ -166,7 +166,7 @@ def rank_chips(
         mc_samples: MC-dropout samples for ``bald``.
         top_fraction: Fraction of pixels averaged into a chip's score.
         diversity_radius_m: Distance scale of the diversity penalty, in metres.
-        threshold: Probability threshold of the proposals.
+        threshold: Probability threshold of the proposals (default: the checkpoint's own).
         min_area_px: Smallest proposal in chip pixels.
         device: Torch device (default: best available).
 
@@ -195,6 +195,8 @@ def rank_chips(
             "sample would agree. Use --strategy tta or entropy, or retrain with dropout > 0."
         )
     model = build_model(ckpt, device) if ckpt is not None else None
+    if threshold is None:
+        threshold = ckpt.threshold if ckpt is not None else 0.5
     scores = np.zeros(len(chips))
     if spec.random:
         scores = np.random.default_rng(seed).random(len(chips))

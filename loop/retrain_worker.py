@@ -96,13 +96,15 @@ def split_train_val(chips: Sequence[Chip], val_fraction: float) -> tuple[list[Ch
     return train, val
 
 
-def evaluate_iou(ckpt: Checkpoint, chips: Sequence[Chip], threshold: float = 0.5, batch_size: int = 8) -> float:
-    """Pooled pixel IoU of a checkpoint on chips with masks (all pixels of all chips together)."""
+def evaluate_iou(ckpt: Checkpoint, chips: Sequence[Chip], threshold: float | None = None, batch_size: int = 8) -> float:
+    """Pooled pixel IoU of a checkpoint on chips with masks (all pixels of all chips together), at
+    ``threshold`` or, by default, the checkpoint's own (what its detections will use)."""
     from model.checkpoint import build_model
     from model.inference import predict_tiles
     from model.metrics import counts_to_metrics
 
     model = build_model(ckpt, "cpu")
+    threshold = ckpt.threshold if threshold is None else threshold
     tp = fp = fn = 0.0
     for b in range(0, len(chips), batch_size):
         batch = chips[b : b + batch_size]

@@ -157,7 +157,7 @@ def evaluate(ckpt: Checkpoint, holdout: Holdout, chip_size: int, min_object_px: 
         for win, p in zip(batch, predict_tiles(model, ckpt.normalization, tiles, "cpu"), strict=True):
             r, c = int(win.row_off), int(win.col_off)
             prob[r : r + chip_size, c : c + chip_size] = p[: h - r, : w - c]
-    pred = prob >= 0.5
+    pred = prob >= ckpt.threshold
     out = pixel_metrics(pred, holdout.mask)
     out["object_f1"] = object_f1(pred, holdout.labels, min_size=min_object_px)["f1"]
     return out

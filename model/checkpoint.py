@@ -51,7 +51,8 @@ class Checkpoint:
         normalization: Per-band normalisation applied to uint8 input.
         version: Unique version string (e.g. ``v3``).
         parent: Version it was warm-started from, or None.
-        metrics: Validation metrics (``iou``, ``dice``, ...).
+        metrics: Validation metrics (``iou``, ``dice``, ...) and ``threshold``, the decision
+            threshold chosen on the validation chips (see :mod:`model.calibrate`).
         data_version: Version of the label data it was trained on, or None.
         created: ISO 8601 UTC time.
         train: Training settings (epochs, lr, loss, number of chips, ...).
@@ -67,6 +68,12 @@ class Checkpoint:
     data_version: str | None = None
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     train: dict = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold chosen on validation chips (``metrics["threshold"]``), else 0.5."""
+        t = float(self.metrics.get("threshold", 0.5))
+        return t if 0.0 < t < 1.0 else 0.5
 
     def to_payload(self) -> dict:
         """Plain-data form that ``torch.load(weights_only=True)`` accepts."""

@@ -50,7 +50,8 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=d.overlap, help="tile overlap in px (default 32)")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="tiles per forward pass (default: 2 on a CPU, fastest per tile there; 16 on a GPU)")
-    p.add_argument("--threshold", type=float, default=d.threshold, help="probability threshold")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="probability threshold (default: the one the checkpoint was validated at; 0.5 if none)")
     p.add_argument("--min-area", type=float, default=d.min_area, help="drop footprints under this many px")
     p.add_argument("--merge-distance", type=float, default=d.merge_distance, help="merge within metres")
     p.add_argument("--simplify", type=float, default=d.simplify, help="simplify tolerance in metres")
@@ -103,6 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default=t.strategy, help="auto, ddp, ...")
     p.add_argument("--num-workers", type=int, default=t.num_workers)
     p.add_argument("--init", type=Path, default=None, help="warm start from this checkpoint")
+    p.add_argument("--no-tune-threshold", dest="tune_threshold", action="store_false",
+                   help="keep the decision threshold at 0.5 (default: chosen on the validation chips by object F1)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("detect", help="detect data centers over a scene")
@@ -147,7 +150,7 @@ def _train(a: argparse.Namespace) -> int:
         pos_weight=a.pos_weight,
         augment=a.augment, base_channels=a.base_channels, depth=a.depth, dropout=a.dropout, seed=a.seed,
         accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes, strategy=a.strategy,
-        max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers,
+        max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers, tune_threshold=a.tune_threshold,
     )
     init = load_checkpoint(a.init) if a.init else None
     path = train_from_folders(a.chips_dir, a.masks_dir, a.output_dir, cfg, a.val_fraction, init)

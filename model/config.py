@@ -36,6 +36,8 @@ class TrainConfig:
         log_dir: Folder for the CSV metrics log (None = no log).
         progress_bar: Show Lightning's progress bar.
         num_workers: DataLoader worker processes.
+        tune_threshold: After training, choose the decision threshold on the validation chips by
+            object F1 and store it in the checkpoint (:mod:`model.calibrate`); off: 0.5.
     """
 
     epochs: int = 20
@@ -58,6 +60,7 @@ class TrainConfig:
     log_dir: Path | None = None
     progress_bar: bool = False
     num_workers: int = 0
+    tune_threshold: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -77,7 +80,8 @@ class DetectConfig:
         overlap: Overlap of neighbouring tiles in pixels (the seed: 32).
         batch_size: Tiles per forward pass (None: 2 on a CPU, where small batches keep the
             activations in cache and run fastest per tile, 16 on a GPU).
-        threshold: Probability above which a pixel is a data center.
+        threshold: Probability above which a pixel is a data center (None: the checkpoint's own,
+            chosen on its validation chips; 0.5 for checkpoints without one).
         min_area: Minimum footprint size in pixels (the seed: 100).
         merge_distance: Merge footprints closer than this, in metres (the seed: 10).
         simplify: Polygon simplification tolerance in metres (0 keeps pixel edges).
@@ -93,7 +97,7 @@ class DetectConfig:
     tile_size: int = 256
     overlap: int = 32
     batch_size: int | None = None
-    threshold: float = 0.5
+    threshold: float | None = None
     min_area: float = 100
     merge_distance: float = 10.0
     simplify: float = 0.6
@@ -113,5 +117,5 @@ class DetectConfig:
             raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
         if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
             raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
-        if not 0 < self.threshold < 1:
+        if self.threshold is not None and not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -74,8 +75,13 @@ def detect_scene(
         else:
             predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                           config.device, progress, cancel)
-        return export_scene(prob, scene, ckpt.version, config, output_geojson, output_gpkg,
-                            output_csv, output_mask)
+        return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
+                            output_gpkg, output_csv, output_mask)
+
+
+def with_threshold(config: DetectConfig, ckpt: Checkpoint) -> DetectConfig:
+    """``config`` with its threshold set: the user's, else the one the checkpoint was validated at."""
+    return config if config.threshold is not None else replace(config, threshold=ckpt.threshold)
 
 
 def export_scene(
@@ -94,6 +100,8 @@ def export_scene(
         The detection table in the scene CRS.
     """
     unit = _metres_per_unit(scene)
+    if config.threshold is None:
+        raise ValueError("export_scene needs a threshold: pass with_threshold(config, checkpoint).")
     found = vectorize_probability(prob_path, config.threshold, config.min_area,
                                   config.merge_distance / unit, config.simplify / unit)
     table = detection_table(found, model_version)

@@ -48,7 +48,7 @@ from model.blend import (
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
-from model.detect import export_scene, merge_scene_tables
+from model.detect import export_scene, merge_scene_tables, with_threshold
 from model.inference import TileModel, tile_batch_size
 from model.scene import SceneInfo, open_scene, read_window
 
@@ -286,7 +286,7 @@ def batch_detect_distributed(
         stem = stems[todo[k]]
         prob = parts / f"{stem}_prob.tif"
         blend_parts(scenes[k], k, dataset.offsets[k], parts, world, prob, config.tile_size, config.overlap)
-        export_scene(prob, scenes[k], ckpt.version, config, output_geojson=out / f"{stem}.geojson",
+        export_scene(prob, scenes[k], ckpt.version, with_threshold(config, ckpt), output_geojson=out / f"{stem}.geojson",
                      output_mask=out / f"{stem}_mask.tif" if masks else None)
         prob.unlink()
     trainer.strategy.barrier("dclabel-scenes-exported")

@@ -87,7 +87,9 @@ def fit(
 
     Returns:
         A checkpoint with ``metrics`` of the best validation epoch (``iou``, ``dice``, ``precision``,
-        ``recall``, ``object_f1``, ``loss``, ``epoch``) and ``parent`` set to ``init.version``.
+        ``recall``, ``object_f1``, ``loss``, ``epoch``, measured at 0.5) and ``parent`` set to
+        ``init.version``; with ``config.tune_threshold``, ``metrics["threshold"]`` is the decision
+        threshold chosen on ``val`` after training (0.5 when it holds too few objects).
 
     Raises:
         LabelError: No training chips.
@@ -159,7 +161,7 @@ def fit(
     metrics = dict(reporter.best_metrics)
     if "object_f1" not in metrics and "iou" in metrics:
         metrics["object_f1"] = float("nan")
-    return Checkpoint(
+    ckpt = Checkpoint(
         state_dict=state,
         unet=unet,
         normalization=norm,
@@ -172,6 +174,18 @@ def fit(
             "epochs_run": len(reporter.history),
         },
     )
+    if config.tune_threshold and len(val):
+        tune_threshold(ckpt, val, "cpu" if config.accelerator == "cpu" else None)
+    return ckpt
+
+
+def tune_threshold(ckpt: Checkpoint, val: Sequence[ChipPair], device: str | None = None) -> None:
+    """Store in ``ckpt`` the decision threshold its validation chips favour (see :mod:`model.calibrate`)."""
+    from model.calibrate import choose_threshold
+
+    choice = choose_threshold(ckpt, val, device=device)
+    ckpt.metrics["threshold"] = choice.threshold
+    ckpt.train["threshold_choice"] = choice.reason
 
 
 def split_random(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

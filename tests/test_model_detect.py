@@ -167,6 +167,7 @@ def test_end_to_end_train_detect_geojson(tmp_path):
     path, polys, ck, events = _train_tiny(tmp_path)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
     assert {"iou", "dice", "precision", "recall", "object_f1"} <= set(ck.metrics)
+    assert ck.threshold == ck.metrics["threshold"] and "threshold_choice" in ck.train  # chosen on validation
     ckpt = save_checkpoint(ck, tmp_path / "m.pt")
     rc = cli_main(["detect", "--checkpoint", str(ckpt), "--image", str(path), "--threshold", "0.3",
                    "--output-geojson", str(tmp_path / "d.geojson"), "--output-mask", str(tmp_path / "m.tif"),
