@@ -36,6 +36,9 @@ class TrainConfig:
         log_dir: Folder for the CSV metrics log (None = no log).
         progress_bar: Show Lightning's progress bar.
         num_workers: DataLoader worker processes.
+        separation_weight: Extra BCE weight ``w0`` on the background between neighbouring
+            footprints (U-Net paper weight map, :func:`model.data.separation_weights`); 0 = off.
+        separation_sigma_px: Distance scale of that weight, in pixels.
         tune_threshold: After training, choose the decision threshold on the validation chips by
             object F1 and store it in the checkpoint (:mod:`model.calibrate`); off: 0.5.
     """
@@ -61,6 +64,8 @@ class TrainConfig:
     progress_bar: bool = False
     num_workers: int = 0
     tune_threshold: bool = True
+    separation_weight: float = 0.0
+    separation_sigma_px: float = 20.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -69,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.loss not in ("dice_bce", "focal_dice", "ce"):
             raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
+        if self.separation_weight < 0 or self.separation_sigma_px <= 0:
+            raise ValueError(f"need separation_weight >= 0 and separation_sigma_px > 0, got {self}")
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,14 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - (2 * inter + eps) / (p.sum() + target.sum() + eps)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
-    """Binary focal loss (Lin et al. 2017), mean over pixels."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017), mean over pixels (each scaled by ``weight`` if given)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = torch.exp(-bce)
     a_t = alpha * target + (1 - alpha) * (1 - target)
-    return (a_t * (1 - p_t) ** gamma * bce).mean()
+    loss = a_t * (1 - p_t) ** gamma * bce
+    return (loss * weight if weight is not None else loss).mean()
 
 
 class SegmentationTask(L.LightningModule):
@@ -86,17 +88,19 @@ class SegmentationTask(L.LightningModule):
         """Logits for raw (0..255) float images."""
         return self.model((x - self.mean) / self.std)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The configured loss; ``weight`` (per pixel, e.g. separation weights) scales the pixel-wise term."""
         name = self.hparams.loss
         if name == "ce":
-            return F.binary_cross_entropy_with_logits(logits, target)
+            return F.binary_cross_entropy_with_logits(logits, target, weight=weight)
         if name == "focal_dice":
-            return focal_loss(logits, target) + soft_dice_loss(logits, target)
+            return focal_loss(logits, target, weight=weight) + soft_dice_loss(logits, target)
         pw = torch.tensor(self.hparams.pos_weight, device=logits.device)
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw) + soft_dice_loss(logits, target)
+        bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pw)
+        return bce + soft_dice_loss(logits, target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch["image"]), batch["mask"])
+        loss = self._loss(self(batch["image"]), batch["mask"], batch.get("weight"))
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["image"]))
         return loss
 

@@ -121,7 +121,9 @@ def fit(
         task.model.load_state_dict(init.state_dict)
     gen = torch.Generator().manual_seed(config.seed)
     train_dl = DataLoader(
-        ChipDataset(train, augment=config.augment, seed=config.seed),
+        ChipDataset(train, augment=config.augment, seed=config.seed,
+                    separation=(config.separation_weight, config.separation_sigma_px)
+                    if config.separation_weight > 0 else None),
         batch_size=config.batch_size,
         shuffle=True,
         generator=gen,

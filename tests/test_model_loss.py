@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from model.task import SegmentationTask, soft_dice_loss
@@ -77,3 +78,41 @@ def test_cosine_schedule_follows_the_time_budget_when_it_ends_the_run_first(monk
 
 def test_constant_schedule_keeps_the_rate(monkeypatch):
     assert set(_learning_rates(monkeypatch, epochs=3, lr_schedule="constant")) == {1e-2}
+
+
+def _two_roofs(gap: int) -> np.ndarray:
+    mask = np.zeros((96, 160), np.uint8)
+    mask[30:70, 10:60] = 1
+    mask[30:70, 60 + gap : 110 + gap] = 1
+    return mask
+
+
+def test_separation_weights_stress_the_gap_between_footprints_only():
+    from model.data import separation_weights
+
+    near, far = separation_weights(_two_roofs(10), 10.0, 20.0), separation_weights(_two_roofs(40), 10.0, 20.0)
+    mid_near, mid_far = near[50, 60 + 5], far[50, 60 + 20]
+    assert mid_near > mid_far > 1.0  # the narrower the yard, the costlier to paint it
+    assert near[50, 30] == 1.0 and near[5, 5] < 1.01  # footprints and far background keep weight ~1
+    single = np.zeros((64, 64), np.uint8)
+    single[10:30, 10:30] = 1
+    assert (separation_weights(single, 10.0, 20.0) == 1.0).all()
+    # flips commute with the map (the dataset computes it after its dihedral augmentation)
+    np.testing.assert_allclose(separation_weights(_two_roofs(10)[:, ::-1], 10.0, 20.0), near[:, ::-1], rtol=1e-5)
+
+
+def test_separation_weight_makes_painting_the_yard_costlier():
+    from model.data import ChipDataset
+
+    mask = _two_roofs(12)
+    image = np.zeros((4, *mask.shape), np.uint8)
+    sample = ChipDataset([(image, mask)], separation=(10.0, 20.0))[0]
+    plain = ChipDataset([(image, mask)])[0]
+    assert "weight" in sample and "weight" not in plain
+    task = SegmentationTask({"base_channels": 4, "depth": 2}, (0.0,) * 4, (1.0,) * 4, loss="dice_bce")
+    target = sample["mask"][None]
+    painted_yard = torch.where(target > 0, 6.0, -6.0)
+    painted_yard[..., 30:70, 60:72] = 6.0  # the yard joins the roofs
+    costs = [task._loss(painted_yard, target, w).item() - task._loss(torch.where(target > 0, 6.0, -6.0), target, w).item()
+             for w in (None, sample["weight"][None])]
+    assert costs[1] > 2 * costs[0] > 0
