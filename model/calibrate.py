@@ -34,12 +34,14 @@ class ThresholdChoice:
         n_objects: True objects (connected footprints) in the validation chips.
         table: One row per tried threshold: ``threshold``, ``object_f1``, ``iou``.
         reason: Why this threshold (for logs and the registry).
+        judged: Whether validation held enough objects to choose (else the default was kept).
     """
 
     threshold: float
     n_objects: int
     table: tuple[dict[str, float], ...]
     reason: str
+    judged: bool = True
 
 
 def threshold_table(
@@ -71,8 +73,8 @@ def threshold_table(
             pix += (np.count_nonzero(pred & pos), np.count_nonzero(pred & ~pos), np.count_nonzero(~pred & pos))
             m = match_objects(label_objects(pred, min_object_px)[0], true)
             obj += (m["tp"], m["fp"], m["fn"])
-        rows.append({"threshold": float(t), "object_f1": f1_from_counts(*obj)["f1"],
-                     "iou": counts_to_metrics(*pix)["iou"]})
+        rows.append({"threshold": float(t), "object_f1": float(f1_from_counts(*obj)["f1"]),
+                     "iou": float(counts_to_metrics(*pix)["iou"])})
     return rows, n_objects
 
 
@@ -80,7 +82,7 @@ def pick_threshold(rows: Sequence[dict[str, float]], n_objects: int, min_objects
     """Best row by object F1, then pixel IoU, then nearness to 0.5; 0.5 when there is too little to judge."""
     if n_objects < min_objects:
         return ThresholdChoice(DEFAULT_THRESHOLD, n_objects, tuple(rows),
-                               f"{n_objects} validation objects (< {min_objects}): kept {DEFAULT_THRESHOLD}")
+                               f"{n_objects} validation objects (< {min_objects}): kept {DEFAULT_THRESHOLD}", False)
     best = max(rows, key=lambda r: (round(r["object_f1"], 6), round(r["iou"], 6), -abs(r["threshold"] - 0.5)))
     return ThresholdChoice(best["threshold"], n_objects, tuple(rows),
                            f"best validation object F1 {best['object_f1']:.3f} (pixel IoU {best['iou']:.3f}) "
@@ -107,7 +109,8 @@ def choose_threshold(
     """
     masks = [np.asarray(pairs[i][1]) for i in range(len(pairs))]
     if sum(int(m.any()) for m in masks) == 0:
-        return ThresholdChoice(DEFAULT_THRESHOLD, 0, (), f"no data center in the validation chips: kept {DEFAULT_THRESHOLD}")
+        return ThresholdChoice(DEFAULT_THRESHOLD, 0, (), f"no data center in the validation chips: kept {DEFAULT_THRESHOLD}",
+                               False)
     model = build_model(ckpt, device)
     probs: list[np.ndarray] = []
     batch: list[np.ndarray] = []

@@ -176,18 +176,27 @@ def fit(
             "epochs_run": len(reporter.history),
         },
     )
+    if init is not None and "threshold" in init.metrics:
+        ckpt.metrics["threshold"] = init.threshold  # kept unless this round's validation can judge
     if config.tune_threshold and len(val):
         tune_threshold(ckpt, val, "cpu" if config.accelerator == "cpu" else None)
     return ckpt
 
 
 def tune_threshold(ckpt: Checkpoint, val: Sequence[ChipPair], device: str | None = None) -> None:
-    """Store in ``ckpt`` the decision threshold its validation chips favour (see :mod:`model.calibrate`)."""
+    """Store in ``ckpt`` the decision threshold its validation chips favour (see :mod:`model.calibrate`).
+
+    With too few validation objects to judge, a threshold ``ckpt`` already holds (a warm start's
+    parent's) is kept; otherwise 0.5.
+    """
     from model.calibrate import choose_threshold
 
     choice = choose_threshold(ckpt, val, device=device)
-    ckpt.metrics["threshold"] = choice.threshold
-    ckpt.train["threshold_choice"] = choice.reason
+    if choice.judged or "threshold" not in ckpt.metrics:
+        ckpt.metrics["threshold"] = choice.threshold
+        ckpt.train["threshold_choice"] = choice.reason
+    else:
+        ckpt.train["threshold_choice"] = f"{choice.reason}; kept the parent's {ckpt.threshold:g} instead"
 
 
 def split_random(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -48,3 +48,17 @@ def test_detection_uses_the_checkpoints_threshold_unless_told(tmp_path) -> None:
     ckpt.metrics["threshold"] = 0.7
     assert len(detect_scene(ckpt, path, DetectConfig(min_area=10))) == 0
     assert len(detect_scene(ckpt, path, DetectConfig(min_area=10, threshold=0.55))) == 1
+
+
+def test_warm_start_keeps_the_parents_threshold_when_validation_cannot_judge() -> None:
+    from model.train import tune_threshold
+
+    ckpt = constant_checkpoint(0.6)
+    prob, mask = two_buildings_and_a_yard()
+    image = np.zeros((4, *mask.shape), np.uint8)
+    ckpt.metrics["threshold"] = 0.8  # inherited from the parent
+    tune_threshold(ckpt, [(image, mask)])  # two objects: too few to judge
+    assert ckpt.threshold == 0.8 and "kept the parent's 0.8" in ckpt.train["threshold_choice"]
+    fresh = constant_checkpoint(0.6)
+    tune_threshold(fresh, [(image, mask)])
+    assert fresh.threshold == DEFAULT_THRESHOLD
