@@ -39,7 +39,8 @@ class TrainConfig:
         separation_weight: Extra BCE weight ``w0`` on the background between neighbouring
             footprints (U-Net paper weight map, :func:`model.data.separation_weights`), so the
             yards between a campus's buildings are not painted over and the buildings come out as
-            separate polygons; 0 = off.
+            separate polygons; 0 = off (the default: at w0 10 it helped one-core benchmark runs
+            and cost recall in a two-thread run, see README).
         separation_sigma_px: Distance scale of that weight, in pixels (20 px = 12 m of NAIP).
         tune_threshold: After training, choose the decision threshold on the validation chips by
             object F1 and store it in the checkpoint (:mod:`model.calibrate`); off: 0.5.
@@ -66,7 +67,7 @@ class TrainConfig:
     progress_bar: bool = False
     num_workers: int = 0
     tune_threshold: bool = True
-    separation_weight: float = 10.0
+    separation_weight: float = 0.0
     separation_sigma_px: float = 20.0
 
     def __post_init__(self) -> None:
