@@ -9,13 +9,13 @@ tiled detection pipeline on the test region:
 
 - seed: U-Net base 32, two-class cross-entropy with equal weights, no augmentation, random chip
   split for validation, Adam(W) at a constant lr 1e-3, batch 8, threshold 0.5 (the study's defaults);
-- ours_sep (candidate, not run by default): ours plus separation weights on the background
-  between close footprints (the U-Net paper's weight map, w0 10, sigma 20 px);
 - ours: the same U-Net at half width (base 16: ~4x cheaper per step, so ~4x more epochs in the
   same budget), BCE + soft Dice with positive weighting, dihedral + radiometric augmentation,
   dropout before the head, lr cosine-annealed over the time budget, best-epoch selection on a
   spatially held-out validation band (no chip overlapping it is trained on), decision threshold
-  chosen on that band by object F1 after training (model/calibrate.py).
+  chosen on that band by object F1 after training (model/calibrate.py);
+- ours_sep (candidate, not run by default): ours plus separation weights on the background
+  between close footprints (the U-Net paper's weight map, w0 10, sigma 20 px).
 
 Prints pixel IoU, Dice, precision, recall and object F1 (IoU >= 0.5 one-to-one) of both.
 
