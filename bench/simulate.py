@@ -128,7 +128,7 @@ def main() -> int:
     if args.estimate_only:
         return 0
 
-    tif = out / f"scene_{args.size}_s{args.scene_seed}_d{args.density:g}.tif"
+    tif = out / f"scene_{args.size}_s{args.scene_seed}_diff{args.difficulty:g}_dens{args.density:g}.tif"
     truth = tif.with_suffix(".geojson")
     if not (tif.exists() and truth.exists()):
         generate_scene(tif, truth, SynthConfig(width=args.size, height=args.size, seed=args.scene_seed,
