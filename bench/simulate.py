@@ -8,8 +8,9 @@ and one training pass of the chosen U-Net to estimate the run time, runs
   holdout IoU, and
 * its holdout IoU minus random's at a 10% labelling budget (mean over seeds).
 
-The defaults (2048 px scene = 48 pool chips + 16 held-out chips, depth-4 U-Net, 3 epochs per
-round, 6 rounds of 3 chips, 4 strategies, 3 seeds) take the widest U-Net (base 16, 12 or 8
+The defaults (2048 px scene at difficulty 0.25 = 48 pool chips + 16 held-out chips, depth-4
+U-Net, at least 128 chip passes per round, 6 rounds of 3 chips, strategies random, entropy and
+bald, 3 seeds, a full-label reference trained for 40 epochs) take the widest U-Net (base 16, 12 or 8
 channels) whose measured-speed estimate fits ``--budget-min`` (60) on this CPU; ``--estimate-only``
 prints the estimates without running, ``--quick`` runs a reduced version in a few minutes.
 
@@ -79,15 +80,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048, help="scene side in pixels")
     ap.add_argument("--scene-seed", type=int, default=1)
-    ap.add_argument("--difficulty", type=float, default=1.0)
+    ap.add_argument("--difficulty", type=float, default=0.25, help="generator difficulty (as bench/train.py)")
     ap.add_argument("--density", type=float, default=3.0, help="building density (3: ~18 data centers in 2048 px)")
-    ap.add_argument("--strategies", default="random,entropy,tta,bald")
+    ap.add_argument("--strategies", default="random,entropy,bald",
+                    help="tta works too but ranks at 8 forward passes per chip, too slow for the 60-minute run")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-passes", type=int, default=96, help="minimum chip passes per round")
-    ap.add_argument("--full-epochs", type=int, default=None)
+    ap.add_argument("--train-passes", type=int, default=128, help="minimum chip passes per round")
+    ap.add_argument("--full-epochs", type=int, default=40,
+                    help="epochs of the full-label reference (it should converge: it sets the 95%% line)")
     ap.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
     ap.add_argument("--base-channels", type=int, default=None,
                     help="U-Net width; default the widest of 16, 12, 8 whose estimate fits --budget-min")
