@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from labeler.geo import geometry_to_napari, polygon_parts
 from labeler.session import ProjectSession
 from labeler.workers import ProcessJob
-from model.errors import Cancelled
+from model.errors import Cancelled, DclabelError
 
 DETECTIONS_LAYER = "detections"
 #: Orange: apart from the class colours, the proposals' red-green and the blue uncertainty.
@@ -111,6 +111,17 @@ class ExportWidget(QWidget):
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        session.model_changed.connect(lambda _version: self.show_model_threshold())
+        self.show_model_threshold()
+
+    def show_model_threshold(self) -> None:
+        """Show the current model's own threshold in the spin box's "model's" setting."""
+        try:
+            current = self.session.current_model()
+        except DclabelError:
+            current = None
+        t = current.metrics.get("threshold") if current is not None else None
+        self.threshold.setSpecialValueText(f"model's ({float(t):.2f})" if t is not None else "model's (0.50)")
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export detections as", self.output.text(),
