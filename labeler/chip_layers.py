@@ -20,8 +20,9 @@ def rank_queue(project, strategy: str, progress=None, cancel=None) -> list:
     """Rank the project's chips and save the queue (runs in a worker thread)."""
     from loop.ranking import rank_chips, save_queue
 
+    current = project.registry.current()
     items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
-    save_queue(project, items, strategy)
+    save_queue(project, items, strategy, model_version=current.version if current is not None else None)
     return items
 
 

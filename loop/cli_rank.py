@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(file=sys.stderr)
-    path = save_queue(project, items, strategy=args.strategy)
+    current = project.registry.current()
+    scored_by = f"file:{args.checkpoint}" if args.checkpoint else (current.version if current is not None else None)
+    path = save_queue(project, items, strategy=args.strategy, model_version=scored_by)
     print(format_queue(items))
     print(f"{len(items)} chip(s) queued -> {path}")
     return 0

@@ -66,13 +66,16 @@ def _window_from(d: dict) -> Window:
     return Window(int(d["col_off"]), int(d["row_off"]), int(d["width"]), int(d["height"]))
 
 
-def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> Path:
+def save_queue(project, items: list[QueueItem], strategy: str | None = None,
+               model_version: str | None = None) -> Path:
     """Store a queue as ``queue.json`` in the project folder (atomic write).
 
     Args:
         project: Object with a ``root`` folder.
         items: The queue from :func:`rank_chips`.
         strategy: Strategy name recorded with the queue (informative only).
+        model_version: Version of the model that scored it (None: no model, a cold start); the
+            app re-ranks a saved queue that another model scored (:func:`queue_model_version`).
 
     Returns:
         Path of the written file.
@@ -81,6 +84,7 @@ def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> 
     payload = {
         "format": QUEUE_FORMAT,
         "strategy": strategy,
+        "model_version": model_version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "items": [
             {
@@ -102,6 +106,22 @@ def save_queue(project, items: list[QueueItem], strategy: str | None = None) -> 
         ],
     }
     return write_json_atomic(path, payload, indent=None)
+
+
+def queue_model_version(project) -> tuple[bool, str | None]:
+    """``(known, version)``: the model version that scored the saved queue.
+
+    ``known`` is False when there is no queue or it predates the field (or cannot be read): the
+    caller cannot tell which model scored it.
+    """
+    path = Path(project.root) / QUEUE_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(payload, dict) or "model_version" not in payload:
+        return False, None
+    return True, payload["model_version"]
 
 
 def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:

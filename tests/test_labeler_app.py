@@ -245,3 +245,22 @@ def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
     moved = np.abs(after - before).max(axis=1) > 1e-9
     assert moved.sum() in (1, 2)  # the dragged corner (and the ring's closing copy of it)
     np.testing.assert_allclose((after - before)[moved][0], [-12.0, 6.0], atol=1e-6)  # 20 cols W, 10 rows N
+
+
+def test_queue_scored_by_another_model_is_re_ranked_on_open(tiny_project, make_napari_viewer, qtbot) -> None:
+    from labeler.app import open_project, queue_is_stale
+    from loop.project import Project
+    from loop.ranking import queue_model_version, save_queue
+
+    project = Project.open(tiny_project)
+    assert queue_is_stale(project)  # no queue yet
+    save_queue(project, [], "entropy", model_version="v1")  # v1 is current: up to date
+    assert queue_model_version(project) == (True, "v1") and not queue_is_stale(project)
+    save_queue(project, [], "entropy", model_version="v0")
+    assert queue_is_stale(project)
+    viewer = make_napari_viewer()
+    opened = open_project(viewer, tiny_project)
+    assert opened.review.rank_job is not None  # re-ranking with the current model
+    qtbot.waitUntil(lambda: opened.review.rank_job is None, timeout=60_000)
+    assert queue_model_version(project) == (True, "v1") and opened.review.items
+    opened.close()

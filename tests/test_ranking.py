@@ -16,7 +16,7 @@ from torch import nn
 
 from loop.errors import ProjectError
 from loop.project import Project
-from loop.ranking import load_queue, rank_chips, save_queue, window_key
+from loop.ranking import load_queue, queue_model_version, rank_chips, save_queue, window_key
 from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabilities
 from loop.ranking_scores import (
     AREA_WEIGHT,
@@ -311,6 +311,7 @@ def test_cli_rank_prints_and_stores_the_queue(project, capsys):
     assert out.splitlines()[0].split()[:3] == ["rank", "score", "scene"]
     queue = load_queue(Project.open(project.root))
     assert [q.rank for q in queue] == [1, 2, 3] and "3 chip(s) queued" in out
+    assert queue_model_version(project) == (True, project.registry.current().version)
     assert all(f"{q.score:.4f}" in out for q in queue)
     with pytest.raises(SystemExit):  # argparse refuses an unknown strategy
         main(["rank", str(project.root), "--strategy", "nonsense"])
