@@ -100,22 +100,11 @@ def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
             win._qt_window.destroyed.connect(opened.close)
         except (AttributeError, RuntimeError):
             pass
+    from loop.ranking import queue_is_stale
+
     if not review.items or queue_is_stale(project):
         review.rank()
     return opened
-
-
-def queue_is_stale(project) -> bool:
-    """Whether the saved review queue was scored by another model than the current one (or by an
-    unknown one: saved before queues recorded it), so opening the project should re-rank it."""
-    from loop.ranking import queue_model_version
-
-    known, version = queue_model_version(project)
-    try:
-        current = project.registry.current()
-    except DclabelError:
-        return False
-    return not known or version != (current.version if current is not None else None)
 
 
 def _warm_up() -> None:

@@ -23,7 +23,14 @@ from rasterio.windows import Window
 from loop.errors import ProjectError
 from loop.proposals import Proposal, proposals_from_probability
 from loop.ranking_predict import predict_probabilities
-from loop.ranking_queue import QueueItem, load_queue, queue_model_version, save_queue, window_key
+from loop.ranking_queue import (
+    QueueItem,
+    load_queue,
+    queue_is_stale,
+    queue_model_version,
+    save_queue,
+    window_key,
+)
 from loop.ranking_scores import (
     DIVERSITY_RADIUS_M,
     STRATEGIES,
@@ -43,7 +50,8 @@ COLD_START_CLUSTERS = 16
 #: follow by their diversity-adjusted score.
 DIVERSITY_GREEDY_MAX = 1000
 
-__all__ = ["STRATEGIES", "QueueItem", "rank_chips", "save_queue", "load_queue", "queue_model_version", "window_key"]
+__all__ = ["STRATEGIES", "QueueItem", "rank_chips", "save_queue", "load_queue", "queue_is_stale", "queue_model_version",
+           "window_key"]
 
 
 def _is_cancelled(cancel: Any) -> bool:

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from loop.errors import ProjectError
 from loop.proposals import Proposal
 from model.atomic import write_json_atomic
+from model.errors import DclabelError
 
 QUEUE_FILE = "queue.json"
 QUEUE_FORMAT = "dclabel-queue/1"
@@ -122,6 +123,17 @@ def queue_model_version(project) -> tuple[bool, str | None]:
     if not isinstance(payload, dict) or "model_version" not in payload:
         return False, None
     return True, payload["model_version"]
+
+
+def queue_is_stale(project) -> bool:
+    """Whether the saved queue was scored by another model than the registry's current one (or by
+    an unknown one: saved before queues recorded it), so it should be ranked again."""
+    known, version = queue_model_version(project)
+    try:
+        current = project.registry.current()
+    except DclabelError:
+        return False
+    return not known or version != (current.version if current is not None else None)
 
 
 def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:

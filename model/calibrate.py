@@ -107,15 +107,15 @@ def choose_threshold(
         min_object_px: Smallest predicted object counted.
         min_objects: Fewer true objects than this: keep :data:`DEFAULT_THRESHOLD`.
     """
-    masks = [np.asarray(pairs[i][1]) for i in range(len(pairs))]
+    read = [pairs[i] for i in range(len(pairs))]  # once: pairs may read chips from disk
+    images, masks = [np.asarray(p[0]) for p in read], [np.asarray(p[1]) for p in read]
     if sum(int(m.any()) for m in masks) == 0:
         return ThresholdChoice(DEFAULT_THRESHOLD, 0, (), f"no data center in the validation chips: kept {DEFAULT_THRESHOLD}",
                                False)
     model = build_model(ckpt, device)
     probs: list[np.ndarray] = []
     batch: list[np.ndarray] = []
-    for i in range(len(pairs)):
-        image = np.asarray(pairs[i][0])
+    for image in images:
         if batch and (len(batch) == batch_size or image.shape != batch[0].shape):
             probs.extend(predict_tiles(model, ckpt.normalization, np.stack(batch)))
             batch = []

@@ -248,9 +248,9 @@ def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
 
 
 def test_queue_scored_by_another_model_is_re_ranked_on_open(tiny_project, make_napari_viewer, qtbot) -> None:
-    from labeler.app import open_project, queue_is_stale
+    from labeler.app import open_project
     from loop.project import Project
-    from loop.ranking import queue_model_version, save_queue
+    from loop.ranking import queue_is_stale, queue_model_version, save_queue
 
     project = Project.open(tiny_project)
     assert queue_is_stale(project)  # no queue yet
