@@ -91,6 +91,8 @@ def main() -> int:
     ap.add_argument("--train-passes", type=int, default=128, help="minimum chip passes per round")
     ap.add_argument("--full-epochs", type=int, default=40,
                     help="epochs of the full-label reference (it should converge: it sets the 95%% line)")
+    ap.add_argument("--finetune-lr-factor", type=float, default=0.25,
+                    help="warm-started rounds train at the learning rate times this")
     ap.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
     ap.add_argument("--base-channels", type=int, default=None,
                     help="U-Net width; default the widest of 16, 12, 8 whose estimate fits --budget-min")
@@ -115,6 +117,7 @@ def main() -> int:
         config = SimulationConfig(
             strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
             epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, pos_weight=args.pos_weight,
+            finetune_lr_factor=args.finetune_lr_factor,
             base_channels=base, depth=args.depth,
             threads=args.threads,
         )

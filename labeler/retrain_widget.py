@@ -62,6 +62,7 @@ class RetrainWidget(QWidget):
         self.lr.setRange(1e-5, 1.0)
         self.lr.setSingleStep(1e-4)
         self.lr.setValue(1e-3)
+        self.lr.setToolTip("Learning rate of a first model; later rounds fine-tune the current model at a quarter of it.")
         self.start_button = QPushButton("Retrain")
         self.start_button.setToolTip("Train a new model version on the reviewed chips (background process)")
         self.cancel_button = QPushButton("Cancel")

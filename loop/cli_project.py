@@ -109,6 +109,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         chip_size=args.chip_size, holdout_fraction=args.holdout, epochs=args.epochs, train_passes=args.train_passes,
         full_epochs=args.full_epochs,
         base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr, pos_weight=args.pos_weight,
+        finetune_lr_factor=args.finetune_lr_factor,
         batch_size=args.batch_size, val_fraction=args.val_fraction, warm_start=not args.cold, full_label=not args.no_full_label,
         threads=args.threads,
     )
@@ -159,7 +160,8 @@ def register(subparsers) -> None:
                               "the current model), publish it, and promote it unless it validates worse. Ctrl+C cancels.")
     p.add_argument("project", type=Path, help="project folder")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate of a first model; later rounds fine-tune the current one at a quarter of it")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed val IoU drop before keeping a candidate")
     p.add_argument("--seed", type=int, default=0)
@@ -189,7 +191,9 @@ def register(subparsers) -> None:
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the first round")
+    p.add_argument("--finetune-lr-factor", type=float, default=0.25,
+                   help="warm-started rounds train at --lr times this")
     p.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--val-fraction", type=float, default=0.0,

@@ -26,6 +26,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from loop.ranking import rank_chips
+from loop.retrain_worker import FINETUNE_LR_FACTOR
 from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
 from model.errors import Cancelled
@@ -58,7 +59,9 @@ class SimulationConfig:
         base_channels: U-Net width.
         depth: U-Net levels.
         dropout: Dropout (> 0 so ``bald`` has MC samples).
-        lr: Learning rate.
+        lr: Learning rate of the first round (and of the full-label reference).
+        finetune_lr_factor: Warm-started rounds train at ``lr`` times this (as the retraining job,
+            :data:`loop.retrain_worker.FINETUNE_LR_FACTOR`).
         pos_weight: BCE weight of data-center pixels (as the retraining job's default).
         batch_size: Chips per training step.
         warm_start: Start each round from the previous round's model.
@@ -80,6 +83,7 @@ class SimulationConfig:
     depth: int = 4
     dropout: float = 0.1
     lr: float = 2e-3
+    finetune_lr_factor: float = FINETUNE_LR_FACTOR
     pos_weight: float = 2.0
     batch_size: int = 4
     val_fraction: float = 0.0
@@ -91,6 +95,8 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.batch < 1 or self.seeds < 1 or self.epochs < 1:
             raise ValueError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
+        if not 0.0 < self.finetune_lr_factor <= 1.0:
+            raise ValueError(f"SimulationConfig.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
         if not 0.05 <= self.holdout_fraction <= 0.5:
             raise ValueError(f"SimulationConfig.holdout_fraction must be in 0.05..0.5, got {self.holdout_fraction}")
 
@@ -198,12 +204,13 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
 
     chips = reviewed_training_chips(project)
     train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
-    tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=config.lr,
+    warm = init if config.warm_start else None
+    lr = config.lr * (config.finetune_lr_factor if warm is not None else 1.0)
+    tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
                      pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu")
-    return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc,
-               init=init if config.warm_start else None, cancel=cancel)
+    return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc, init=warm, cancel=cancel)
 
 
 def round_epochs(config: SimulationConfig, n_train: int) -> int:

@@ -110,6 +110,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="distance scale of --separation-weight in pixels")
     p.add_argument("--no-tune-threshold", dest="tune_threshold", action="store_false",
                    help="keep the decision threshold at 0.5 (default: chosen on the validation chips by object F1)")
+    p.add_argument("--no-precise-bn", dest="precise_bn", action="store_false",
+                   help="keep batch norm's running averages (default: recomputed over the training chips after training)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("detect", help="detect data centers over a scene")
@@ -155,6 +157,7 @@ def _train(a: argparse.Namespace) -> int:
         augment=a.augment, base_channels=a.base_channels, depth=a.depth, dropout=a.dropout, seed=a.seed,
         accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes, strategy=a.strategy,
         max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers, tune_threshold=a.tune_threshold,
+        precise_bn=a.precise_bn,
         separation_weight=a.separation_weight, separation_sigma_px=a.separation_sigma_px,
     )
     init = load_checkpoint(a.init) if a.init else None

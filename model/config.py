@@ -44,6 +44,9 @@ class TrainConfig:
         separation_sigma_px: Distance scale of that weight, in pixels (20 px = 12 m of NAIP).
         tune_threshold: After training, choose the decision threshold on the validation chips by
             object F1 and store it in the checkpoint (:mod:`model.calibrate`); off: 0.5.
+        precise_bn: After training, recompute the batch-norm statistics over the training chips
+            (:func:`model.train.precise_bn`); off: keep the running averages of the last batches,
+            which on a few chips can leave the model predicting everything or nothing.
     """
 
     epochs: int = 20
@@ -69,6 +72,7 @@ class TrainConfig:
     tune_threshold: bool = True
     separation_weight: float = 0.0
     separation_sigma_px: float = 20.0
+    precise_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

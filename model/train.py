@@ -160,6 +160,8 @@ def fit(
     if reporter.cancelled:
         raise Cancelled("training was cancelled; no checkpoint was written.")
     state = reporter.best_state or {k: v.detach().cpu() for k, v in task.model.state_dict().items()}
+    if config.precise_bn:
+        state = precise_bn(task, state, train, config)
     metrics = dict(reporter.best_metrics)
     if "object_f1" not in metrics and "iou" in metrics:
         metrics["object_f1"] = float("nan")
@@ -181,6 +183,37 @@ def fit(
     if config.tune_threshold and len(val):
         tune_threshold(ckpt, val, "cpu" if config.accelerator == "cpu" else None)
     return ckpt
+
+
+def precise_bn(task: SegmentationTask, state: dict, train: Sequence[ChipPair], config: TrainConfig,
+               max_chips: int = 256) -> dict:
+    """Replace the batch-norm running statistics of ``state`` by exact ones over the training chips.
+
+    During training each BatchNorm layer keeps an exponential average of the last few (augmented)
+    batches' statistics, taken while the weights were still moving; on a few chips those averages
+    can sit far from what the final weights produce, and the model then predicts all background
+    or all data center at inference ("precise BN", Wu & Johnson 2021, "Rethinking 'Batch' in
+    BatchNorm"). Here the final weights see up to ``max_chips`` training chips (seeded sample,
+    no augmentation) and each layer's statistics become their plain average
+    (:func:`torch.optim.swa_utils.update_bn`). Weights are unchanged.
+
+    Returns:
+        A CPU state dict with the recomputed statistics.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    task.model.load_state_dict(state)
+    idx = np.arange(len(train))
+    if len(idx) > max_chips:
+        idx = np.sort(np.random.default_rng(config.seed).choice(idx, max_chips, replace=False))
+    device = torch.device("cuda" if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+                          else "cpu")
+    task.to(device)
+    loader = DataLoader(ChipDataset(_Subset(train, idx.tolist())), batch_size=config.batch_size)
+    with torch.no_grad():
+        update_bn((batch["image"] for batch in loader), task, device=device)
+    task.cpu().eval()
+    return {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}
 
 
 def tune_threshold(ckpt: Checkpoint, val: Sequence[ChipPair], device: str | None = None) -> None:

@@ -15,7 +15,7 @@ from shapely.geometry import box
 from loop.errors import NoTrainingDataError
 from loop.project import Project
 from loop.retrain import RetrainJob
-from loop.retrain_worker import RetrainSettings, chip_hash, run_round, split_train_val
+from loop.retrain_worker import FINETUNE_LR_FACTOR, RetrainSettings, chip_hash, run_round, split_train_val
 from model.checkpoint import Checkpoint, Normalization, load_checkpoint
 from model.scene import Chip, write_geotiff
 from model.unet import UNet, UNetConfig
@@ -106,6 +106,10 @@ def test_round_in_subprocess_publishes_and_coalesces_requests(tmp_path):
     assert v2.parent == "v1" and "baseline_iou" in v2.metrics  # warm start, compared on the same chips
     ckpt = load_checkpoint(v2.path)
     assert ckpt.unet == TINY and ckpt.train["n_train"] == first["n_train"]
+    started = [e for e in events if e["type"] == "started"]
+    assert started[0]["lr"] == pytest.approx(1e-3)  # a first model trains at the set rate
+    assert started[1]["lr"] == pytest.approx(1e-3 * FINETUNE_LR_FACTOR) == ckpt.train["lr"]  # a warm start fine-tunes
+    assert load_checkpoint(project.registry.get("v1").path).train["lr"] == pytest.approx(1e-3)
     assert ckpt.data_version == str(project.labels.version)
     assert not list((project.root / "checkpoints").glob("*.part"))
     assert (project.root / "logs" / "retrain.jsonl").exists()
