@@ -183,7 +183,9 @@ class RetrainWidget(QWidget):
     def _handle(self, e: dict) -> None:
         kind = e.get("type")
         if kind == "started":
-            self.status.setText(f"training on {e.get('n_train')} chips, validating on {e.get('n_val')}")
+            how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
+            rate = f" at lr {e['lr']:.2g}" if e.get("lr") is not None else ""
+            self.status.setText(f"{how}{rate} on {e.get('n_train')} chips, validating on {e.get('n_val')}")
         elif kind == "step":
             total = int(e.get("total") or 0)
             self.progress.setRange(0, max(total, 1))

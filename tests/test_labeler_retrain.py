@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import rasterio
 
+from loop.retrain_worker import FINETUNE_LR_FACTOR
+
 pytestmark = pytest.mark.gui
 
 
@@ -26,6 +28,10 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     qtbot.waitUntil(lambda: not retrain.timer.isActive(), timeout=80_000)
     kinds = [e["type"] for e in retrain.events]
     assert kinds[0] == "started" and kinds[-1] == "done", kinds
+    started = retrain.events[0]
+    assert started["parent"] == "v1" and started["lr"] == pytest.approx(retrain.lr.value() * FINETUNE_LR_FACTOR)
+    retrain._handle(started)
+    assert f"fine-tuning v1 at lr {started['lr']:.2g}" in retrain.status.text()
     assert "epoch" in kinds and retrain.history  # the plot got its points
     assert len(retrain.loss_line.get_xdata()) == len(retrain.history) >= 1
     assert len(retrain.iou_line.get_ydata()) == len(retrain.history)

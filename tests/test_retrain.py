@@ -15,7 +15,13 @@ from shapely.geometry import box
 from loop.errors import NoTrainingDataError
 from loop.project import Project
 from loop.retrain import RetrainJob
-from loop.retrain_worker import FINETUNE_LR_FACTOR, RetrainSettings, chip_hash, run_round, split_train_val
+from loop.retrain_worker import (
+    FINETUNE_LR_FACTOR,
+    RetrainSettings,
+    chip_hash,
+    run_round,
+    split_train_val,
+)
 from model.checkpoint import Checkpoint, Normalization, load_checkpoint
 from model.scene import Chip, write_geotiff
 from model.unet import UNet, UNetConfig
