@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from loop.errors import ProjectError
 from model.atomic import write_json_atomic
-from model.errors import SceneError
+from model.errors import ConfigError, SceneError
 from model.scene import Chip, SceneInfo, chip_windows, open_scene, read_chip, scene_id_for
 
 if TYPE_CHECKING:  # imported lazily at run time: the store and registry land in their own modules
@@ -60,9 +60,9 @@ class ProjectSettings:
 
     def __post_init__(self) -> None:
         if self.chip_size < 16:
-            raise ValueError(f"ProjectSettings.chip_size must be >= 16, got {self.chip_size}")
+            raise ConfigError(f"ProjectSettings.chip_size must be >= 16, got {self.chip_size}")
         if len(self.bands) != 4:
-            raise ValueError(f"ProjectSettings.bands needs 4 band indexes (R,G,B,NIR), got {self.bands}")
+            raise ConfigError(f"ProjectSettings.bands needs 4 band indexes (R,G,B,NIR), got {self.bands}")
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from model.checkpoint import Checkpoint
-from model.errors import Cancelled, DclabelError
+from model.errors import Cancelled, ConfigError, DclabelError
 from model.scene import Chip
 from model.unet import UNetConfig
 
@@ -72,11 +72,11 @@ class RetrainSettings:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"RetrainSettings needs epochs, batch_size >= 1 and lr > 0, got {self}")
+            raise ConfigError(f"RetrainSettings needs epochs, batch_size >= 1 and lr > 0, got {self}")
         if not 0.0 < self.finetune_lr_factor <= 1.0:
-            raise ValueError(f"RetrainSettings.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
+            raise ConfigError(f"RetrainSettings.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"RetrainSettings.val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"RetrainSettings.val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 def chip_hash(chip: Chip) -> float:

@@ -29,7 +29,7 @@ from loop.ranking import rank_chips
 from loop.retrain_worker import FINETUNE_LR_FACTOR
 from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
-from model.errors import Cancelled
+from model.errors import Cancelled, ConfigError
 from model.scene import SceneInfo, open_scene, read_window, write_geotiff
 
 Progress = Callable[[int, int, dict], None]
@@ -94,11 +94,11 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.batch < 1 or self.seeds < 1 or self.epochs < 1:
-            raise ValueError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
+            raise ConfigError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
         if not 0.0 < self.finetune_lr_factor <= 1.0:
-            raise ValueError(f"SimulationConfig.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
+            raise ConfigError(f"SimulationConfig.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
         if not 0.05 <= self.holdout_fraction <= 0.5:
-            raise ValueError(f"SimulationConfig.holdout_fraction must be in 0.05..0.5, got {self.holdout_fraction}")
+            raise ConfigError(f"SimulationConfig.holdout_fraction must be in 0.05..0.5, got {self.holdout_fraction}")
 
 
 @dataclass(frozen=True)

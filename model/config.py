@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from model.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -76,13 +78,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive, got {self}")
+            raise ConfigError(f"epochs, batch_size and lr must be positive, got {self}")
         if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.loss not in ("dice_bce", "focal_dice", "ce"):
-            raise ValueError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
+            raise ConfigError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
         if self.separation_weight < 0 or self.separation_sigma_px <= 0:
-            raise ValueError(f"need separation_weight >= 0 and separation_sigma_px > 0, got {self}")
+            raise ConfigError(f"need separation_weight >= 0 and separation_sigma_px > 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,12 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
+            raise ConfigError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
         if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
-            raise ValueError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
+            raise ConfigError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
         if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
-            raise ValueError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
+            raise ConfigError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
         if self.threshold is not None and not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")

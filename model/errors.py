@@ -27,5 +27,9 @@ class CheckpointError(DclabelError, ValueError):
     """A checkpoint is missing, corrupt or incompatible with the scene."""
 
 
+class ConfigError(DclabelError, ValueError):
+    """Settings out of range (a command-line flag, a config field): the message names the setting."""
+
+
 class Cancelled(DclabelError):
     """A long job was cancelled by its caller; nothing was replaced."""

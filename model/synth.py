@@ -27,6 +27,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from model.atomic import atomic_path
+from model.errors import ConfigError
 from model.scene import write_geotiff
 from model.synth_background import houses, land_cover, road_network, sensor
 from model.synth_buildings import Knobs, draw_buildings
@@ -75,15 +76,15 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64:
-            raise ValueError(f"SynthConfig: width and height must be >= 64 px, got {self.width}x{self.height}")
+            raise ConfigError(f"SynthConfig: width and height must be >= 64 px, got {self.width}x{self.height}")
         if not 0.1 <= self.res <= 10:
-            raise ValueError(f"SynthConfig: res must be in 0.1..10 m, got {self.res}")
+            raise ConfigError(f"SynthConfig: res must be in 0.1..10 m, got {self.res}")
         if self.site not in (*SITES, "mixed"):
-            raise ValueError(f"SynthConfig: site must be one of {(*SITES, 'mixed')}, got {self.site!r}")
+            raise ConfigError(f"SynthConfig: site must be one of {(*SITES, 'mixed')}, got {self.site!r}")
         if not 0 <= self.difficulty <= 5:
-            raise ValueError(f"SynthConfig: difficulty must be in 0..5, got {self.difficulty}")
+            raise ConfigError(f"SynthConfig: difficulty must be in 0..5, got {self.difficulty}")
         if self.density <= 0:
-            raise ValueError(f"SynthConfig: density must be > 0, got {self.density}")
+            raise ConfigError(f"SynthConfig: density must be > 0, got {self.density}")
 
 
 @dataclass(frozen=True)

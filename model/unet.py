@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from model.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -32,9 +34,9 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.base_channels < 1 or self.depth < 1 or self.num_classes < 1:
-            raise ValueError(f"UNetConfig needs positive sizes, got {self}")
+            raise ConfigError(f"UNetConfig needs positive sizes, got {self}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -61,3 +61,18 @@ def test_create_masks_errors_when_labels_miss_the_chips(chips):
     with pytest.raises(LabelError, match="no data-center polygon overlaps"):
         create_masks(tmp / "ds/chips", tmp / "far.geojson", tmp / "m2", progress=False)
     assert np.all([rasterio.open(p).read(1).max() == 0 for p in (tmp / "m2").glob("*.tif")])
+
+
+@pytest.mark.parametrize("argv, setting", [
+    (["detect", "--checkpoint", "m.pt", "--image", "s.tif", "--output-geojson", "o.geojson", "--threshold", "1.5"],
+     "threshold"),
+    (["train", "--chips-dir", "c", "--masks-dir", "m", "--output-dir", "o", "--lr", "0"], "lr"),
+    (["simulate", "--image", "s.tif", "--truth", "t.geojson", "--output-dir", "o", "--finetune-lr-factor", "2"],
+     "finetune_lr_factor"),
+])
+def test_out_of_range_flags_get_one_line_naming_the_setting(argv, setting, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dclabel {argv[0]}: error:") and setting in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
