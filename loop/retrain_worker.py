@@ -38,6 +38,11 @@ COLD_START_UNET = UNetConfig(base_channels=16, depth=4, dropout=0.1)
 FINETUNE_LR_FACTOR = 0.25
 
 
+def round_lr(lr: float, finetune_lr_factor: float, warm_start: bool) -> float:
+    """Learning rate of a round: ``lr`` for a first model, ``lr * finetune_lr_factor`` for a warm start."""
+    return lr * finetune_lr_factor if warm_start else lr
+
+
 @dataclass(frozen=True)
 class RetrainSettings:
     """Knobs of one retraining round (mirrors :class:`loop.retrain.RetrainJob`'s arguments).
@@ -163,7 +168,7 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
     init = load_checkpoint(current.path) if current is not None else None
     unet = init.unet if init is not None else (settings.unet or COLD_START_UNET)
     data_version = str(project.labels.version)
-    lr = settings.lr * (settings.finetune_lr_factor if init is not None else 1.0)
+    lr = round_lr(settings.lr, settings.finetune_lr_factor, warm_start=init is not None)
     emit({"type": "started", "n_train": len(train), "n_val": len(val), "parent": current.version if current else None,
           "data_version": data_version, "lr": lr})
     config = TrainConfig(

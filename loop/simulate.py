@@ -26,7 +26,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from loop.ranking import rank_chips
-from loop.retrain_worker import FINETUNE_LR_FACTOR
+from loop.retrain_worker import FINETUNE_LR_FACTOR, round_lr
 from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
 from model.errors import Cancelled, ConfigError
@@ -205,7 +205,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     chips = reviewed_training_chips(project)
     train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
     warm = init if config.warm_start else None
-    lr = config.lr * (config.finetune_lr_factor if warm is not None else 1.0)
+    lr = round_lr(config.lr, config.finetune_lr_factor, warm_start=warm is not None)
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
                      pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
