@@ -14,14 +14,16 @@ from rasterio.windows import Window
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def synthetic_scene(size: int, seed: int = 0, difficulty: float = 1.0, site: str = "ashburn") -> Path:
-    """A cached synthetic scene of ``size`` x ``size`` px (drawn once, reused by later runs)."""
+def synthetic_scene(size: int, seed: int = 0, difficulty: float = 1.0, site: str = "ashburn", **extra) -> Path:
+    """A cached synthetic scene of ``size`` x ``size`` px (drawn once, reused by later runs);
+    ``extra`` are further :class:`model.synth.SynthConfig` fields (part of the cache name)."""
     from model.synth import SynthConfig, generate_scene
 
-    tif = OUT / f"scene_{site}_{size}_s{seed}_d{difficulty:g}.tif"
+    tag = "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}" for k, v in sorted(extra.items()))
+    tif = OUT / f"scene_{site}_{size}_s{seed}_d{difficulty:g}{tag}.tif"
     if not tif.exists():
         generate_scene(tif, tif.with_suffix(".geojson"),
-                       SynthConfig(width=size, height=size, seed=seed, difficulty=difficulty, site=site))
+                       SynthConfig(width=size, height=size, seed=seed, difficulty=difficulty, site=site, **extra))
     return tif
 
 

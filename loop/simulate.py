@@ -209,7 +209,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
                      pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
-                     accelerator="cpu")
+                     accelerator="cpu", gate_seconds=0)  # the simulation never runs the fast path
     return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc, init=warm, cancel=cancel)
 
 
@@ -336,7 +336,7 @@ def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig,
     tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-10 * config.train_passes // len(pairs))),
                      batch_size=config.batch_size, lr=config.lr, pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=0,
-                     accelerator="cpu")
+                     accelerator="cpu", gate_seconds=0)
     ckpt = fit(pairs, [], tc, cancel=cancel)
     scores = evaluate(ckpt, holdout, config.chip_size, config.min_object_px)
     n_pos = sum(int(m.any()) for _, m in pairs)

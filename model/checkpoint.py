@@ -56,6 +56,8 @@ class Checkpoint:
         data_version: Version of the label data it was trained on, or None.
         created: ISO 8601 UTC time.
         train: Training settings (epochs, lr, loss, number of chips, ...).
+        gate: The fast path's tile gate distilled from this U-Net (:mod:`model.gate`): plain data
+            (``state_dict``, ``width``, ``threshold`` ...), or None when it has none.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -68,6 +70,7 @@ class Checkpoint:
     data_version: str | None = None
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     train: dict = field(default_factory=dict)
+    gate: dict | None = None
 
     @property
     def threshold(self) -> float:
@@ -89,6 +92,8 @@ class Checkpoint:
             "data_version": self.data_version,
             "created": self.created,
             "train": dict(self.train),
+            "gate": None if self.gate is None else {
+                **self.gate, "state_dict": {k: v.detach().cpu() for k, v in self.gate["state_dict"].items()}},
         }
 
 
@@ -141,6 +146,7 @@ def load_checkpoint(path: str | os.PathLike, expected_bands: int | None = None) 
             data_version=payload.get("data_version"),
             created=payload.get("created", ""),
             train=dict(payload.get("train", {})),
+            gate=payload.get("gate"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint is missing or has a bad field ({exc}).") from exc

@@ -64,6 +64,12 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
                    help="fast: coarse probability a tile needs to run at full resolution")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                    help="fast: auto = bf16 where the CPU/GPU has it natively")
+    p.add_argument("--gate", choices=["auto", "trained", "coarse"], default=d.gate,
+                   help="fast: which pass picks the tiles: the checkpoint's trained tile gate (auto, when it has "
+                   "one; see train-gate) or the U-Net on --coarse-factor downsampled tiles")
+    p.add_argument("--gate-threshold", type=float, default=d.gate_threshold,
+                   help="fast: trained gate's tile score that runs the U-Net (default: the one stored with the gate; "
+                   "lower keeps more tiles, slower and closer to the exact path)")
 
 
 def _detect_config(a: argparse.Namespace) -> DetectConfig:
@@ -112,7 +118,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the decision threshold at 0.5 (default: chosen on the validation chips by object F1)")
     p.add_argument("--no-precise-bn", dest="precise_bn", action="store_false",
                    help="keep batch norm's running averages (default: recomputed over the training chips after training)")
+    p.add_argument("--gate-seconds", type=float, default=t.gate_seconds,
+                   help="after training, distil the fast path's tile gate for up to this long (0 = no gate)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-gate", help="add a tile gate for detect --fast to a checkpoint (no labels needed)")
+    p.add_argument("--checkpoint", required=True, type=Path, help="trained model (.pt)")
+    p.add_argument("--image", dest="images", required=True, type=Path, nargs="+",
+                   help="GeoTIFF scenes or chips to learn from: imagery like what you will detect on")
+    p.add_argument("--output", type=Path, default=None, help="gated checkpoint (default: CHECKPOINT_gated.pt)")
+    p.add_argument("--max-chips", type=int, default=512, help="256 px chips sampled from the images")
+    p.add_argument("--max-time", dest="max_time_s", type=float, default=120.0, help="training seconds")
+    p.add_argument("--min-area", type=float, default=DetectConfig.min_area, help="as detect --min-area")
+    p.add_argument("--bands", type=parse_bands, default=None, help="source bands as R,G,B,NIR")
+    p.add_argument("--device", default=None, help="torch device (default: GPU when present, else CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_gate)
 
     p = sub.add_parser("detect", help="detect data centers over a scene")
     p.add_argument("--image", required=True, type=Path, help="4-band GeoTIFF scene")
@@ -157,7 +178,7 @@ def _train(a: argparse.Namespace) -> int:
         augment=a.augment, base_channels=a.base_channels, depth=a.depth, dropout=a.dropout, seed=a.seed,
         accelerator=a.accelerator, devices=devices, num_nodes=a.num_nodes, strategy=a.strategy,
         max_time_s=a.max_time_s, progress_bar=True, num_workers=a.num_workers, tune_threshold=a.tune_threshold,
-        precise_bn=a.precise_bn,
+        precise_bn=a.precise_bn, gate_seconds=a.gate_seconds,
         separation_weight=a.separation_weight, separation_sigma_px=a.separation_sigma_px,
     )
     init = load_checkpoint(a.init) if a.init else None
@@ -169,6 +190,42 @@ def _train(a: argparse.Namespace) -> int:
     m = load_checkpoint(path).metrics
     shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
     print(f"best checkpoint: {path} ({shown}); metrics log: {a.output_dir / 'logs' / 'metrics.csv'}")
+    return 0
+
+
+def _train_gate(a: argparse.Namespace) -> int:
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.gate import fit_gate
+    from model.scene import open_scene, read_window
+
+    if a.max_chips < 1 or a.max_time_s <= 0:
+        raise SystemExit("dclabel train-gate: --max-chips and --max-time must be positive")
+    scenes = [open_scene(p, a.bands) for p in a.images]
+    ckpt = load_checkpoint(a.checkpoint, len(scenes[0].bands))
+    # chips at random offsets (seeded), so buildings come cut at every place a detection tile can cut them
+    rng = np.random.default_rng(a.seed)
+    area = np.array([s.width * s.height for s in scenes], float)
+    chips = []
+    for k in np.sort(rng.choice(len(scenes), a.max_chips, p=area / area.sum())):
+        scene = scenes[k]
+        r, c = (int(rng.integers(0, max(n - 256, 0) + 1)) for n in (scene.height, scene.width))
+        with rasterio.open(scene.path) as src:
+            chips.append(read_window(scene, Window(c, r, 256, 256), src))
+    fit = fit_gate(ckpt, chips, min_area=int(a.min_area), max_seconds=a.max_time_s, seed=a.seed, device=a.device)
+    if fit is None:
+        raise SystemExit(f"dclabel train-gate: {a.checkpoint} detects nothing on {len(chips)} chips of "
+                         f"{', '.join(str(p) for p in a.images)}; give imagery with data centers (or look-alikes) "
+                         "so the gate has something to learn")
+    ckpt.gate = fit.payload
+    out = a.output or a.checkpoint.with_name(f"{a.checkpoint.stem}_gated.pt")
+    save_checkpoint(ckpt, out)
+    print(f"tile gate from {fit.chips} chips ({fit.positive_chips} with detections) in {fit.seconds:.0f} s: "
+          f"threshold {fit.threshold:.3f}, keeps {fit.recall:.0%} of held-out chips with detections and "
+          f"{fit.keep_share:.0%} of those without; wrote {out} (use: dclabel detect --fast)")
     return 0
 
 

@@ -49,6 +49,8 @@ class TrainConfig:
         precise_bn: After training, recompute the batch-norm statistics over the training chips
             (:func:`model.train.precise_bn`); off: keep the running averages of the last batches,
             which on a few chips can leave the model predicting everything or nothing.
+        gate_seconds: After training, distil the fast path's tile gate (:mod:`model.gate`) from
+            the U-Net on the training chips' imagery for at most this many seconds; 0 = no gate.
     """
 
     epochs: int = 20
@@ -75,8 +77,11 @@ class TrainConfig:
     separation_weight: float = 0.0
     separation_sigma_px: float = 20.0
     precise_bn: bool = True
+    gate_seconds: float = 30.0
 
     def __post_init__(self) -> None:
+        if self.gate_seconds < 0:
+            raise ConfigError(f"gate_seconds must be >= 0, got {self.gate_seconds}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive, got {self}")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -108,6 +113,10 @@ class DetectConfig:
         coarse_factor: Fast mode: downsampling of the coarse pass (1 = no gate).
         coarse_threshold: Fast mode: coarse probability a tile must reach to run at full resolution.
         precision: Fast mode: ``auto`` (bf16 where native), ``fp32`` or ``bf16``.
+        gate: Fast mode: ``auto`` uses the checkpoint's trained tile gate (:mod:`model.gate`) when it
+            has one, else the coarse pass; ``trained`` or ``coarse`` force one.
+        gate_threshold: Fast mode: tile score at which the trained gate runs the U-Net (None: the
+            one stored with the gate, chosen on held-out chips; lower keeps more tiles).
     """
 
     tile_size: int = 256
@@ -123,10 +132,16 @@ class DetectConfig:
     coarse_factor: int = 4
     coarse_threshold: float = 0.1
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gate: Literal["auto", "trained", "coarse"] = "auto"
+    gate_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
+        if self.gate not in ("auto", "trained", "coarse"):
+            raise ConfigError(f"gate must be auto, trained or coarse, got {self.gate!r}")
+        if self.gate_threshold is not None and not 0 <= self.gate_threshold < 1:
+            raise ConfigError(f"gate_threshold must be in [0, 1), got {self.gate_threshold}")
         if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
             raise ConfigError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -133,7 +133,8 @@ class TileDetector(L.LightningModule):
     def on_predict_start(self) -> None:
         c = self.config
         if c.mode == "fast":
-            self.tiles = TileModel(self.ckpt, self.device, c.precision, c.coarse_factor, c.coarse_threshold)
+            self.tiles = TileModel(self.ckpt, self.device, c.precision, c.coarse_factor, c.coarse_threshold,
+                                   c.gate, c.gate_threshold)
         else:
             self.tiles = TileModel(self.ckpt, self.device, "fp32", coarse_factor=1)
 

@@ -3,8 +3,10 @@
 The exact path (:func:`model.predict_scene.predict_scene`) runs the U-Net on every tile. The fast
 path, chosen with ``DetectConfig(mode="fast")`` or ``dclabel detect --fast``:
 
-1. runs the same U-Net on each tile downsampled ``coarse_factor`` times (1/16 of the work at 4x)
-   and keeps the tile only if the coarse probability reaches ``coarse_threshold`` somewhere in it;
+1. asks a gate which tiles to run: the checkpoint's trained tile gate (:mod:`model.gate`, about
+   1 % of the U-Net's work, distilled from it) when it has one; otherwise the same U-Net on each
+   tile downsampled ``coarse_factor`` times (1/16 of the work at 4x), keeping the tile if the
+   coarse probability reaches ``coarse_threshold`` somewhere in it;
 2. runs the full-resolution U-Net on the kept tiles only, with batch norm folded into the
    convolutions, channels-last memory and bfloat16 autocast where the CPU supports it natively
    (AVX512-BF16/AMX; otherwise float32);
@@ -27,7 +29,14 @@ import torch
 from model.blend import StripBlender, probability_raster, read_strips
 from model.checkpoint import Checkpoint
 from model.errors import Cancelled
-from model.inference import Precision, TileModel, bf16_native, fuse_batch_norm, tile_batch_size
+from model.inference import (
+    GateKind,
+    Precision,
+    TileModel,
+    bf16_native,
+    fuse_batch_norm,
+    tile_batch_size,
+)
 from model.scene import SceneInfo
 
 FastModel = TileModel  # the fast path's name for it
@@ -44,6 +53,7 @@ class FastStats:
         full_res: Tiles the full-resolution U-Net ran on.
         seconds: Wall time.
         bf16: Whether bfloat16 autocast was used.
+        gate: Which gate decided: ``trained``, ``coarse`` or ``off``.
     """
 
     tiles: int
@@ -51,6 +61,7 @@ class FastStats:
     full_res: int
     seconds: float
     bf16: bool
+    gate: str = "coarse"
 
 
 def predict_scene_fast(
@@ -66,6 +77,8 @@ def predict_scene_fast(
     precision: Precision = "auto",
     progress=None,
     cancel=None,
+    gate: GateKind = "auto",
+    gate_threshold: float | None = None,
 ) -> FastStats:
     """Predict a scene's probability GeoTIFF (uint8, p * 255) with the coarse gate.
 
@@ -82,11 +95,13 @@ def predict_scene_fast(
         precision: ``auto``, ``fp32`` or ``bf16`` (see :class:`FastModel`).
         progress: ``progress(tiles_done, tiles_total, {"tiles_per_s", "full_res"})``.
         cancel: Returns True to stop (raises :class:`Cancelled`, nothing is left at ``prob_path``).
+        gate: ``auto``, ``trained`` or ``coarse`` (see :class:`~model.inference.TileModel`).
+        gate_threshold: The trained gate's threshold (None: the one stored with it).
 
     Returns:
         Counts and timing of the run.
     """
-    fast = TileModel(ckpt, device, precision, coarse_factor, coarse_threshold)
+    fast = TileModel(ckpt, device, precision, coarse_factor, coarse_threshold, gate, gate_threshold)
     batch_size = tile_batch_size(batch_size, fast.device)
     done, with_data, full_res = 0, 0, 0
     t0 = time.perf_counter()
@@ -116,5 +131,5 @@ def predict_scene_fast(
             if progress is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 progress(done, total, {"tiles_per_s": rate, "full_res": full_res})
-    return FastStats(total, with_data, full_res, time.perf_counter() - t0, fast.bf16)
+    return FastStats(total, with_data, full_res, time.perf_counter() - t0, fast.bf16, fast.gate_kind)
 

@@ -15,6 +15,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from model.checkpoint import Checkpoint, Normalization, build_model, default_device
 from model.data import dihedral, dihedral_inverse
+from model.errors import CheckpointError
+from model.gate import build_gate, gate_scores
+
+GateKind = Literal["auto", "trained", "coarse"]
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
@@ -140,6 +144,13 @@ class TileModel:
         precision: ``auto`` (bf16 where native, else fp32), ``fp32`` or ``bf16``.
         coarse_factor: Downsampling of the coarse pass (1 disables the gate).
         coarse_threshold: A tile runs at full resolution when its coarse probability reaches this.
+        gate: Which gate decides (unless ``coarse_factor`` is 1): ``auto`` the checkpoint's trained
+            tile gate (:mod:`model.gate`) when it has one, else the coarse U-Net pass; ``trained``
+            or ``coarse`` force one.
+        gate_threshold: The trained gate's threshold (None: the one stored with it).
+
+    Raises:
+        CheckpointError: ``gate="trained"`` and the checkpoint has no gate.
     """
 
     def __init__(
@@ -149,6 +160,8 @@ class TileModel:
         precision: Precision = "auto",
         coarse_factor: int = 4,
         coarse_threshold: float = 0.1,
+        gate: GateKind = "auto",
+        gate_threshold: float | None = None,
     ) -> None:
         base = build_model(ckpt, device)
         self.device = next(base.parameters()).device
@@ -157,6 +170,16 @@ class TileModel:
         self.mean, self.std = ckpt.normalization.tensors(self.device)
         self.bf16 = precision == "bf16" or (precision == "auto" and bf16_native(self.device))
         self.coarse_factor, self.coarse_threshold = coarse_factor, coarse_threshold
+        if gate == "trained" and ckpt.gate is None:
+            raise CheckpointError(
+                f"checkpoint {ckpt.version} has no trained tile gate; add one with `dclabel train-gate` "
+                "or use --gate coarse.")
+        self.tile_gate, self.gate_threshold = (
+            build_gate(ckpt.gate, self.device) if gate != "coarse" and ckpt.gate is not None and coarse_factor > 1
+            else (None, 1.0))
+        if gate_threshold is not None:
+            self.gate_threshold = gate_threshold
+        self.gate_kind = "off" if coarse_factor <= 1 else ("trained" if self.tile_gate is not None else "coarse")
 
     def _normalise(self, tiles: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, torch.float32)
@@ -183,6 +206,8 @@ class TileModel:
         f = self.coarse_factor
         if f <= 1 or len(tiles) == 0:
             return np.ones(len(tiles), bool)
+        if self.tile_gate is not None:
+            return gate_scores(self.tile_gate, tiles) >= self.gate_threshold
         x = F.avg_pool2d(self._normalise(tiles), f, ceil_mode=True)
         peak = self._probs(x).amax(dim=(1, 2)).cpu().numpy()
         return peak >= self.coarse_threshold

@@ -24,6 +24,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 
 from model.atomic import atomic_path
@@ -33,6 +34,7 @@ from model.synth_background import houses, land_cover, road_network, sensor
 from model.synth_buildings import Knobs, draw_buildings
 from model.synth_layout import (
     DEFAULT_FOOTPRINTS,
+    POSITIVE_SHARE,
     SITES,
     Footprint,
     choose_origin,
@@ -62,6 +64,11 @@ class SynthConfig:
             grids, more skylight grids, gridded units and generator-like rows on hard
             negatives, fewer generator yards, more haze, blur and noise).
         density: Multiplies the number of buildings (about 12-22 per 2048 x 2048 px).
+        positive_share: Share of data centers among the placed copies, by count and by area
+            (0.4: a dense cluster, where the demo and training scenes sit; real NAIP quarter
+            quads hold data centers in 0.1-6.5 % of their tiles, see bench/fastpath.py).
+        real_layout: Place the window over the site's real cluster (real buildings in their real
+            positions, then copies); False: copies only, at random positions near the site.
         footprints: Footprint GeoJSON; default the ``data/datacenters.geojson`` of the package.
     """
 
@@ -72,6 +79,8 @@ class SynthConfig:
     site: Literal["ashburn", "santa_clara", "mixed"] = "ashburn"
     difficulty: float = 1.0
     density: float = 1.0
+    positive_share: float = POSITIVE_SHARE
+    real_layout: bool = True
     footprints: Path | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +92,8 @@ class SynthConfig:
             raise ConfigError(f"SynthConfig: site must be one of {(*SITES, 'mixed')}, got {self.site!r}")
         if not 0 <= self.difficulty <= 5:
             raise ConfigError(f"SynthConfig: difficulty must be in 0..5, got {self.difficulty}")
+        if not 0 < self.positive_share <= 1:
+            raise ConfigError(f"SynthConfig: positive_share must be in (0, 1], got {self.positive_share}")
         if self.density <= 0:
             raise ConfigError(f"SynthConfig: density must be > 0, got {self.density}")
 
@@ -119,12 +130,18 @@ def render_scene(config: SynthConfig) -> SynthScene:
     rng = np.random.default_rng(config.seed)
     real = read_footprints(config.footprints)
     layout = site_layout(real, config.site)
-    epsg = SITES["santa_clara" if config.site == "santa_clara" else "ashburn"].epsg
+    home = SITES["santa_clara" if config.site == "santa_clara" else "ashburn"]
     w_m, h_m = config.width * config.res, config.height * config.res
-    left, top = choose_origin(layout, w_m, h_m, rng)
+    if config.real_layout:
+        left, top = choose_origin(layout, w_m, h_m, rng)
+    else:  # copies only, somewhere near the site (its UTM zone and land cover)
+        layout = layout.iloc[0:0]
+        x, y = Transformer.from_crs(4326, home.epsg, always_xy=True).transform(home.lon, home.lat)
+        left, top = float(np.floor(x + rng.uniform(-1, 1) * home.radius_m)), float(np.floor(y + rng.uniform(-1, 1) * home.radius_m))
+    epsg = home.epsg
     transform = Affine(config.res, 0.0, left, 0.0, -config.res, top)
     placed = place_footprints(layout, shape_pool(real), transform, config.width, config.height, rng,
-                              density=config.density)
+                              density=config.density, positive_share=config.positive_share)
     cv = Canvas(config.width, config.height, transform)
     land_cover(cv, config.site, rng)
     angles = [Frame.of(f.geometry).angle for f in placed]

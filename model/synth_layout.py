@@ -209,6 +209,7 @@ def place_footprints(
     height: int,
     rng: np.random.Generator,
     density: float = 1.0,
+    positive_share: float = POSITIVE_SHARE,
 ) -> list[Footprint]:
     """Real buildings inside the scene window plus non-overlapping copies up to the target count.
 
@@ -222,6 +223,8 @@ def place_footprints(
         height: Scene rows.
         rng: Seeded generator.
         density: Multiplies the target number of buildings.
+        positive_share: Share of data centers (by count and by area) the copies steer towards;
+            at least one data center is always drawn.
 
     Returns:
         The footprints drawn in the scene, real ones first.
@@ -253,14 +256,14 @@ def place_footprints(
     while attempts < 40 * cap and (
         len(out) < target
         or not _has_both(out)
-        or (_area_share(out) > POSITIVE_SHARE + 0.03 and len(out) < cap)
+        or (_area_share(out) > positive_share + 0.03 and len(out) < cap)
     ):
         attempts += 1
-        want_pos = _wants_positive(out, rng)
+        want_pos = _wants_positive(out, rng, positive_share)
         pick = np.array([(p[1] == "datacenter") == want_pos for p in fits])
         if not pick.any():
             pick[:] = True
-        weight = np.where(pick, areas if (not want_pos and _area_share(out) > POSITIVE_SHARE) else 1.0, 0.0)
+        weight = np.where(pick, areas if (not want_pos and _area_share(out) > positive_share) else 1.0, 0.0)
         shape, cls, name = fits[int(rng.choice(len(fits), p=weight / weight.sum()))]
         geom = affinity.rotate(shape, float(rng.uniform(0, 360)), origin=(0, 0))
         gx0, gy0, gx1, gy1 = geom.bounds
@@ -292,16 +295,16 @@ def _area_share(current: list[Footprint]) -> float:
     return sum(f.geometry.area for f in current if f.label) / total if total else 0.0
 
 
-def _wants_positive(current: list[Footprint], rng: np.random.Generator) -> bool:
-    """Next copy's kind: keep both kinds present, then steer count and area shares to ~40 %."""
+def _wants_positive(current: list[Footprint], rng: np.random.Generator, share: float = POSITIVE_SHARE) -> bool:
+    """Next copy's kind: keep both kinds present, then steer count and area shares to ``share``."""
     pos = sum(f.label for f in current)
     if pos == 0:
         return True
     if pos == len(current):
         return False
     count_share = pos / len(current)
-    if count_share < POSITIVE_SHARE and _area_share(current) < POSITIVE_SHARE:
+    if count_share < share and _area_share(current) < share:
         return bool(rng.random() < 0.8)
-    if count_share > POSITIVE_SHARE or _area_share(current) > POSITIVE_SHARE:
+    if count_share > share or _area_share(current) > share:
         return False
-    return bool(rng.random() < POSITIVE_SHARE)
+    return bool(rng.random() < share)

@@ -182,7 +182,27 @@ def fit(
         ckpt.metrics["threshold"] = init.threshold  # kept unless this round's validation can judge
     if config.tune_threshold and len(val):
         tune_threshold(ckpt, val, "cpu" if config.accelerator == "cpu" else None)
+    if config.gate_seconds > 0:
+        ckpt.gate = train_gate(ckpt, train, config)
     return ckpt
+
+
+def train_gate(ckpt: Checkpoint, train: Sequence[ChipPair], config: TrainConfig, max_chips: int = 512) -> dict | None:
+    """The fast path's tile gate distilled from ``ckpt`` on up to ``max_chips`` training images
+    (seeded sample, the most common chip shape), or None when the U-Net detects nothing on them."""
+    from model.gate import CELL, fit_gate
+
+    shapes = [tuple(train[i][0].shape) for i in range(len(train))]
+    common = max(set(shapes), key=shapes.count)
+    if common[1] % CELL or common[2] % CELL:
+        return None
+    idx = [i for i, s in enumerate(shapes) if s == common]
+    if len(idx) > max_chips:
+        idx = sorted(np.random.default_rng(config.seed).choice(idx, max_chips, replace=False).tolist())
+    device = "cpu" if config.accelerator == "cpu" else None
+    fit = fit_gate(ckpt, [train[i][0] for i in idx], max_seconds=config.gate_seconds, seed=config.seed,
+                   device=device)
+    return None if fit is None else fit.payload
 
 
 def precise_bn(task: SegmentationTask, state: dict, train: Sequence[ChipPair], config: TrainConfig,

@@ -132,6 +132,19 @@ def test_difficulty_is_a_real_knob():
     assert np.abs(np.diff(b[3], axis=1)).mean() > np.abs(np.diff(a[3], axis=1)).mean()
 
 
+def test_positive_share_and_copies_only_layout_make_a_sparse_scene():
+    def share(cfg: SynthConfig) -> tuple[float, set[str]]:
+        fps = render_scene(cfg).footprints
+        return sum(f.label for f in fps) / len(fps), {f.source for f in fps}
+
+    dense, dense_sources = share(SynthConfig(width=1536, height=1536, seed=2))
+    sparse, sparse_sources = share(SynthConfig(width=1536, height=1536, seed=2, real_layout=False, positive_share=0.1))
+    assert "real" in dense_sources and sparse_sources == {"copy"}
+    assert sparse <= 0.2 < dense
+    with pytest.raises(ValueError, match="positive_share"):
+        SynthConfig(positive_share=0)
+
+
 def test_footprints_for_site_reprojects_real_clusters():
     ash = footprints_for_site(site="ashburn")
     sc = footprints_for_site(site="santa_clara")
