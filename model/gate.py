@@ -34,6 +34,7 @@ from torch import nn
 
 from model.checkpoint import Checkpoint, default_device
 from model.data import dihedral
+from model.errors import Cancelled
 from model.metrics import label_objects
 
 CELL = 16  # pixels per output cell of the gate
@@ -166,6 +167,7 @@ def fit_gate(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> GateFit | None:
     """Distil a tile gate from ``ckpt``'s U-Net on uint8 chips (C, H, W) of one size (H, W multiples of 16).
 
@@ -183,6 +185,7 @@ def fit_gate(
         seed: Seed of the split, shuffling and augmentation.
         device: Torch device (default: best available).
         progress: ``progress(epoch, epochs)``.
+        cancel: Returns True to stop (checked every epoch; raises :class:`~model.errors.Cancelled`).
 
     Returns:
         The fit, or None when the U-Net detects nothing on any chip (nothing to learn).
@@ -232,6 +235,8 @@ def fit_gate(
             loss.backward()
             opt.step()
         rng.shuffle(train)
+        if cancel is not None and cancel():
+            raise Cancelled("gate training was cancelled; nothing was written.")
         if progress is not None:
             progress(epoch + 1, epochs)
         if time.perf_counter() - t0 > max_seconds:

@@ -183,13 +183,16 @@ def fit(
     if config.tune_threshold and len(val):
         tune_threshold(ckpt, val, "cpu" if config.accelerator == "cpu" else None)
     if config.gate_seconds > 0:
-        ckpt.gate = train_gate(ckpt, train, config)
+        ckpt.gate = train_gate(ckpt, train, config, progress=progress, cancel=cancel)
     return ckpt
 
 
-def train_gate(ckpt: Checkpoint, train: Sequence[ChipPair], config: TrainConfig, max_chips: int = 512) -> dict | None:
+def train_gate(ckpt: Checkpoint, train: Sequence[ChipPair], config: TrainConfig, max_chips: int = 512,
+               progress: Progress | None = None, cancel: CancelCheck | None = None) -> dict | None:
     """The fast path's tile gate distilled from ``ckpt`` on up to ``max_chips`` training images
-    (seeded sample, the most common chip shape), or None when the U-Net detects nothing on them."""
+    (seeded sample, the most common chip shape), or None when the U-Net detects nothing on them.
+
+    ``progress(epoch, epochs, {"event": "gate"})`` after each gate epoch; ``cancel`` as in :func:`fit`."""
     from model.gate import CELL, fit_gate
 
     shapes = [tuple(train[i][0].shape) for i in range(len(train))]
@@ -201,7 +204,8 @@ def train_gate(ckpt: Checkpoint, train: Sequence[ChipPair], config: TrainConfig,
         idx = sorted(np.random.default_rng(config.seed).choice(idx, max_chips, replace=False).tolist())
     device = "cpu" if config.accelerator == "cpu" else None
     fit = fit_gate(ckpt, [train[i][0] for i in idx], max_seconds=config.gate_seconds, seed=config.seed,
-                   device=device)
+                   device=device, cancel=cancel,
+                   progress=None if progress is None else lambda e, n: progress(e, n, {"event": "gate"}))
     return None if fit is None else fit.payload
 
 
