@@ -203,8 +203,6 @@ class RetrainWidget(QWidget):
                 + (f", val IoU {float(iou):.3f}" if iou is not None else "")
             )
             self._draw()
-        elif kind == "gate":
-            self.status.setText(f"distilling the fast-detection tile gate: pass {e.get('done')}/{e.get('total')}")
         elif kind == "published":
             self.status.setText(f"{e['version']} is the current model: {e.get('reason', '')}")
             show_info(f"New model {e['version']} (val IoU {float(e.get('val_iou') or 0):.3f}); re-ranking the queue.")

@@ -176,6 +176,7 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
         base_channels=unet.base_channels,
         depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="auto",
         max_time_s=settings.max_time_s, log_dir=project.logs_dir / time.strftime("train-%Y%m%d-%H%M%S"),
+        gate_seconds=0,  # rounds feed the review queue; the fast path's gate (+15 s here) is train-gate's job
     )
 
     def progress(done: int, total: int, info: dict) -> None:

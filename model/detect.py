@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -68,6 +69,11 @@ def detect_scene(
         prob = Path(output_prob) if output_prob else Path(tmp) / "prob.tif"
         if config.mode == "fast":
             from model.fastpath import predict_scene_fast
+
+            if ckpt.gate is None and config.gate == "auto" and config.coarse_factor > 1:
+                warnings.warn(f"checkpoint {ckpt.version} has no trained tile gate: --fast falls back to the coarse "
+                              "pass, which skips fewer tiles and can miss detections; add a gate with "
+                              "`dclabel train-gate --checkpoint ... --image SCENE.tif`", UserWarning, stacklevel=2)
 
             predict_scene_fast(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                                config.device, config.coarse_factor, config.coarse_threshold,

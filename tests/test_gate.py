@@ -128,3 +128,11 @@ def test_train_gate_cli_says_when_the_model_finds_nothing_to_learn_from(tmp_path
     with pytest.raises(SystemExit, match="detects nothing"):
         cli_main(["train-gate", "--checkpoint", str(plain), "--image", str(scene), "--max-chips", "32"])
     assert not (tmp_path / "m_gated.pt").exists()
+
+
+def test_fast_detection_without_a_gate_warns_and_names_the_remedy(tmp_path):
+    scene_path, _ = make_scene(tmp_path / "s.tif", (128, 128), [(20, 20, 90, 90)], seed=7)
+    cfg = DetectConfig(tile_size=64, overlap=16, device="cpu", min_area=50, mode="fast")
+    with pytest.warns(UserWarning, match="train-gate"):
+        found = detect_scene(bright_roof_checkpoint(), open_scene(scene_path), cfg)
+    assert len(found) == 1
