@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--difficulty", type=float, default=0.25)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--scenes", type=int, default=6, help="synthetic scenes, alternating Ashburn and Santa Clara")
+    ap.add_argument("--typical-scenes", type=int, default=0,
+                    help="also train and test on this many scenes of typical data-center density (copies only, "
+                    "5%% data centers; seeds 11, 12, ...), where hard negatives dominate")
     ap.add_argument("--per-object", type=int, default=3,
                     help="extra chips centred inside each labelled building (0: the grid only)")
     ap.add_argument("--recipes", default="seed,ours",
@@ -171,8 +174,10 @@ def main() -> None:
         side_by_side(a)
         return
     test_tifs, truths, chips = [], [], []
-    for k in range(a.scenes):
-        tif = synthetic_scene(a.size, seed=k + 1, difficulty=a.difficulty, site=SITES[k % 2])
+    typical = [synthetic_scene(a.size, seed=11 + k, difficulty=a.difficulty, real_layout=False, positive_share=0.05)
+               for k in range(a.typical_scenes)]
+    for k, tif in enumerate([synthetic_scene(a.size, seed=k + 1, difficulty=a.difficulty, site=SITES[k % 2])
+                             for k in range(a.scenes)] + typical):
         tr, te, truth = split_scene(tif)
         test_tifs.append(te)
         truths.append(truth)
@@ -180,7 +185,7 @@ def main() -> None:
     n_pos = sum(int(ch.mask.any()) for ch in chips)
     n_test = sum(int(t[t["class"] == "datacenter"].intersects(box(*open_scene(te).bounds)).sum())
                  for t, te in zip(truths, test_tifs, strict=True))
-    print(f"demo benchmark: {a.scenes} scenes {a.size}x{a.size} (difficulty {a.difficulty:g}), "
+    print(f"demo benchmark: {a.scenes} scenes + {a.typical_scenes} typical {a.size}x{a.size} (difficulty {a.difficulty:g}), "
           f"{len(chips)} training chips ({n_pos} with data centers; grid + {a.per_object} per building), "
           f"test = right {1 - TRAIN_FRACTION:.0%} of each scene; budget {a.budget_s:.0f} s per recipe, "
           f"{a.threads} threads")

@@ -12,8 +12,8 @@ every large roof or nothing. The tile gate is trained for the job instead, by di
   for 30 % holding exact detections; hard 0/1 targets (U-Net detections of at least
   ``min_area`` px) kept 47 % (trial runs on bench/fastpath.py's scenes, 2026-11-29);
 - it is fully convolutional (1.2 m input, 16 px output cells) and, with its input pooled in
-  integers and batch norm folded, costs about 2 % of a base-16 U-Net per tile (0.5 vs 33 ms on
-  this 2-core CPU), so a skipped tile costs almost nothing;
+  integers and batch norm folded, costs 1-1.5 % of a base-16 U-Net per tile (0.5 ms against
+  36-47 ms on this 2-core CPU), so a skipped tile costs almost nothing;
 - its decision threshold is chosen on held-out chips so that every chip where the U-Net detects
   something is kept, with a factor-of-two margin below the lowest such chip's score.
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from model.checkpoint import Checkpoint, default_device
 from model.data import dihedral
-from model.errors import Cancelled
+from model.errors import Cancelled, CheckpointError
 from model.metrics import label_objects
 
 CELL = 16  # pixels per output cell of the gate
@@ -120,11 +120,17 @@ def build_gate(payload: dict, device: str | torch.device | None = None) -> tuple
     channels-last), and its threshold."""
     from model.inference import fuse_batch_norm
 
-    sd = payload["state_dict"]
-    gate = TileGate(tuple(sd["mean"].flatten().tolist()), tuple(sd["std"].flatten().tolist()), int(payload["width"]))
-    gate.load_state_dict(sd)
+    try:
+        sd = payload["state_dict"]
+        gate = TileGate(tuple(sd["mean"].flatten().tolist()), tuple(sd["std"].flatten().tolist()),
+                        int(payload["width"]))
+        gate.load_state_dict(sd)
+        threshold = float(payload["threshold"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's tile gate is damaged ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "add a new one with `dclabel train-gate` or detect with --gate coarse.") from exc
     gate = fuse_batch_norm(gate.eval()).to(device or default_device(), memory_format=torch.channels_last)
-    return gate, float(payload["threshold"])
+    return gate, threshold
 
 
 def gate_scores(gate: nn.Module, tiles: np.ndarray) -> np.ndarray:

@@ -136,3 +136,10 @@ def test_fast_detection_without_a_gate_warns_and_names_the_remedy(tmp_path):
     with pytest.warns(UserWarning, match="train-gate"):
         found = detect_scene(bright_roof_checkpoint(), open_scene(scene_path), cfg)
     assert len(found) == 1
+
+
+def test_a_damaged_gate_is_a_checkpoint_error_not_a_traceback():
+    ckpt = bright_roof_checkpoint()
+    ckpt.gate = {"state_dict": {"mean": torch.zeros(4)}, "width": 16, "threshold": 0.3}
+    with pytest.raises(CheckpointError, match="tile gate is damaged"):
+        FastModel(ckpt, "cpu", "fp32")
