@@ -221,6 +221,7 @@ def fit_gate(
     pos_chip = (y.amax(dim=(1, 2, 3)) > 0).numpy()
     if not pos_chip.any():
         return None
+    t_train = time.perf_counter()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     n_val = len(x) // 5
@@ -245,7 +246,7 @@ def fit_gate(
             raise Cancelled("gate training was cancelled; nothing was written.")
         if progress is not None:
             progress(epoch + 1, epochs)
-        if time.perf_counter() - t0 > max_seconds:
+        if time.perf_counter() - t_train > max_seconds:
             break
     gate.eval()
     with torch.inference_mode():
