@@ -191,6 +191,7 @@ def run_scene(name: str, tif: Path, ckpt: Checkpoint, a: argparse.Namespace) -> 
           f"centers, in {scene_tile_share(truth, scene, cfg):.1%} of its tiles; tile {cfg.tile_size}, overlap "
           f"{cfg.overlap}, batch {cfg.batch_size}, threshold {cfg.threshold:g}")
     runs = [("exact", None), ("fast, trained gate", (a.coarse_factor, a.coarse_threshold, "auto", "trained")),
+            ("fast, trained gate, no growing", (a.coarse_factor, a.coarse_threshold, "auto", "trained", None, False)),
             *[(f"fast, trained gate {t:g}", (a.coarse_factor, a.coarse_threshold, "auto", "trained", t))
               for t in a.gate_thresholds],
             ("fast, coarse gate", (a.coarse_factor, a.coarse_threshold, "auto", "coarse"))]
@@ -204,14 +205,16 @@ def run_scene(name: str, tif: Path, ckpt: Checkpoint, a: argparse.Namespace) -> 
             predict_scene(ckpt, scene, prob, cfg.tile_size, cfg.overlap, cfg.batch_size, "cpu")
             info = ""
         else:
-            factor, threshold, precision, gate, *gate_threshold = fast
+            factor, threshold, precision, gate, gate_threshold, grow = (*fast, None, True)[:6]
             st = predict_scene_fast(ckpt, scene, prob, cfg.tile_size, cfg.overlap, cfg.batch_size, "cpu", factor,
-                                    threshold, precision, gate=gate, gate_threshold=(gate_threshold or [None])[0])
-            info = f", full U-Net on {st.full_res}/{st.tiles} tiles ({st.full_res / st.tiles:.0%}), bf16 {st.bf16}"
+                                    threshold, precision, gate=gate, gate_threshold=gate_threshold,
+                                    grow_threshold=cfg.threshold if grow else None)
+            info = (f", full U-Net on {st.full_res}/{st.tiles} tiles ({st.full_res / st.tiles:.0%}, {st.grown} grown), "
+                    f"bf16 {st.bf16}")
         secs = time.perf_counter() - t0
         m = score(prob, truth, cfg)
         results[run] = {"s": secs, **m}
-        print(f"{run:22s}: {secs:7.1f} s, {scene.width * scene.height / secs / 1e6:6.3f} Mpx/s, "
+        print(f"{run:30s}: {secs:7.1f} s, {scene.width * scene.height / secs / 1e6:6.3f} Mpx/s, "
               f"{km2 / secs * 3600:7.1f} km^2/h | pixel IoU {m['iou']:.3f}, object F1 {m['object_f1']:.3f} "
               f"({m['detections']} objects){info}", flush=True)
     ex = results["exact"]

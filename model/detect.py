@@ -77,7 +77,8 @@ def detect_scene(
 
             predict_scene_fast(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                                config.device, config.coarse_factor, config.coarse_threshold,
-                               config.precision, progress, cancel, config.gate, config.gate_threshold)
+                               config.precision, progress, cancel, config.gate, config.gate_threshold,
+                               with_threshold(config, ckpt).threshold)
         else:
             predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                           config.device, progress, cancel)

@@ -10,7 +10,9 @@ path, chosen with ``DetectConfig(mode="fast")`` or ``dclabel detect --fast``:
 2. runs the full-resolution U-Net on the kept tiles only, with batch norm folded into the
    convolutions, channels-last memory and bfloat16 autocast where the CPU supports it natively
    (AVX512-BF16/AMX; otherwise float32);
-3. blends kept tiles exactly as the exact path does; pixels that no kept tile covers get
+3. grows the kept set: a skipped tile runs after all when a detection in a kept neighbour (left,
+   right or above) reaches their shared edge, so skipping does not cut objects in two;
+4. blends kept tiles exactly as the exact path does; pixels that no kept tile covers get
    probability 0 (skipped tiles contribute nothing, so they do not dilute their neighbours).
 
 Memory streams strip by strip as in the exact path.
@@ -23,6 +25,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass
 
+import numpy as np
 import rasterio
 import torch
 
@@ -54,6 +57,7 @@ class FastStats:
         seconds: Wall time.
         bf16: Whether bfloat16 autocast was used.
         gate: Which gate decided: ``trained``, ``coarse`` or ``off``.
+        grown: Tiles the gate skipped that ran because a detection next to them reached their edge.
     """
 
     tiles: int
@@ -62,6 +66,7 @@ class FastStats:
     seconds: float
     bf16: bool
     gate: str = "coarse"
+    grown: int = 0
 
 
 def predict_scene_fast(
@@ -79,6 +84,7 @@ def predict_scene_fast(
     cancel=None,
     gate: GateKind = "auto",
     gate_threshold: float | None = None,
+    grow_threshold: float | None = None,
 ) -> FastStats:
     """Predict a scene's probability GeoTIFF (uint8, p * 255) with the coarse gate.
 
@@ -97,39 +103,71 @@ def predict_scene_fast(
         cancel: Returns True to stop (raises :class:`Cancelled`, nothing is left at ``prob_path``).
         gate: ``auto``, ``trained`` or ``coarse`` (see :class:`~model.inference.TileModel`).
         gate_threshold: The trained gate's threshold (None: the one stored with it).
+        grow_threshold: The detection threshold: a skipped tile runs after all when pixels at or
+            above it in a neighbour reach within ``overlap`` px of their shared edge (left, right
+            or below; rows above are already written), so a skip does not cut a detection in two.
+            None: no growing.
 
     Returns:
         Counts and timing of the run.
     """
     fast = TileModel(ckpt, device, precision, coarse_factor, coarse_threshold, gate, gate_threshold)
     batch_size = tile_batch_size(batch_size, fast.device)
-    done, with_data, full_res = 0, 0, 0
+    done, with_data, full_res, grown = 0, 0, 0, 0
+    band = max(overlap, 1)
     t0 = time.perf_counter()
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("detection was cancelled; no output was written.")
+
     # closing(): on cancel or error the read-ahead thread is joined before the scene is closed
     with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst, \
             closing(read_strips(scene, src, tile_size, overlap)) as strips:
         blender = StripBlender(scene, dst, tile_size, overlap)
         total = len(blender.rows) * len(blender.cols)
+        forced: set[int] = set()  # tiles of this strip that a detection in the strip above runs into
         for strip in strips:
+            check_cancel()
             origins = strip.origins
             with_data += len(origins)
-            if cancel is not None and cancel():
-                raise Cancelled("detection was cancelled; no output was written.")
-            if origins:
-                tiles = strip.tiles(origins, tile_size)
-                keep = fast.gate(tiles)
-                origins = [c for c, k in zip(origins, keep, strict=True) if k]
-                tiles = tiles[keep]
-            for b in range(0, len(origins), batch_size):
-                if cancel is not None and cancel():
-                    raise Cancelled("detection was cancelled; no output was written.")
-                for p, c in zip(fast.predict(tiles[b : b + batch_size]), origins[b : b + batch_size], strict=True):
-                    blender.add(c, p)
-            full_res += len(origins)
+            keep = fast.gate(strip.tiles(origins, tile_size)) if origins else np.zeros(0, bool)
+            pending = [c for c, k in zip(origins, keep, strict=True) if k or c in forced]
+            grown += sum(1 for c, k in zip(origins, keep, strict=True) if c in forced and not k)
+            ran: set[int] = set()
+            forced = set()
+            while pending:
+                more: set[int] = set()
+                for b in range(0, len(pending), batch_size):
+                    check_cancel()
+                    cols = pending[b : b + batch_size]
+                    for c, p in zip(cols, fast.predict(strip.tiles(cols, tile_size)), strict=True):
+                        blender.add(c, p)
+                        ran.add(c)
+                        if grow_threshold is not None:
+                            left, right, below = _edges(p, band, grow_threshold)
+                            i = origins.index(c)
+                            if left and i > 0:
+                                more.add(origins[i - 1])
+                            if right and i + 1 < len(origins):
+                                more.add(origins[i + 1])
+                            if below.size:
+                                lo, hi = c + int(below.min()), c + int(below.max())
+                                forced.update(c2 for c2 in blender.cols if c2 <= hi and c2 + tile_size > lo)
+                pending = sorted(more - ran)
+                grown += len(pending)
+            full_res += len(ran)
             blender.finish_strip(strip.index, strip.valid)
             done += len(blender.cols)
             if progress is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 progress(done, total, {"tiles_per_s": rate, "full_res": full_res})
-    return FastStats(total, with_data, full_res, time.perf_counter() - t0, fast.bf16, fast.gate_kind)
+    return FastStats(total, with_data, full_res, time.perf_counter() - t0, fast.bf16, fast.gate_kind, grown)
+
+
+def _edges(prob: np.ndarray, band: int, threshold: float) -> tuple[bool, bool, np.ndarray]:
+    """Whether a tile's detections reach into its left and right ``band`` px, and the tile
+    columns where they reach into its bottom ``band`` rows."""
+    hot = prob >= threshold
+    return bool(hot[:, :band].any()), bool(hot[:, -band:].any()), np.flatnonzero(hot[-band:].any(axis=0))
 

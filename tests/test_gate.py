@@ -143,3 +143,35 @@ def test_a_damaged_gate_is_a_checkpoint_error_not_a_traceback():
     ckpt.gate = {"state_dict": {"mean": torch.zeros(4)}, "width": 16, "threshold": 0.3}
     with pytest.raises(CheckpointError, match="tile gate is damaged"):
         FastModel(ckpt, "cpu", "fp32")
+
+
+def test_growing_runs_the_skipped_tiles_a_detection_runs_into(tmp_path, monkeypatch):
+    import rasterio
+
+    from model.predict_scene import predict_scene
+
+    path, _ = make_scene(tmp_path / "s.tif", (200, 220), [(30, 30, 150, 170)], seed=8)
+    ckpt, scene = bright_roof_checkpoint(), open_scene(path)
+    calls = []
+
+    def first_tile_only(self, tiles):  # a gate that sees the roof only in the top-left tile
+        calls.append(len(tiles))
+        keep = np.zeros(len(tiles), bool)
+        keep[0] = len(calls) == 1
+        return keep
+
+    monkeypatch.setattr(FastModel, "gate", first_tile_only)
+    exact = predict_scene(ckpt, scene, tmp_path / "e.tif", 64, 16, 4, "cpu")
+    grown = predict_scene_fast(ckpt, scene, tmp_path / "g.tif", 64, 16, 4, "cpu", precision="fp32",
+                               grow_threshold=0.5)
+    calls.clear()
+    cut = predict_scene_fast(ckpt, scene, tmp_path / "c.tif", 64, 16, 4, "cpu", precision="fp32")
+
+    def read(p):
+        with rasterio.open(p) as src:
+            return src.read(1).astype(int)
+
+    roof = read(exact) >= 128
+    assert cut.full_res == 1 and read(tmp_path / "c.tif")[roof].mean() < 128  # most of the roof lost
+    assert 1 < grown.full_res < grown.with_data and grown.grown == grown.full_res - 1
+    assert np.abs(read(tmp_path / "g.tif") - read(exact)).max() <= 1  # the whole roof, as the exact path
