@@ -205,7 +205,9 @@ def run_scene(name: str, tif: Path, ckpt: Checkpoint, a: argparse.Namespace) -> 
             predict_scene(ckpt, scene, prob, cfg.tile_size, cfg.overlap, cfg.batch_size, "cpu")
             info = ""
         else:
-            factor, threshold, precision, gate, gate_threshold, grow = (*fast, None, True)[:6]
+            factor, threshold, precision, gate = fast[:4]
+            gate_threshold = fast[4] if len(fast) > 4 else None
+            grow = fast[5] if len(fast) > 5 else True
             st = predict_scene_fast(ckpt, scene, prob, cfg.tile_size, cfg.overlap, cfg.batch_size, "cpu", factor,
                                     threshold, precision, gate=gate, gate_threshold=gate_threshold,
                                     grow_threshold=cfg.threshold if grow else None)

@@ -67,6 +67,9 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", choices=["auto", "trained", "coarse"], default=d.gate,
                    help="fast: which pass picks the tiles: the checkpoint's trained tile gate (auto, when it has "
                    "one; see train-gate) or the U-Net on --coarse-factor downsampled tiles")
+    p.add_argument("--no-grow", dest="grow", action="store_false",
+                   help="fast: do not run skipped tiles that a detection next to them runs into (faster; "
+                   "a skip may then cut an object)")
     p.add_argument("--gate-threshold", type=float, default=d.gate_threshold,
                    help="fast: trained gate's tile score that runs the U-Net (default: the one stored with the gate; "
                    "lower keeps more tiles, slower and closer to the exact path)")

@@ -119,6 +119,9 @@ class DetectConfig:
             has one, else the coarse pass; ``trained`` or ``coarse`` force one.
         gate_threshold: Fast mode: tile score at which the trained gate runs the U-Net (None: the
             one stored with the gate, chosen on held-out chips; lower keeps more tiles).
+        grow: Fast mode: also run a skipped tile when a detection in a kept neighbour reaches
+            their shared edge, so a skip does not cut an object in two (about 10 % more tiles;
+            one-process detection only: ``batch-detect`` on Lightning's engine gates tile by tile).
     """
 
     tile_size: int = 256
@@ -136,6 +139,7 @@ class DetectConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gate: Literal["auto", "trained", "coarse"] = "auto"
     gate_threshold: float | None = None
+    grow: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):

@@ -78,7 +78,7 @@ def detect_scene(
             predict_scene_fast(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                                config.device, config.coarse_factor, config.coarse_threshold,
                                config.precision, progress, cancel, config.gate, config.gate_threshold,
-                               with_threshold(config, ckpt).threshold)
+                               with_threshold(config, ckpt).threshold if config.grow else None)
         else:
             predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                           config.device, progress, cancel)
