@@ -202,7 +202,8 @@ class TileModel:
 
     @torch.inference_mode()
     def gate(self, tiles: np.ndarray) -> np.ndarray:
-        """Boolean (N,): which tiles the coarse pass keeps (all of them when the gate is off)."""
+        """Boolean (N,): which tiles the gate keeps (the trained tile gate, else the coarse pass;
+        all of them when the gate is off)."""
         f = self.coarse_factor
         if f <= 1 or len(tiles) == 0:
             return np.ones(len(tiles), bool)

@@ -89,7 +89,9 @@ def fit(
         A checkpoint with ``metrics`` of the best validation epoch (``iou``, ``dice``, ``precision``,
         ``recall``, ``object_f1``, ``loss``, ``epoch``, measured at 0.5) and ``parent`` set to
         ``init.version``; with ``config.tune_threshold``, ``metrics["threshold"]`` is the decision
-        threshold chosen on ``val`` after training (0.5 when it holds too few objects).
+        threshold chosen on ``val`` after training (0.5 when it holds too few objects); with
+        ``config.gate_seconds`` > 0, ``gate`` holds the fast path's tile gate distilled from it
+        (None when it detects nothing on the training chips).
 
     Raises:
         LabelError: No training chips.
