@@ -212,12 +212,13 @@ def _train_gate(a: argparse.Namespace) -> int:
     # chips at random offsets (seeded), so buildings come cut at every place a detection tile can cut them
     rng = np.random.default_rng(a.seed)
     area = np.array([s.width * s.height for s in scenes], float)
+    counts = np.bincount(rng.choice(len(scenes), a.max_chips, p=area / area.sum()), minlength=len(scenes))
     chips = []
-    for k in np.sort(rng.choice(len(scenes), a.max_chips, p=area / area.sum())):
-        scene = scenes[k]
-        r, c = (int(rng.integers(0, max(n - 256, 0) + 1)) for n in (scene.height, scene.width))
-        with rasterio.open(scene.path) as src:
-            chips.append(read_window(scene, Window(c, r, 256, 256), src))
+    for scene, n_chips in zip(scenes, counts, strict=True):
+        with rasterio.open(scene.path) as src:  # once per scene, not per chip
+            for _ in range(n_chips):
+                r, c = (int(rng.integers(0, max(n - 256, 0) + 1)) for n in (scene.height, scene.width))
+                chips.append(read_window(scene, Window(c, r, 256, 256), src))
     fit = fit_gate(ckpt, chips, min_area=int(a.min_area), max_seconds=a.max_time_s, seed=a.seed, device=a.device)
     if fit is None:
         raise SystemExit(f"dclabel train-gate: {a.checkpoint} detects nothing on {len(chips)} chips of "

@@ -131,7 +131,9 @@ def predict_scene_fast(
             check_cancel()
             origins = strip.origins
             with_data += len(origins)
-            keep = fast.gate(strip.tiles(origins, tile_size)) if origins else np.zeros(0, bool)
+            tiles = strip.tiles(origins, tile_size) if origins else None
+            at = {c: i for i, c in enumerate(origins)}
+            keep = fast.gate(tiles) if origins else np.zeros(0, bool)
             pending = [c for c, k in zip(origins, keep, strict=True) if k or c in forced]
             grown += sum(1 for c, k in zip(origins, keep, strict=True) if c in forced and not k)
             ran: set[int] = set()
@@ -141,12 +143,12 @@ def predict_scene_fast(
                 for b in range(0, len(pending), batch_size):
                     check_cancel()
                     cols = pending[b : b + batch_size]
-                    for c, p in zip(cols, fast.predict(strip.tiles(cols, tile_size)), strict=True):
+                    for c, p in zip(cols, fast.predict(tiles[[at[c] for c in cols]]), strict=True):
                         blender.add(c, p)
                         ran.add(c)
                         if grow_threshold is not None:
                             left, right, below = _edges(p, band, grow_threshold)
-                            i = origins.index(c)
+                            i = at[c]
                             if left and i > 0:
                                 more.add(origins[i - 1])
                             if right and i + 1 < len(origins):
