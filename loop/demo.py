@@ -13,6 +13,7 @@ import rasterio
 
 from loop.demo_config import DemoConfig, default_demo_dir
 from loop.project import Project, reviewed_training_chips
+from model.scene import median_pixel_size_m
 from model.synth import SynthConfig, generate_scene
 from model.train import TrainConfig, fit
 
@@ -56,7 +57,8 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
         pairs = [(c.image, c.mask) for c in chips]
         ckpt = fit([pairs[i] for i in order[n_val:]], [pairs[i] for i in order[:n_val]],
                    TrainConfig(epochs=config.initial_epochs, base_channels=config.base_channels,
-                               batch_size=4, lr=3e-3, pos_weight=2.0, seed=config.seed, gate_seconds=10.0))
+                               batch_size=4, lr=3e-3, pos_weight=2.0, seed=config.seed, gate_seconds=10.0,
+                               resolution_m=median_pixel_size_m(project.scenes)))
         ckpt.data_version = str(store.version)
         project.registry.publish(ckpt)
     report(4, 4, {"step": "ready"})

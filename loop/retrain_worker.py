@@ -23,7 +23,7 @@ import numpy as np
 
 from model.checkpoint import Checkpoint
 from model.errors import Cancelled, ConfigError, DclabelError
-from model.scene import Chip
+from model.scene import Chip, median_pixel_size_m
 from model.unet import UNetConfig
 
 Emit = Callable[[dict], None]
@@ -177,6 +177,7 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
         depth=unet.depth, dropout=unet.dropout, seed=settings.seed, accelerator="auto",
         max_time_s=settings.max_time_s, log_dir=project.logs_dir / time.strftime("train-%Y%m%d-%H%M%S"),
         gate_seconds=0,  # rounds feed the review queue; the fast path's gate (+15 s here) is train-gate's job
+        resolution_m=median_pixel_size_m([project.scene(sid) for sid in sorted({c.scene_id for c in chips})]),
     )
 
     def progress(done: int, total: int, info: dict) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from model.atomic import atomic_path
 from model.errors import CheckpointError
-from model.scene import BANDS
+from model.scene import BANDS, NAIP_RES_M
 from model.unet import UNet, UNetConfig
 
 FORMAT = "dclabel-checkpoint/1"
@@ -71,6 +71,13 @@ class Checkpoint:
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     train: dict = field(default_factory=dict)
     gate: dict | None = None
+
+    @property
+    def resolution_m(self) -> float:
+        """Pixel size of the training imagery in metres (``train["resolution_m"]``); NAIP's 0.6 m
+        when the checkpoint does not record one (the seed study and every synthetic scene here)."""
+        r = self.train.get("resolution_m")
+        return float(r) if r else NAIP_RES_M
 
     @property
     def threshold(self) -> float:

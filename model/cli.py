@@ -70,6 +70,9 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-grow", dest="grow", action="store_false",
                    help="fast: do not run skipped tiles that a detection next to them runs into (faster; "
                    "a skip may then cut an object)")
+    p.add_argument("--no-resample", dest="resample", action="store_false",
+                   help="run the model at the scene's own pixel size even when it differs by more than 20%% from "
+                   "the one the checkpoint was trained at (default: read the scene resampled to it)")
     p.add_argument("--gate-threshold", type=float, default=d.gate_threshold,
                    help="fast: trained gate's tile score that runs the U-Net (default: the one stored with the gate; "
                    "lower keeps more tiles, slower and closer to the exact path)")
@@ -197,11 +200,14 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _train_gate(a: argparse.Namespace) -> int:
+    import tempfile
+
     import numpy as np
     import rasterio
     from rasterio.windows import Window
 
     from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.detect import scene_for_model
     from model.gate import fit_gate
     from model.scene import open_scene, read_window
 
@@ -209,6 +215,8 @@ def _train_gate(a: argparse.Namespace) -> int:
         raise SystemExit("dclabel train-gate: --max-chips and --max-time must be positive")
     scenes = [open_scene(p, a.bands) for p in a.images]
     ckpt = load_checkpoint(a.checkpoint, len(scenes[0].bands))
+    vrt_dir = tempfile.TemporaryDirectory(prefix="dclabel-gate-")  # scenes seen at the model's pixel size
+    scenes = [scene_for_model(s, ckpt, DetectConfig(), vrt_dir.name) for s in scenes]
     # chips at random offsets (seeded), so buildings come cut at every place a detection tile can cut them
     rng = np.random.default_rng(a.seed)
     area = np.array([s.width * s.height for s in scenes], float)
@@ -219,6 +227,7 @@ def _train_gate(a: argparse.Namespace) -> int:
             for _ in range(n_chips):
                 r, c = (int(rng.integers(0, max(n - 256, 0) + 1)) for n in (scene.height, scene.width))
                 chips.append(read_window(scene, Window(c, r, 256, 256), src))
+    vrt_dir.cleanup()
     fit = fit_gate(ckpt, chips, min_area=int(a.min_area), max_seconds=a.max_time_s, seed=a.seed, device=a.device)
     if fit is None:
         raise SystemExit(f"dclabel train-gate: {a.checkpoint} detects nothing on {len(chips)} chips of "

@@ -53,6 +53,9 @@ class TrainConfig:
             the U-Net on the training chips' imagery, training it for at most this many seconds
             (plus one U-Net pass over up to 512 chips for its targets); 0 = no gate. A gate cut
             short scores flatly and keeps most tiles: safe, but little faster.
+        resolution_m: Pixel size of the training imagery in metres, stored in the checkpoint so
+            detection can resample scenes of another resolution to it (None: not known; the
+            checkpoint then stands for NAIP's 0.6 m).
     """
 
     epochs: int = 20
@@ -80,10 +83,13 @@ class TrainConfig:
     separation_sigma_px: float = 20.0
     precise_bn: bool = True
     gate_seconds: float = 60.0
+    resolution_m: float | None = None
 
     def __post_init__(self) -> None:
         if self.gate_seconds < 0:
             raise ConfigError(f"gate_seconds must be >= 0, got {self.gate_seconds}")
+        if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:
+            raise ConfigError(f"resolution_m must be a pixel size in metres (0.01-100), got {self.resolution_m}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive, got {self}")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -122,6 +128,9 @@ class DetectConfig:
         grow: Fast mode: also run a skipped tile when a detection in a kept neighbour reaches
             their shared edge, so a skip does not cut an object in two (about 10 % more tiles;
             one-process detection only: ``batch-detect`` on Lightning's engine gates tile by tile).
+        resample: Detect on a scene whose pixel size differs by more than 20 % from the one the
+            checkpoint was trained at through a VRT resampled to the checkpoint's (outputs stay
+            on the scene's grid); False runs the model at the scene's own pixel size, with a warning.
     """
 
     tile_size: int = 256
@@ -140,6 +149,7 @@ class DetectConfig:
     gate: Literal["auto", "trained", "coarse"] = "auto"
     gate_threshold: float | None = None
     grow: bool = True
+    resample: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):

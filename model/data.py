@@ -147,6 +147,16 @@ class ChipFolder(Sequence):
     def __len__(self) -> int:
         return len(self.chips)
 
+    def resolution_m(self) -> float | None:
+        """Median pixel size of the georeferenced chips in metres (None when none has a projected CRS)."""
+        sizes = []
+        for chip in self.chips:
+            with rasterio.open(chip) as src:
+                if src.crs is not None and src.crs.is_projected:
+                    factor = src.crs.linear_units_factor[1] if src.crs.linear_units_factor else 1.0
+                    sizes.append((abs(src.transform.a) + abs(src.transform.e)) / 2 * factor)
+        return float(np.median(sizes)) if sizes else None
+
     def __getitem__(self, i):  # type: ignore[override]
         with rasterio.open(self.chips[i]) as src:
             if src.count < len(self.bands):

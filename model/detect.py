@@ -15,9 +15,9 @@ import pandas as pd
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import DetectConfig
 from model.errors import SceneError
-from model.export import detection_table, write_detections, write_mask
+from model.export import detection_table, write_detections, write_mask, write_probability
 from model.predict_scene import predict_scene
-from model.scene import SceneInfo, open_scene
+from model.scene import SceneInfo, open_scene, pixel_size_m, resampled_scene, same_resolution
 from model.vectorize import vectorize_probability
 
 
@@ -30,6 +30,26 @@ def _metres_per_unit(scene: SceneInfo) -> float:
         )
     factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
     return float(factor)
+
+
+def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, folder: str | os.PathLike) -> SceneInfo:
+    """The scene as the model should see it: resampled (a VRT in ``folder``) to the pixel size the
+    checkpoint was trained at when the two differ by more than 20 % and ``config.resample``;
+    otherwise the scene itself. Either way a mismatch is reported as a warning, since a U-Net
+    sees buildings at the scale it learned them and ``min_area`` counts the model's pixels."""
+    here, want = pixel_size_m(scene), ckpt.resolution_m
+    if here is None or same_resolution(here, want):
+        return scene
+    if not config.resample:
+        warnings.warn(f"{scene.path}: pixels are {here:.2f} m but checkpoint {ckpt.version} was trained on "
+                      f"{want:g} m imagery; detecting at {here:.2f} m as asked (--no-resample): buildings look "
+                      f"{want / here:.1f}x their trained size and --min-area counts the scene's pixels.",
+                      UserWarning, stacklevel=2)
+        return scene
+    warnings.warn(f"{scene.path}: pixels are {here:.2f} m, checkpoint {ckpt.version} was trained on {want:g} m "
+                  f"imagery: detecting on the scene resampled to {want:g} m (outputs stay on the scene's grid; "
+                  "--no-resample turns this off).", UserWarning, stacklevel=2)
+    return resampled_scene(scene, want, folder)
 
 
 def detect_scene(
@@ -66,7 +86,8 @@ def detect_scene(
     _metres_per_unit(scene)  # fail before predicting on a geographic CRS
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, len(scene.bands))
     with tempfile.TemporaryDirectory(prefix="dclabel-detect-") as tmp:
-        prob = Path(output_prob) if output_prob else Path(tmp) / "prob.tif"
+        grid, scene = scene, scene_for_model(scene, ckpt, config, tmp)
+        prob = Path(output_prob) if output_prob and scene is grid else Path(tmp) / "prob.tif"
         if config.mode == "fast":
             from model.fastpath import predict_scene_fast
 
@@ -82,8 +103,10 @@ def detect_scene(
         else:
             predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                           config.device, progress, cancel)
+        if output_prob and prob != Path(output_prob):
+            write_probability(prob, output_prob, grid)
         return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
-                            output_gpkg, output_csv, output_mask)
+                            output_gpkg, output_csv, output_mask, grid)
 
 
 def with_threshold(config: DetectConfig, ckpt: Checkpoint) -> DetectConfig:
@@ -100,8 +123,11 @@ def export_scene(
     output_gpkg: str | os.PathLike | None = None,
     output_csv: str | os.PathLike | None = None,
     output_mask: str | os.PathLike | None = None,
+    grid: SceneInfo | None = None,
 ) -> gpd.GeoDataFrame:
     """Vectorize a probability GeoTIFF of a scene and write the requested outputs.
+
+    ``grid``: the scene's own grid when ``scene`` is a resampled view of it (the mask is written there).
 
     Returns:
         The detection table in the scene CRS.
@@ -114,7 +140,7 @@ def export_scene(
     table = detection_table(found, model_version)
     write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
     if output_mask:
-        write_mask(prob_path, output_mask, config.threshold)
+        write_mask(prob_path, output_mask, config.threshold, grid=grid)
     return table
 
 

@@ -48,7 +48,7 @@ from model.blend import (
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
-from model.detect import export_scene, merge_scene_tables, with_threshold
+from model.detect import export_scene, merge_scene_tables, scene_for_model, with_threshold
 from model.inference import TileModel, tile_batch_size
 from model.scene import SceneInfo, open_scene, read_window
 
@@ -263,9 +263,10 @@ def batch_detect_distributed(
     ckpt = load_checkpoint(checkpoint)
     stems = [Path(p).stem for p in images]
     todo = [i for i, s in enumerate(stems) if not (out / f"{s}.geojson").exists()]
-    scenes = [open_scene(images[i], config.bands) for i in todo]
-    dataset = TileDataset(scenes, config.tile_size, config.overlap)
     parts = out / PARTS
+    grids = [open_scene(images[i], config.bands) for i in todo]
+    scenes = [scene_for_model(g, ckpt, config, parts / "scenes") for g in grids]  # resampled where needed
+    dataset = TileDataset(scenes, config.tile_size, config.overlap)
     writer = TileWriter(parts, dataset.offsets, config.tile_size, progress)
     _quiet_lightning()
     trainer = L.Trainer(
@@ -288,7 +289,7 @@ def batch_detect_distributed(
         prob = parts / f"{stem}_prob.tif"
         blend_parts(scenes[k], k, dataset.offsets[k], parts, world, prob, config.tile_size, config.overlap)
         export_scene(prob, scenes[k], ckpt.version, with_threshold(config, ckpt), output_geojson=out / f"{stem}.geojson",
-                     output_mask=out / f"{stem}_mask.tif" if masks else None)
+                     output_mask=out / f"{stem}_mask.tif" if masks else None, grid=grids[k])
         prob.unlink()
     trainer.strategy.barrier("dclabel-scenes-exported")
     if not trainer.is_global_zero:

@@ -6,11 +6,17 @@ Every file is written under a temporary name in its folder and renamed when comp
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Protocol
 
 import geopandas as gpd
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
@@ -72,17 +78,50 @@ def write_detections(
 
 
 def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, threshold: float = 0.5,
-               block_rows: int = 2048) -> Path:
-    """Threshold a probability GeoTIFF into a 0/1 uint8 mask GeoTIFF, block by block."""
-    cut = max(int(np.ceil(threshold * PROB_SCALE - 1e-9)), 1)
+               block_rows: int = 2048, grid: Grid | None = None) -> Path:
+    """Threshold a probability GeoTIFF into a 0/1 uint8 mask GeoTIFF, block by block.
 
+    ``grid`` (anything with ``crs``, ``transform``, ``width``, ``height``, e.g. a SceneInfo): write
+    the mask on that grid instead, the probabilities resampled bilinearly onto it before the
+    threshold (detection on a resampled scene gives its mask on the scene's own pixels)."""
+    cut = max(int(np.ceil(threshold * PROB_SCALE - 1e-9)), 1)
+    return _write_blocks(prob_path, mask_path, lambda p: (p >= cut).astype(np.uint8), {"nodata": None},
+                         {"threshold": str(threshold)}, block_rows, grid)
+
+
+def write_probability(prob_path: str | os.PathLike, out_path: str | os.PathLike, grid: Grid | None = None,
+                      block_rows: int = 2048) -> Path:
+    """Copy a probability GeoTIFF (uint8, p * 255), resampled bilinearly onto ``grid`` when given."""
+    return _write_blocks(prob_path, out_path, lambda p: p, {}, {}, block_rows, grid)
+
+
+class Grid(Protocol):
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+
+def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, block_rows: int,
+                  grid: Grid | None) -> Path:
     def write(tmp: str) -> None:
-        with rasterio.open(prob_path) as src:
-            profile = src.profile | {"dtype": "uint8", "nodata": None, "compress": "deflate"}
+        with rasterio.open(prob_path) as prob, _on_grid(prob, grid) as src:
+            profile = prob.profile | {"dtype": "uint8", "compress": "deflate", "crs": src.crs,
+                                      "transform": src.transform, "width": src.width, "height": src.height,
+                                      **profile_extra}
             with rasterio.open(tmp, "w", **profile) as dst:
                 for r in range(0, src.height, block_rows):
                     win = Window(0, r, src.width, min(block_rows, src.height - r))
-                    dst.write((src.read(1, window=win) >= cut).astype(np.uint8)[None], window=win)
-                dst.update_tags(threshold=str(threshold), source=str(prob_path))
+                    dst.write(fn(src.read(1, window=win))[None], window=win)
+                dst.update_tags(source=str(prob_path), **tags)
 
-    return _atomic(mask_path, write)
+    return _atomic(out_path, write)
+
+
+def _on_grid(src: rasterio.DatasetReader, grid: Grid | None):
+    """``src`` itself when it is already on ``grid``, else a bilinear WarpedVRT onto it."""
+    if grid is None or (src.crs == grid.crs and src.transform == grid.transform
+                        and (src.width, src.height) == (grid.width, grid.height)):
+        return nullcontext(src)
+    return WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                     resampling=Resampling.bilinear)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
@@ -23,6 +24,8 @@ from model.atomic import atomic_path
 from model.errors import SceneError, SceneNotFoundError
 
 BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
+NAIP_RES_M = 0.6  # the pixel size of the seed study's NAIP imagery, and the default a model assumes
+RES_TOLERANCE = 0.2  # pixel sizes within this relative difference count as the same resolution
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,52 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
             res=(abs(src.transform.a), abs(src.transform.e)),
             dtype=src.dtypes[0],
         )
+
+
+def pixel_size_m(scene: SceneInfo) -> float | None:
+    """Mean pixel side in metres, or None when the CRS is geographic (degrees)."""
+    if scene.crs.is_geographic:
+        return None
+    factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
+    return float((scene.res[0] + scene.res[1]) / 2 * factor)
+
+
+def median_pixel_size_m(scenes: Sequence[SceneInfo]) -> float | None:
+    """Median metric pixel size of some scenes (training imagery), None when none is metric."""
+    sizes = [m for m in map(pixel_size_m, scenes) if m is not None]
+    return float(np.median(sizes)) if sizes else None
+
+
+def same_resolution(a_m: float, b_m: float, tolerance: float = RES_TOLERANCE) -> bool:
+    """Whether two pixel sizes differ by at most ``tolerance`` of the larger."""
+    return abs(a_m - b_m) <= tolerance * max(a_m, b_m)
+
+
+def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> SceneInfo:
+    """The scene seen at ``res_m`` metres per pixel, through a GDAL VRT written into ``folder``.
+
+    Nothing is copied: the VRT refers to the source and GDAL resamples while reading (``average``
+    when the pixels grow, ``bilinear`` when they shrink). The grid keeps the scene's origin and
+    CRS; its extent is rounded to whole pixels. Band selection (``scene.bands``) carries over.
+
+    Raises:
+        SceneError: Geographic CRS (no metric pixel size), or GDAL cannot build the VRT.
+    """
+    here = pixel_size_m(scene)
+    if here is None:
+        raise SceneError(f"{scene.path}: cannot resample a scene in geographic coordinates to {res_m} m; "
+                         "reproject it to a projected CRS in metres first (e.g. UTM).")
+    factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
+    units = res_m / factor
+    method = "average" if res_m > here else "bilinear"
+    out = Path(folder) / f"{scene.path.stem}_{res_m:g}m.vrt"
+    source = f"vrt://{scene.path.resolve()}?tr={units!r},{units!r}&r={method}"
+    try:
+        with atomic_path(out) as tmp:  # atomic: ranks of a distributed run may write the same file
+            rasterio.shutil.copy(source, tmp, driver="VRT")
+    except rasterio.errors.RasterioError as exc:
+        raise SceneError(f"{scene.path}: could not resample to {res_m} m through a VRT ({exc}).") from exc
+    return open_scene(out, scene.bands)
 
 
 def _to_uint8(arr: np.ndarray, dtype: str) -> np.ndarray:

@@ -297,6 +297,8 @@ def train_from_folders(
     out.mkdir(parents=True, exist_ok=True)
     if config.log_dir is None:
         config = TrainConfig(**{**asdict(config), "log_dir": out / "logs"})
+    if config.resolution_m is None:
+        config = TrainConfig(**{**asdict(config), "resolution_m": pairs.resolution_m()})
     ckpt = fit(_Subset(pairs, tr), _Subset(pairs, va), config, init=init, progress=progress)
     ckpt.train["chips_dir"] = str(Path(chips_dir).resolve())
     path = out / "best.pt"

@@ -43,6 +43,7 @@ def test_create_masks_train_and_batch_detect(chips, capsys):
                      "--base-channels", "4", "--depth", "2", "--accelerator", "cpu"]) == 0
     ckpt = load_checkpoint(tmp / "run" / "best.pt")
     assert ckpt.train["train_chips"] + ckpt.train["val_chips"] == 16 and "iou" in ckpt.metrics
+    assert ckpt.train["resolution_m"] == pytest.approx(0.6)  # read from the chips' georeference
     assert (tmp / "run" / "logs" / "metrics.csv").exists()
     assert cli_main(["batch-detect", "--checkpoint", str(tmp / "run" / "best.pt"), "--images", str(scene),
                      "--output-dir", str(tmp / "out"), "--tile-size", "128"]) == 0

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 import shapely
 import torch
@@ -120,10 +121,12 @@ def _coords(path: Path) -> list[np.ndarray]:
 
 def test_batch_detect_on_two_ddp_processes_equals_one_process(tmp_path):
     scenes = [make_scene(tmp_path / "in" / "a.tif", (300, 350), ROOFS, seed=3)[0],
-              make_scene(tmp_path / "in" / "b.tif", (200, 260), [(40, 40, 150, 200)], seed=4)[0]]
+              make_scene(tmp_path / "in" / "b.tif", (400, 520), [(80, 80, 300, 400)], seed=4, res=0.3)[0]]
+    # b is 0.3 m imagery: every rank reads it resampled to the checkpoint's 0.6 m
     ckpt = save_checkpoint(bright_roof_checkpoint(), tmp_path / "m.pt")
     cfg = DetectConfig(tile_size=64, overlap=16, batch_size=2, device="cpu", min_area=50)
-    one = batch_detect(ckpt, scenes, tmp_path / "one", cfg)
+    with pytest.warns(UserWarning, match=r"resampled to 0\.6 m"):
+        one = batch_detect(ckpt, scenes, tmp_path / "one", cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "labeler.cli", "batch-detect", "--checkpoint", str(ckpt),
            "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "ddp"), "--tile-size", "64",

@@ -1,0 +1,81 @@
+"""Scenes at another pixel size than the checkpoint's: resampled through a VRT, outputs on the scene grid."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import torch
+from geodata import make_scene
+from rasterio.crs import CRS
+from rasterio.windows import Window
+from test_model_detect import _train_tiny
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.detect import DetectConfig, detect_scene
+from model.scene import open_scene, pixel_size_m, read_window, resampled_scene, write_geotiff
+
+torch.set_num_threads(1)
+
+
+def _upsampled_copy(path, out, factor: int = 2):
+    """The scene with every pixel repeated ``factor`` x ``factor`` times (pixel size / factor)."""
+    with rasterio.open(path) as src:
+        img, t, crs = src.read(), src.transform, src.crs
+    big = img.repeat(factor, axis=1).repeat(factor, axis=2)
+    return write_geotiff(out, big, crs, t * t.scale(1 / factor))
+
+
+def test_pixel_size_in_metres_and_resampled_view(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (64, 96), [(8, 8, 40, 60)], res=0.3)
+    scene = open_scene(path, bands=(3, 2, 1, 4))
+    assert pixel_size_m(scene) == pytest.approx(0.3)
+    view = resampled_scene(scene, 0.6, tmp_path)
+    assert (view.width, view.height) == (48, 32) and view.res == pytest.approx((0.6, 0.6))
+    assert view.bands == (3, 2, 1, 4) and view.crs == scene.crs
+    assert (view.transform.c, view.transform.f) == (scene.transform.c, scene.transform.f)
+    fine = read_window(scene, Window(0, 0, 96, 64)).astype(float)
+    coarse = read_window(view, Window(0, 0, 48, 32)).astype(float)
+    means = fine.reshape(4, 32, 2, 48, 2).mean(axis=(2, 4))  # each coarse pixel averages its 2x2 block
+    assert np.abs(coarse - means).max() <= 1.0
+    feet = tmp_path / "ft.tif"  # a state plane CRS in US survey feet: 2 ft pixels are 0.61 m
+    write_geotiff(feet, np.zeros((4, 8, 8), np.uint8), CRS.from_epsg(2283), rasterio.Affine(2, 0, 1e6, 0, -2, 7e6))
+    assert pixel_size_m(open_scene(feet)) == pytest.approx(0.6096, abs=1e-4)
+
+
+def test_detect_resamples_a_finer_scene_to_the_checkpoint_and_writes_on_its_grid(tmp_path):
+    path, _, ck, _ = _train_tiny(tmp_path)
+    assert ck.resolution_m == 0.6  # recorded as unknown by fit on bare arrays: NAIP's 0.6 m assumed
+    ck.train["resolution_m"] = 0.6
+    ckpt = load_checkpoint(save_checkpoint(ck, tmp_path / "m.pt"))
+    fine = _upsampled_copy(path, tmp_path / "fine.tif")
+    cfg = DetectConfig(threshold=0.3, tile_size=128, overlap=32, device="cpu")
+    base = detect_scene(ckpt, path, cfg, output_mask=tmp_path / "base_mask.tif")
+    assert len(base) > 0
+    with pytest.warns(UserWarning, match=r"pixels are 0\.30 m.*resampled to 0\.6 m"):
+        seen = detect_scene(ckpt, fine, cfg, output_mask=tmp_path / "fine_mask.tif",
+                            output_prob=tmp_path / "fine_prob.tif")
+    # averaging 2x2 copies of a pixel gives the pixel back: the model saw the original scene
+    assert len(seen) == len(base)
+    a, b = base.geometry.union_all(), seen.geometry.union_all()
+    assert a.symmetric_difference(b).area <= 1e-6 * a.area
+    assert seen["area_m2"].sum() == pytest.approx(base["area_m2"].sum())
+    with rasterio.open(tmp_path / "fine_mask.tif") as m, rasterio.open(tmp_path / "base_mask.tif") as m0, \
+            rasterio.open(tmp_path / "fine_prob.tif") as p:
+        s = open_scene(fine)
+        assert (m.width, m.height, m.transform, m.crs) == (s.width, s.height, s.transform, s.crs)
+        assert (p.width, p.height, p.transform) == (s.width, s.height, s.transform)
+        up = m0.read(1).repeat(2, axis=0).repeat(2, axis=1)
+        assert np.mean(m.read(1) == up) > 0.98  # the same mask, bilinear at the edges
+    with pytest.warns(UserWarning, match="--no-resample"):
+        as_is = detect_scene(ckpt, fine, DetectConfig(threshold=0.3, tile_size=128, overlap=32, device="cpu",
+                                                      resample=False))
+    assert isinstance(as_is, gpd.GeoDataFrame)
+
+
+def test_scene_at_the_checkpoint_resolution_is_read_directly(tmp_path, recwarn):
+    path, _, ck, _ = _train_tiny(tmp_path)
+    ck.train["resolution_m"] = 0.55  # within 20 %: no resampling, no warning
+    detect_scene(ck, path, DetectConfig(threshold=0.3, tile_size=128, overlap=32, device="cpu"))
+    assert not [w for w in recwarn if "trained on" in str(w.message)]
