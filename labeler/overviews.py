@@ -18,7 +18,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from model.errors import Cancelled
-from model.scene import SceneInfo, write_geotiff
+from model.scene import SceneInfo, to_uint8, write_geotiff
 
 #: The cache starts at this decimation factor; finer levels read the scene itself (cheap enough).
 FIRST_FACTOR = 4
@@ -97,8 +97,7 @@ def build_overview_cache(
                 raise Cancelled(f"overview cache of {scene.path} cancelled; nothing written.")
             rows = min(strip, scene.height - r0)
             arr = src.read(list(scene.bands), window=Window(0, r0, scene.width, rows))
-            if arr.dtype != np.uint8:
-                arr = np.clip(arr, 0, 255).astype(np.uint8)
+            arr = to_uint8(arr, scene)
             level[:, r0 // first : r0 // first + math.ceil(rows / first)] = _block_mean(arr, first)
             if progress is not None:
                 progress(r0 + rows, scene.height, {"step": "building overviews"})

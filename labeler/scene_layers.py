@@ -22,7 +22,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from labeler.geo import window_to_napari
-from model.scene import SceneInfo
+from model.scene import SceneInfo, to_uint8
 
 Composite = Literal["true", "nir"]
 #: Indexes into SceneInfo.bands (R, G, B, NIR) shown as the display's R, G, B.
@@ -93,8 +93,7 @@ class SceneDisplay:
             arr = self._open[path].read(
                 indexes, window=window, out_shape=(3, *out_shape), resampling=Resampling.nearest
             )
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        arr = to_uint8(arr, self.scene)
         out = np.empty((*out_shape, 3), dtype=np.uint8)
         for k, band in enumerate(order):
             out[..., k] = self.luts[band][arr[k]]
@@ -216,7 +215,7 @@ def build_display(
         shape = (math.ceil(scene.height / factor), math.ceil(scene.width / factor))
         with rasterio.open(scene.path) as src:
             arr = src.read(list(scene.bands), out_shape=(4, *shape), resampling=Resampling.nearest)
-        arr = arr if arr.dtype == np.uint8 else np.clip(arr, 0, 255).astype(np.uint8)
+        arr = to_uint8(arr, scene)
         return SceneDisplay(scene, _luts(arr, scene.nodata), overview=arr, overview_factor=factor), factor
     sample = _sample_windows(scene)
     return SceneDisplay(scene, _luts(sample, scene.nodata), needs_cache=True), factor
@@ -234,7 +233,7 @@ def _sample_windows(scene: SceneInfo, n: int = 8, side: int = 128) -> np.ndarray
         for i, r in enumerate(np.linspace(0, max(scene.height - side, 0), n).astype(int)):
             for j, c in enumerate(np.linspace(0, max(scene.width - side, 0), n).astype(int)):
                 arr = src.read(list(scene.bands), window=Window(c, r, side, side), boundless=True, fill_value=0)
-                out[:, i * side : (i + 1) * side, j * side : (j + 1) * side] = np.clip(arr, 0, 255)
+                out[:, i * side : (i + 1) * side, j * side : (j + 1) * side] = to_uint8(arr, scene)
     return out
 
 

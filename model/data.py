@@ -161,6 +161,10 @@ class ChipFolder(Sequence):
         with rasterio.open(self.chips[i]) as src:
             if src.count < len(self.bands):
                 raise SceneError(f"{self.chips[i]}: expected {len(self.bands)} bands, found {src.count}.")
+            if src.dtypes[0] != "uint8":  # per-chip scaling would differ chip to chip; a cast would wrap
+                raise SceneError(f"{self.chips[i]}: expected 8-bit chips (uint8, as NAIP), found {src.dtypes[0]}. "
+                                 "Convert them with one scale for all, e.g. `gdal_translate -ot Byte -scale 0 4095 0 255`, "
+                                 "or cut chips from the scene with `dclabel init`/`write_chips`, which scale it once.")
             image = src.read(list(self.bands))
         with rasterio.open(self.masks_dir / self.chips[i].name) as src:
             mask = (src.read(1) > 0).astype(np.uint8)

@@ -43,6 +43,9 @@ class SceneInfo:
         nodata: Nodata value of the source, or None.
         res: Pixel size in CRS units (x, y).
         dtype: Source data type.
+        value_scale: Multiplier that brings source values to 0-255: 1 for uint8; for other types
+            chosen once per scene from the bit depth its values use (:func:`value_scale_for`), so
+            every window of a 12- or 16-bit scene is scaled alike.
     """
 
     path: Path
@@ -55,6 +58,7 @@ class SceneInfo:
     nodata: float | None
     res: tuple[float, float]
     dtype: str = "uint8"
+    value_scale: float = 1.0
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -147,7 +151,31 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
             nodata=src.nodata,
             res=(abs(src.transform.a), abs(src.transform.e)),
             dtype=src.dtypes[0],
+            value_scale=1.0 if src.dtypes[0] == "uint8" else value_scale_for(src, want),
         )
+
+
+def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int = 512) -> float:
+    """The factor to 0-255 of a scene that is not uint8, from a decimated read of its bands.
+
+    Integers: the smallest bit depth of 8, 10, 12, 14 or 16 that holds the largest value seen
+    (16-bit NAIP-like products often carry 12-bit data). Floats: 255 for reflectance in 0-1,
+    1 for values already in 0-255, else as integers.
+    """
+    f = max(1, int(np.ceil(max(src.width, src.height) / side)))
+    arr = src.read(list(bands), out_shape=(len(bands), max(1, src.height // f), max(1, src.width // f)),
+                   masked=True)
+    peak = float(arr.max()) if arr.count() else 0.0
+    if np.issubdtype(arr.dtype, np.floating):
+        if peak <= 1.0 + 1e-6:
+            return 255.0
+        if peak <= 255.0:
+            return 1.0
+    for bits in (8, 10, 12, 14, 16):
+        if peak <= 2**bits - 1:
+            return 255.0 / (2**bits - 1)
+    return 255.0 / peak
+
 
 
 def pixel_size_m(scene: SceneInfo) -> float | None:
@@ -196,13 +224,12 @@ def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -
     return open_scene(out, scene.bands)
 
 
-def _to_uint8(arr: np.ndarray, dtype: str) -> np.ndarray:
+def to_uint8(arr: np.ndarray, scene: SceneInfo) -> np.ndarray:
+    """Source values of ``scene`` as uint8 (scaled by ``scene.value_scale``, clipped to 0-255)."""
     if arr.dtype == np.uint8:
         return arr
-    if dtype == "uint16":  # some NAIP products are 16-bit; scale the common 0..4095/65535 ranges
-        scale = 255.0 / (4095.0 if arr.max(initial=0) <= 4095 else 65535.0)
-        return np.clip(arr * scale, 0, 255).astype(np.uint8)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    scaled = arr * np.float32(scene.value_scale) if scene.value_scale != 1.0 else arr
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | None = None) -> np.ndarray:
@@ -220,7 +247,7 @@ def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | 
         with rasterio.open(scene.path) as opened:
             return read_window(scene, window, opened)
     arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
-    return _to_uint8(arr, scene.dtype)
+    return to_uint8(arr, scene)
 
 
 def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) -> np.ndarray:

@@ -8,7 +8,10 @@ import pytest
 import rasterio
 import shapely
 import torch
+from affine import Affine
 from geodata import UTM18N, make_scene
+from rasterio.crs import CRS
+from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 
 from model.checkpoint import (
@@ -20,7 +23,7 @@ from model.checkpoint import (
 )
 from model.errors import CheckpointError, LabelError, SceneError, SceneNotFoundError
 from model.masks import load_footprints, rasterize_footprints
-from model.scene import chip_windows, open_scene, read_chip, read_window
+from model.scene import chip_windows, open_scene, read_chip, read_window, write_geotiff
 from model.unet import UNet, UNetConfig, parameter_count
 
 
@@ -159,3 +162,18 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "evil.pt")
     assert "code ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("dtype", "peak", "scale"), [("uint16", 60000, 255 / 65535), ("uint16", 4000, 255 / 4095),
+                                                       ("uint16", 250, 1.0), ("float32", 0.9, 255.0)])
+def test_non_byte_scenes_are_scaled_once_per_scene(tmp_path, dtype, peak, scale):
+    """Every window of a 12/16-bit or reflectance scene gets the same scale, whatever it holds."""
+    img = np.full((4, 64, 64), peak / 30, dtype=dtype)  # dark land
+    img[:, 40:, 40:] = peak  # one bright roof
+    path = write_geotiff(tmp_path / "s.tif", img, CRS.from_epsg(32618), Affine(0.6, 0, 5e5, 0, -0.6, 4.3e6))
+    scene = open_scene(path)
+    assert scene.value_scale == pytest.approx(scale)
+    dark = read_window(scene, Window(0, 0, 32, 32))  # holds no bright pixel
+    whole = read_window(scene, Window(0, 0, 64, 64))
+    assert dark.dtype == np.uint8 and np.array_equal(dark, whole[:, :32, :32])
+    assert whole.max() == min(255, int(peak * scale)) and dark.max() == int(peak / 30 * scale)
