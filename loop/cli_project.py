@@ -23,12 +23,16 @@ def _strategies(text: str) -> tuple[str, ...]:
 def run_init(args: argparse.Namespace) -> int:
     """Create (or extend) a project with the given scenes."""
     from loop.project import Project
+    from model.scene import pixel_size_m
 
-    project = Project.create(args.project, images=args.image or (), bands=args.bands, chip_size=args.chip_size)
+    project = Project.create(args.project, images=args.image or (), bands=args.bands, chip_size=args.chip_size,
+                             resolution_m=args.res)
     project.labels  # noqa: B018 - creates labels.gpkg with every scene registered
     for info in project.scenes:
         n = len(project.chip_windows(info.scene_id))
-        print(f"{info.scene_id}: {info.width} x {info.height} px, {info.crs.to_string()}, {n} chips")
+        size = pixel_size_m(info)
+        print(f"{info.scene_id}: {info.width} x {info.height} px, {info.crs.to_string()}, "
+              + (f"{size:.3g} m pixels, " if size is not None else "") + f"{n} chips")
     print(f"project {project.root}: {len(project.scene_ids)} scene(s)")
     return 0
 
@@ -153,6 +157,10 @@ def register(subparsers) -> None:
     p.add_argument("--image", action="append", type=Path, metavar="SCENE.tif", help="scene or chip folder (repeat)")
     p.add_argument("--bands", type=parse_bands, default=None, help="1-based bands read as R,G,B,NIR (default 1,2,3,4)")
     p.add_argument("--chip-size", type=int, default=256, help="review/training chip side in pixels")
+    p.add_argument("--res", type=float, default=None, metavar="METRES",
+                   help="read every scene at this pixel size, e.g. 0.6 to match NAIP-trained models on 0.3 m "
+                   "imagery (scenes at another size are resampled through a VRT in PROJECT/scenes; default: "
+                   "each at its own)")
     p.set_defaults(func=run_init)
 
     p = subparsers.add_parser("retrain", help="retrain the project's model on its reviewed chips",

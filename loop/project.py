@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -28,7 +29,17 @@ from rasterio.windows import Window
 from loop.errors import ProjectError
 from model.atomic import write_json_atomic
 from model.errors import ConfigError, SceneError
-from model.scene import Chip, SceneInfo, chip_windows, open_scene, read_chip, scene_id_for
+from model.scene import (
+    Chip,
+    SceneInfo,
+    chip_windows,
+    open_scene,
+    pixel_size_m,
+    read_chip,
+    resampled_scene,
+    same_resolution,
+    scene_id_for,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time: the store and registry land in their own modules
     from loop.labelstore import LabelStore
@@ -50,12 +61,16 @@ class ProjectSettings:
         chip_size: Side of a review/training chip in pixels.
         classes: Footprint classes; ``classes[0]`` (``datacenter``) is the positive one.
         bands: Default 1-based source bands read as (red, green, blue, nir).
+        resolution_m: Pixel size every scene is read at, in metres: a scene whose own differs by
+            more than 20 % is added as a VRT resampled to it (in ``scenes/``), so labels, chips and
+            models share one scale. None: each scene at its own pixel size.
         version: Settings format version.
     """
 
     chip_size: int = 256
     classes: tuple[str, ...] = CLASSES
     bands: tuple[int, ...] = (1, 2, 3, 4)
+    resolution_m: float | None = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -63,6 +78,9 @@ class ProjectSettings:
             raise ConfigError(f"ProjectSettings.chip_size must be >= 16, got {self.chip_size}")
         if len(self.bands) != 4:
             raise ConfigError(f"ProjectSettings.bands needs 4 band indexes (R,G,B,NIR), got {self.bands}")
+        if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:
+            raise ConfigError(f"ProjectSettings.resolution_m must be a pixel size in metres (0.01-100), "
+                              f"got {self.resolution_m}")
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
@@ -125,6 +143,7 @@ class Project:
         images: Iterable[str | os.PathLike] = (),
         bands: Sequence[int] | None = None,
         chip_size: int = 256,
+        resolution_m: float | None = None,
     ) -> Project:
         """Create a project folder (or re-open an existing one) and add scenes to it.
 
@@ -133,6 +152,8 @@ class Project:
             images: Scene GeoTIFFs and/or folders of chip GeoTIFFs (each chip becomes a scene).
             bands: Default 1-based bands read as (R, G, B, NIR); default ``(1, 2, 3, 4)``.
             chip_size: Review and training chip side in pixels.
+            resolution_m: Read every scene at this pixel size (:attr:`ProjectSettings.resolution_m`);
+                only for a new project.
 
         Returns:
             The project.
@@ -146,7 +167,8 @@ class Project:
             project = cls.open(root)
         else:
             settings = ProjectSettings(
-                chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4)
+                chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4),
+                resolution_m=resolution_m,
             )
             project = cls(root, settings, [])
             for sub in ("checkpoints", "logs", "scenes"):
@@ -184,10 +206,12 @@ class Project:
                 chip_size=int(payload["chip_size"]),
                 classes=tuple(payload["classes"]),
                 bands=tuple(int(b) for b in payload["bands"]),
+                resolution_m=float(payload["resolution_m"]) if payload.get("resolution_m") else None,
                 version=int(payload.get("version", 1)),
             )
             entries = [
-                {"id": str(s["id"]), "path": str(s["path"]), "bands": [int(b) for b in s["bands"]]}
+                {"id": str(s["id"]), "path": str(s["path"]), "bands": [int(b) for b in s["bands"]],
+                 **({"source": str(s["source"])} if s.get("source") else {})}
                 for s in payload["scenes"]
             ]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -221,14 +245,22 @@ class Project:
         path = Path(path)
         info = open_scene(path, bands if bands is not None else self.settings.bands)
         for entry in self._entries:
-            if self._resolve(entry["path"]) == path.resolve():
+            if path.resolve() in (self._resolve(entry["path"]), self._resolve(entry.get("source", entry["path"]))):
                 return self.scene(entry["id"])
-        resolved = path.resolve()
-        try:
-            stored = resolved.relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            stored = str(resolved)
-        entry = {"id": scene_id_for(path), "path": stored, "bands": list(info.bands)}
+        here, want = pixel_size_m(info), self.settings.resolution_m
+        source = None
+        if want is not None and here is not None and not same_resolution(here, want):
+            source, info = path, resampled_scene(info, want, self.root / "scenes")
+        elif want is None and here is not None:
+            others = [m for m in (pixel_size_m(s) for s in self.scenes) if m is not None]
+            if others and not same_resolution(here, others[0]):
+                warnings.warn(f"{path}: pixels are {here:.2f} m, the project's first scene has {others[0]:.2f} m; "
+                              "models trained on one scale miss buildings at the other. Re-create the project "
+                              f"with `dclabel init --res {others[0]:.2g}` to read every scene at one pixel size.",
+                              UserWarning, stacklevel=2)
+        entry = {"id": scene_id_for(path), "path": self._stored(info.path), "bands": list(info.bands)}
+        if source is not None:
+            entry["source"] = self._stored(source)
         self._entries.append(entry)
         self._save()
         info = replace(info, scene_id=entry["id"])
@@ -236,6 +268,14 @@ class Project:
         if self._labels is not None:
             self._labels.register_scene(info.scene_id, info.crs)
         return info
+
+    def _stored(self, path: Path) -> str:
+        """How a file path is kept in project.json: relative inside the project, else absolute."""
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(resolved)
 
     def _resolve(self, stored: str) -> Path:
         p = Path(stored)

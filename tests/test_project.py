@@ -25,10 +25,10 @@ from model.scene import write_geotiff
 UTM = CRS.from_epsg(32618)
 
 
-def make_scene(path, width=96, height=80, seed=0, origin=(500_000.0, 4_300_000.0), bands=4):
+def make_scene(path, width=96, height=80, seed=0, origin=(500_000.0, 4_300_000.0), bands=4, res=0.6):
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 255, (bands, height, width), dtype=np.uint8)
-    transform = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
+    transform = Affine(res, 0, origin[0], 0, -res, origin[1])
     write_geotiff(path, img, UTM, transform)
     return path, img, transform
 
@@ -65,6 +65,33 @@ def test_project_folder_moves_and_keeps_scene_ids(tmp_path):
     reopened = Project.open(moved)
     assert reopened.scene_ids == [sid]
     assert reopened.scene(sid).path.resolve() == (moved / "scenes" / "a.tif").resolve()
+
+
+def test_project_reads_every_scene_at_its_resolution(tmp_path, capsys):
+    from loop.cli import main as cli_main
+
+    fine, img, _ = make_scene(tmp_path / "in" / "fine.tif", width=192, height=160, res=0.3)
+    coarse, _, _ = make_scene(tmp_path / "in" / "coarse.tif", seed=1, res=0.6)
+    root = tmp_path / "proj"
+    assert cli_main(["init", str(root), "--image", str(fine), "--image", str(coarse), "--res", "0.6"]) == 0
+    project = Project.open(root)
+    assert project.settings.resolution_m == 0.6
+    a, b = project.scenes
+    assert (a.width, a.height, a.res) == (96, 80, (0.6, 0.6)) and a.path.suffix == ".vrt"
+    assert b.path == coarse.resolve() or b.path.resolve() == coarse.resolve()  # already 0.6 m: read directly
+    chip = project.chips(a.scene_id)[0]
+    from model.scene import read_window
+
+    got = read_window(a, chip).astype(float)[:, :80, :96]  # the chip (256 px) reads past the edge
+    want = img.reshape(4, 80, 2, 96, 2).mean(axis=(2, 4))
+    assert np.abs(got - want).max() <= 1.0  # each 0.6 m pixel averages four 0.3 m ones
+    stored = json.loads((root / "project.json").read_text())["scenes"][0]
+    assert stored["path"].startswith("scenes/") and stored["source"] == str(fine.resolve())
+    Project.open(root).add_scene(fine)  # the source again: a no-op
+    assert len(Project.open(root).scenes) == 2
+    mixed = Project.create(tmp_path / "mixed", images=[coarse])  # no --res: mixing scales is flagged
+    with pytest.warns(UserWarning, match=r"pixels are 0\.30 m.*init --res 0\.6"):
+        mixed.add_scene(fine)
 
 
 def test_chip_folder_becomes_one_scene_per_tif(tmp_path):
@@ -134,7 +161,7 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
     scene, _, _ = make_scene(tmp_path / "a.tif")
     assert main(["init", str(tmp_path / "proj"), "--image", str(scene), "--chip-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "96 x 80 px, EPSG:32618, 9 chips" in out
+    assert "96 x 80 px, EPSG:32618, 0.6 m pixels, 9 chips" in out
     project = Project.open(tmp_path / "proj")
     assert len(project.scenes) == 1 and (tmp_path / "proj" / "labels.gpkg").exists()
     assert main(["init", str(tmp_path / "p2"), "--image", str(tmp_path / "missing.tif")]) == 2
