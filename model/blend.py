@@ -98,31 +98,48 @@ def read_strips(scene: SceneInfo, src: rasterio.DatasetReader, tile_size: int, o
 
 
 class StripBlender:
-    """Accumulates weighted tile probabilities of one strip and writes rows that are final.
+    """Accumulates weighted tile probabilities of the open strips and writes rows that are final.
+
+    With ``lag`` 0 one strip is open at a time: tiles are added to it, then :meth:`finish_strip`
+    writes its final rows. With ``lag`` 1 (the fast path's growing) the previous strip stays open
+    while the next one is processed, so tiles can still be added above it; strips are finished in
+    order, each after the next one is done. Blending sums are order-free: the result is the same.
 
     Args:
         scene: The scene being predicted.
         dst: Open uint8 GeoTIFF on the scene grid to write into.
         tile_size: Tile side in pixels.
         overlap: Tile overlap in pixels.
+        lag: Strips kept open behind the newest one (0 or 1).
     """
 
-    def __init__(self, scene: SceneInfo, dst: rasterio.io.DatasetWriter, tile_size: int, overlap: int) -> None:
+    def __init__(self, scene: SceneInfo, dst: rasterio.io.DatasetWriter, tile_size: int, overlap: int,
+                 lag: int = 0) -> None:
+        if lag not in (0, 1):
+            raise ValueError(f"lag must be 0 or 1, got {lag}")
         self.scene, self.dst, self.tile_size = scene, dst, tile_size
         self.rows, self.cols = tile_grid(scene, tile_size, overlap)
         width = strip_width(scene, tile_size)
         self.weights = blend_weights(tile_size, overlap)
-        self.acc = np.zeros((tile_size, width), np.float32)
-        self.wsum = np.zeros((tile_size, width), np.float32)
+        height = tile_size + lag * (tile_size - overlap)  # one stride more per strip held open
+        self.acc = np.zeros((height, width), np.float32)
+        self.wsum = np.zeros((height, width), np.float32)
+        self.first = 0  # the oldest strip not yet finished: row 0 of the buffers is its top
 
-    def add(self, col: int, prob: np.ndarray) -> None:
-        """Add one tile's probability (tile_size, tile_size) at column ``col`` of the current strip."""
+    def add(self, col: int, prob: np.ndarray, strip: int | None = None) -> None:
+        """Add one tile's probability (tile_size, tile_size) at column ``col`` of ``strip`` (an open
+        strip; default the oldest one)."""
         t = self.tile_size
-        self.acc[:, col : col + t] += prob * self.weights
-        self.wsum[:, col : col + t] += self.weights
+        r = 0 if strip is None else self.rows[strip] - self.rows[self.first]
+        if not 0 <= r <= self.acc.shape[0] - t:
+            raise ValueError(f"strip {strip} is not open (open from strip {self.first})")
+        self.acc[r : r + t, col : col + t] += prob * self.weights
+        self.wsum[r : r + t, col : col + t] += self.weights
 
     def finish_strip(self, i: int, valid: np.ndarray | None) -> None:
-        """Write the rows of strip ``i`` that no later strip touches, then shift the buffers."""
+        """Write the rows of strip ``i`` (the oldest open one) that no later strip touches, then shift."""
+        if i != self.first:
+            raise ValueError(f"strips are finished in order: expected strip {self.first}, got {i}")
         t, r = self.tile_size, self.rows[i]
         nxt = self.rows[i + 1] if i + 1 < len(self.rows) else r + t
         final = min(nxt, self.scene.height) - r
@@ -133,11 +150,12 @@ class StripBlender:
                 out[~valid[:final]] = 0
             q = np.rint(out[:, : self.scene.width] * PROB_SCALE).astype(np.uint8)
             self.dst.write(q[None], window=Window(0, r, self.scene.width, final))
-        shift = nxt - r
-        acc[: t - shift] = acc[shift:]
-        wsum[: t - shift] = wsum[shift:]
-        acc[t - shift :] = 0
-        wsum[t - shift :] = 0
+        shift = min(nxt - r, acc.shape[0])
+        acc[: acc.shape[0] - shift] = acc[shift:]
+        wsum[: wsum.shape[0] - shift] = wsum[shift:]
+        acc[acc.shape[0] - shift :] = 0
+        wsum[wsum.shape[0] - shift :] = 0
+        self.first = i + 1
 
 
 @contextmanager

@@ -10,8 +10,10 @@ path, chosen with ``DetectConfig(mode="fast")`` or ``dclabel detect --fast``:
 2. runs the full-resolution U-Net on the kept tiles only, with batch norm folded into the
    convolutions, channels-last memory and bfloat16 autocast where the CPU supports it natively
    (AVX512-BF16/AMX; otherwise float32);
-3. grows the kept set: a skipped tile runs after all when a detection in a kept neighbour (left,
-   right or above) reaches their shared edge, so skipping does not cut objects in two;
+3. grows the kept set: a skipped tile runs after all when a detection in a tile that ran reaches
+   their shared edge (left, right, below, or above: the strip above stays open until the next one
+   is done), so skipping does not cut objects in two; an object taller than two strips whose
+   only kept tile is at its bottom can still lose its top;
 4. blends kept tiles exactly as the exact path does; pixels that no kept tile covers get
    probability 0 (skipped tiles contribute nothing, so they do not dilute their neighbours).
 
@@ -104,9 +106,9 @@ def predict_scene_fast(
         gate: ``auto``, ``trained`` or ``coarse`` (see :class:`~model.inference.TileModel`).
         gate_threshold: The trained gate's threshold (None: the one stored with it).
         grow_threshold: The detection threshold: a skipped tile runs after all when pixels at or
-            above it in a neighbour reach within ``overlap`` px of their shared edge (left, right
-            or below; rows above are already written), so a skip does not cut a detection in two.
-            None: no growing.
+            above it in a neighbour reach within ``overlap`` px of their shared edge (left, right,
+            below, or above into the previous strip, which stays open one strip longer), so a skip
+            does not cut a detection in two. None: no growing.
 
     Returns:
         Counts and timing of the run.
@@ -124,52 +126,85 @@ def predict_scene_fast(
     # closing(): on cancel or error the read-ahead thread is joined before the scene is closed
     with rasterio.open(scene.path) as src, probability_raster(scene, prob_path) as dst, \
             closing(read_strips(scene, src, tile_size, overlap)) as strips:
-        blender = StripBlender(scene, dst, tile_size, overlap)
+        grow = grow_threshold is not None
+        # growing keeps the strip above open, so a detection reaching a tile's top edge can run it
+        blender = StripBlender(scene, dst, tile_size, overlap, lag=1 if grow else 0)
         total = len(blender.rows) * len(blender.cols)
-        forced: set[int] = set()  # tiles of this strip that a detection in the strip above runs into
+        forced: set[int] = set()  # tiles of the next strip that a detection in this one runs into
+        prev: _Open | None = None
         for strip in strips:
             check_cancel()
-            origins = strip.origins
-            with_data += len(origins)
-            tiles = strip.tiles(origins, tile_size) if origins else None
-            at = {c: i for i, c in enumerate(origins)}
-            keep = fast.gate(tiles) if origins else np.zeros(0, bool)
-            pending = [c for c, k in zip(origins, keep, strict=True) if k or c in forced]
-            grown += sum(1 for c, k in zip(origins, keep, strict=True) if c in forced and not k)
-            ran: set[int] = set()
+            cur = _Open(strip, strip.tiles(strip.origins, tile_size) if strip.origins else None)
+            with_data += len(strip.origins)
+            keep = fast.gate(cur.tiles) if strip.origins else np.zeros(0, bool)
+            queue = {(cur, c) for c, k in zip(strip.origins, keep, strict=True) if k or c in forced}
+            grown += sum(1 for c, k in zip(strip.origins, keep, strict=True) if c in forced and not k)
             forced = set()
-            while pending:
-                more: set[int] = set()
-                for b in range(0, len(pending), batch_size):
-                    check_cancel()
-                    cols = pending[b : b + batch_size]
-                    for c, p in zip(cols, fast.predict(tiles[[at[c] for c in cols]]), strict=True):
-                        blender.add(c, p)
-                        ran.add(c)
-                        if grow_threshold is not None:
-                            left, right, below = _edges(p, band, grow_threshold)
-                            i = at[c]
-                            if left and i > 0:
-                                more.add(origins[i - 1])
-                            if right and i + 1 < len(origins):
-                                more.add(origins[i + 1])
-                            if below.size:
-                                lo, hi = c + int(below.min()), c + int(below.max())
-                                forced.update(c2 for c2 in blender.cols if c2 <= hi and c2 + tile_size > lo)
-                pending = sorted(more - ran)
-                grown += len(pending)
-            full_res += len(ran)
-            blender.finish_strip(strip.index, strip.valid)
+            while queue:
+                more: set[tuple[_Open, int]] = set()
+                for s in (prev, cur):
+                    cols = sorted(c for x, c in queue if x is s)
+                    for b in range(0, len(cols), batch_size):
+                        check_cancel()
+                        batch = cols[b : b + batch_size]
+                        for c, p in zip(batch, fast.predict(s.tiles[[s.at[c] for c in batch]]), strict=True):
+                            blender.add(c, p, s.strip.index)
+                            s.ran.add(c)
+                            full_res += 1
+                            if grow:
+                                more |= _grow(s, c, p, prev, cur, band, grow_threshold, tile_size, forced,
+                                              blender.cols)
+                queue = {(x, c) for x, c in more if c not in x.ran}
+                grown += len(queue)
+            if grow:
+                if prev is not None:
+                    blender.finish_strip(prev.strip.index, prev.strip.valid)
+                prev = cur
+            else:
+                blender.finish_strip(cur.strip.index, cur.strip.valid)
             done += len(blender.cols)
             if progress is not None:
                 rate = done / max(time.perf_counter() - t0, 1e-9)
                 progress(done, total, {"tiles_per_s": rate, "full_res": full_res})
+        if prev is not None:
+            blender.finish_strip(prev.strip.index, prev.strip.valid)
     return FastStats(total, with_data, full_res, time.perf_counter() - t0, fast.bf16, fast.gate_kind, grown)
 
 
-def _edges(prob: np.ndarray, band: int, threshold: float) -> tuple[bool, bool, np.ndarray]:
-    """Whether a tile's detections reach into its left and right ``band`` px, and the tile
-    columns where they reach into its bottom ``band`` rows."""
-    hot = prob >= threshold
-    return bool(hot[:, :band].any()), bool(hot[:, -band:].any()), np.flatnonzero(hot[-band:].any(axis=0))
+class _Open:
+    """A strip being predicted: its tiles, where each column sits in them, and which have run."""
 
+    def __init__(self, strip, tiles: np.ndarray | None) -> None:
+        self.strip, self.tiles = strip, tiles
+        self.at = {c: i for i, c in enumerate(strip.origins)}
+        self.ran: set[int] = set()
+
+    def overlapping(self, lo: int, hi: int, tile_size: int) -> list[int]:
+        """Columns of this strip's tiles (with data) that cover any of the columns lo..hi."""
+        return [c for c in self.strip.origins if c <= hi and c + tile_size > lo]
+
+
+def _grow(s: _Open, c: int, prob: np.ndarray, prev: _Open | None, cur: _Open, band: int, threshold: float,
+          tile_size: int, forced: set[int], next_cols: list[int]) -> set[tuple[_Open, int]]:
+    """The tiles a detection in tile ``c`` of strip ``s`` runs into: its left and right neighbours,
+    the tiles above it (when the strip above is still open) and below it (in ``cur`` when ``s`` is
+    the strip above, else recorded in ``forced`` for the next strip)."""
+    hot = prob >= threshold
+    out: set[tuple[_Open, int]] = set()
+    i = s.at[c]
+    if hot[:, :band].any() and i > 0:
+        out.add((s, s.strip.origins[i - 1]))
+    if hot[:, -band:].any() and i + 1 < len(s.strip.origins):
+        out.add((s, s.strip.origins[i + 1]))
+    for edge, rows in (("top", hot[:band]), ("bottom", hot[-band:])):
+        reach = np.flatnonzero(rows.any(axis=0))
+        if not reach.size:
+            continue
+        lo, hi = c + int(reach.min()), c + int(reach.max())
+        if edge == "top" and s is cur and prev is not None:
+            out.update((prev, c2) for c2 in prev.overlapping(lo, hi, tile_size))
+        elif edge == "bottom" and s is prev:
+            out.update((cur, c2) for c2 in cur.overlapping(lo, hi, tile_size))
+        elif edge == "bottom":
+            forced.update(c2 for c2 in next_cols if c2 <= hi and c2 + tile_size > lo)
+    return out

@@ -150,7 +150,7 @@ def test_growing_runs_the_skipped_tiles_a_detection_runs_into(tmp_path, monkeypa
 
     from model.predict_scene import predict_scene
 
-    path, _ = make_scene(tmp_path / "s.tif", (200, 220), [(30, 30, 150, 170)], seed=8)
+    path, _ = make_scene(tmp_path / "s.tif", (200, 400), [(30, 30, 150, 170)], seed=8)  # right half: no roof
     ckpt, scene = bright_roof_checkpoint(), open_scene(path)
     calls = []
 
@@ -175,3 +175,35 @@ def test_growing_runs_the_skipped_tiles_a_detection_runs_into(tmp_path, monkeypa
     assert cut.full_res == 1 and read(tmp_path / "c.tif")[roof].mean() < 128  # most of the roof lost
     assert 1 < grown.full_res < grown.with_data and grown.grown == grown.full_res - 1
     assert np.abs(read(tmp_path / "g.tif") - read(exact)).max() <= 1  # the whole roof, as the exact path
+
+
+def test_growing_reaches_up_into_the_strip_above(tmp_path, monkeypatch):
+    """A gate that sees the roof only in the second strip, at its right end: growing runs the
+    tiles above (the strip above stays open), left, right and below, and recovers the roof."""
+    import rasterio
+
+    from model.predict_scene import predict_scene
+
+    path, _ = make_scene(tmp_path / "s.tif", (200, 220), [(30, 30, 150, 170)], seed=8)
+    ckpt, scene = bright_roof_checkpoint(), open_scene(path)
+    calls = []
+
+    def one_tile_in_second_strip(self, tiles):  # strips hold the tiles at columns 0, 48, 96, 144, 156
+        calls.append(len(tiles))
+        keep = np.zeros(len(tiles), bool)
+        keep[3] = len(calls) == 2
+        return keep
+
+    monkeypatch.setattr(FastModel, "gate", one_tile_in_second_strip)
+    exact = predict_scene(ckpt, scene, tmp_path / "e.tif", 64, 16, 4, "cpu")
+    grown = predict_scene_fast(ckpt, scene, tmp_path / "g.tif", 64, 16, 4, "cpu", precision="fp32",
+                               grow_threshold=0.5)
+
+    def read(p):
+        with rasterio.open(p) as src:
+            return src.read(1).astype(int)
+
+    roof = read(exact) >= 128
+    got = read(tmp_path / "g.tif")
+    assert got[:48][roof[:48]].min() >= 128  # the roof's top, in the first strip, was run after all
+    assert np.abs(got - read(exact)).max() <= 1 and grown.grown == grown.full_res - 1
