@@ -97,6 +97,20 @@ def show_proposals(viewer, item, transform, keys: Iterable[tuple[str, Callable[[
     return layer
 
 
+def hide_heatmap(layer) -> None:
+    """Hide the heatmap while the next chip's is computed, by opacity: setting ``visible`` re-slices
+    the layer (18 ms per chip on the review's accept-and-next path, bench/gui.py), opacity is a
+    shader uniform. The user's opacity comes back with the next map."""
+    if layer.opacity > 0:
+        layer.metadata["opacity"] = layer.opacity
+        layer.opacity = 0.0
+
+
+def heatmap_shown(layer) -> bool:
+    """Whether the heatmap layer is on screen (visible and not hidden by :func:`hide_heatmap`)."""
+    return bool(layer.visible and layer.opacity > 0)
+
+
 def show_heatmap(viewer, item, heat: np.ndarray):
     """Show (or move) the uncertainty heatmap over a chip; returns the Image layer."""
     translate = (float(item.window.row_off), float(item.window.col_off))
@@ -107,6 +121,8 @@ def show_heatmap(viewer, item, heat: np.ndarray):
             layer.translate = translate
         if not layer.visible:
             layer.visible = True
+        if layer.opacity == 0:
+            layer.opacity = layer.metadata.get("opacity", 1.0)
         return layer
     layer = viewer.add_image(heat, name=HEATMAP_LAYER, colormap=uncertainty_colormap(), opacity=1.0,
                              blending="translucent", contrast_limits=(0, 1), translate=translate)

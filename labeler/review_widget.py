@@ -28,6 +28,7 @@ from labeler.chip_layers import (
     HEATMAP_LAYER,
     PROPOSALS_LAYER,
     chip_uncertainty,
+    hide_heatmap,
     rank_queue,
     show_heatmap,
     show_proposals,
@@ -254,8 +255,8 @@ class ReviewWidget(QWidget):
         The worker starts after :data:`HEATMAP_DELAY_MS` (restarted on every move), so stepping
         quickly through the queue starts no jobs and accepting a chip stays fast.
         """
-        if HEATMAP_LAYER in self.viewer.layers and self.viewer.layers[HEATMAP_LAYER].visible:
-            self.viewer.layers[HEATMAP_LAYER].visible = False
+        if HEATMAP_LAYER in self.viewer.layers:
+            hide_heatmap(self.viewer.layers[HEATMAP_LAYER])
         if self.heatmap.isChecked():
             self._heat_timer.start()
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from napari.layers.base._base_constants import ActionType
 
+from labeler.chip_layers import heatmap_shown
+
 pytestmark = pytest.mark.gui
 
 
@@ -197,18 +199,20 @@ def test_ctrl_z_on_the_canvas_undoes_the_last_edit(app, qtbot) -> None:
 def test_uncertainty_heatmap_follows_the_chip_and_toggles(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, viewer = app.review, app.session.viewer
-    qtbot.waitUntil(lambda: "uncertainty" in viewer.layers and viewer.layers["uncertainty"].visible,
+    qtbot.waitUntil(lambda: "uncertainty" in viewer.layers and heatmap_shown(viewer.layers["uncertainty"]),
                     timeout=15_000)
     heat = viewer.layers["uncertainty"]
+    heat.opacity = 0.8  # the user's choice survives the hiding between chips
     w = review.current.window
     assert heat.data.shape == (256, 256) and 0.0 <= float(heat.data.min()) <= float(heat.data.max()) <= 1.0
     assert tuple(heat.translate) == (float(w.row_off), float(w.col_off))
     assert viewer.layers.index(heat) == 1  # under the outlines, over the scene
     review.next_chip()
-    assert not heat.visible  # the old chip's map is hidden at once
+    assert not heatmap_shown(heat)  # the old chip's map is hidden at once
     w2 = review.current.window
-    qtbot.waitUntil(lambda: heat.visible and tuple(heat.translate) == (float(w2.row_off), float(w2.col_off)),
+    qtbot.waitUntil(lambda: heatmap_shown(heat) and tuple(heat.translate) == (float(w2.row_off), float(w2.col_off)),
                     timeout=15_000)
+    assert heat.opacity == 0.8
     review.heatmap.setChecked(False)
     assert not heat.visible
 
