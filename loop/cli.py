@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from model.errors import DclabelError
 from model.runtime import tune_allocator
@@ -36,9 +37,20 @@ def build_parser(extra_modules: tuple[str, ...] = ()) -> argparse.ArgumentParser
     return parser
 
 
+def _one_line_warnings(prefix: str) -> None:
+    """Print our warnings as ``dclabel CMD: warning: ...`` (no source line: users read them, not us);
+    other libraries' warnings keep their category name."""
+    def formatted(message, category, filename, lineno, line=None) -> str:
+        kind = "warning" if category is UserWarning else category.__name__
+        return f"{prefix}: {kind}: {message}\n"
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> int:
     """Run a sub-command; dclabel errors print one clear line and exit 2."""
     args = build_parser(extra_modules).parse_args(argv)
+    _one_line_warnings(f"dclabel {args.command}")
     tune_allocator()  # forward passes stop page-faulting their activations back in (model/runtime.py)
     try:
         return int(args.func(args) or 0)
