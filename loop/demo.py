@@ -13,7 +13,7 @@ import rasterio
 
 from loop.demo_config import DemoConfig, default_demo_dir
 from loop.project import Project, reviewed_training_chips
-from model.scene import median_pixel_size_m
+from model.scene import NAIP_RES_M, median_pixel_size_m
 from model.synth import SynthConfig, generate_scene
 from model.train import TrainConfig, fit
 
@@ -42,7 +42,8 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
         report(0, 4, {"step": "drawing the synthetic scene"})
         synth = SynthConfig(width=config.size, height=config.size, seed=config.seed, site=config.site)
         generate_scene(tif, truth, synth)
-    project = Project.create(root, [tif])
+    # scenes the user adds (e.g. 0.3 m NAIP) are read at the demo model's pixel size
+    project = Project.create(root, [tif], resolution_m=NAIP_RES_M)
     scene = project.scenes[0]
     store = project.labels
     if not store.reviewed_chips(scene.scene_id):

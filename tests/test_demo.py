@@ -22,6 +22,10 @@ def test_demo_project_is_complete_and_resumable(tmp_path):
     reviewed = project.labels.reviewed_chips(scene.scene_id)
     assert len(reviewed) == 2  # half of the 4 chips of a 512 px scene
     assert project.registry.current() is not None and project.registry.current().version == "v1"
+    from model.checkpoint import load_checkpoint
+
+    assert project.settings.resolution_m == load_checkpoint(project.registry.current().path).resolution_m == 0.6
+    assert load_checkpoint(project.registry.current().path).train["resolution_m"] == 0.6  # recorded, not assumed
 
     # Every data center of the ground truth inside a reviewed chip is in the store (no false negatives).
     truth = gpd.read_file(root / "truth.geojson").to_crs(scene.crs)

@@ -77,6 +77,19 @@ def test_levels_read_only_the_requested_window(wide_scene) -> None:
     assert full[0:4, 0:4, 1].shape == (4, 4)
 
 
+def test_a_12_bit_scene_displays_like_its_8_bit_values(wide_scene, tmp_path) -> None:
+    """uint16 scenes go through the scene's one value scale (model.scene.to_uint8), not a clip to 255."""
+    from model.scene import open_scene, write_geotiff
+
+    scene8, img = wide_scene
+    deep = open_scene(write_geotiff(tmp_path / "deep.tif", img.astype(np.uint16) * 16 + 8, TINY_CRS, TINY_TRANSFORM))
+    assert deep.dtype == "uint16" and deep.value_scale == pytest.approx(255 / 4095)
+    d8, _ = build_display(scene8)
+    d16, _ = build_display(deep)
+    a, b = LazySceneLevel(d8, 1)[100:164, 2000:2100], LazySceneLevel(d16, 1)[100:164, 2000:2100]
+    assert b.std() > 20 and np.abs(a.astype(int) - b.astype(int)).max() <= 8  # not a saturated white
+
+
 def test_stretch_maps_2_and_98_percentiles_to_0_and_255(wide_scene) -> None:
     scene, img = wide_scene
     display, _ = build_display(scene)
