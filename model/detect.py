@@ -17,19 +17,28 @@ from model.config import DetectConfig
 from model.errors import SceneError
 from model.export import detection_table, write_detections, write_mask, write_probability
 from model.predict_scene import predict_scene
-from model.scene import SceneInfo, open_scene, pixel_size_m, resampled_scene, same_resolution
+from model.scene import (
+    SceneInfo,
+    ground_metres_per_unit,
+    open_scene,
+    pixel_size_m,
+    resampled_scene,
+    same_resolution,
+    scene_centre_lonlat,
+)
 from model.vectorize import vectorize_probability
 
 
 def _metres_per_unit(scene: SceneInfo) -> float:
+    """Ground metres per CRS unit at the scene's centre (``--merge-distance`` and ``--simplify``
+    are metres on the ground, whatever the projection's scale)."""
     if scene.crs.is_geographic:
         raise SceneError(
             f"{scene.path}: the scene is in geographic coordinates ({scene.crs.to_string()}); "
             "detection needs a projected CRS in metres (NAIP is UTM). Reproject it first "
             "(e.g. `gdalwarp -t_srs EPSG:326XX`)."
         )
-    factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
-    return float(factor)
+    return ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
 
 
 def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, folder: str | os.PathLike) -> SceneInfo:

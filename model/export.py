@@ -14,6 +14,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import Proj, Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
@@ -28,11 +29,13 @@ COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "
 def detection_table(gdf: gpd.GeoDataFrame, model_version: str, scene_id: str | None = None) -> gpd.GeoDataFrame:
     """Add ``id``, ``area_m2``, ``centroid_lat``, ``centroid_lon`` and ``model_version`` to detections.
 
-    Areas are computed in the scene CRS when it is projected in metres, otherwise in the local UTM
-    zone; centroids are taken in that metric CRS and then converted to lon/lat.
+    Areas are computed in the scene CRS when it is projected with areas true to within 1 % where
+    the detections are (UTM, state plane, Albers), otherwise in the local UTM zone (geographic
+    CRSs; Web Mercator, whose areas at 39 N are 1.66x the ground's); centroids are taken in that
+    metric CRS and then converted to lon/lat.
     """
     out = gdf.copy()
-    metric = out if out.crs is not None and out.crs.is_projected else out.to_crs(out.estimate_utm_crs())
+    metric = out if _areas_true(out) else out.to_crs(out.estimate_utm_crs())
     centroids = metric.geometry.centroid.to_crs("EPSG:4326") if len(out) else gpd.GeoSeries([], crs="EPSG:4326")
     unit = metric.crs.axis_info[0].unit_conversion_factor if len(out) else 1.0
     out.insert(0, "id", np.arange(1, len(out) + 1))
@@ -53,6 +56,19 @@ def _atomic(path: str | os.PathLike, write) -> Path:
     with atomic_path(path) as tmp:
         write(str(tmp))
     return Path(path)
+
+
+def _areas_true(gdf: gpd.GeoDataFrame, tolerance: float = 0.01) -> bool:
+    """Whether the frame's CRS measures areas within ``tolerance`` of the ground where it lies."""
+    if gdf.crs is None or not gdf.crs.is_projected or not len(gdf):
+        return False
+    x0, y0, x1, y1 = gdf.total_bounds
+    lon, lat = Transformer.from_crs(gdf.crs, "EPSG:4326", always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2)
+    try:
+        areal = Proj(gdf.crs).get_factors(lon, lat).areal_scale
+    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
+        return True
+    return bool(np.isfinite(areal) and abs(areal - 1.0) <= tolerance)
 
 
 def write_detections(

@@ -7,6 +7,7 @@ module without their georeference: a :class:`Chip` carries scene id, window, CRS
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from pyproj import Proj, Transformer
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -178,12 +180,34 @@ def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int
 
 
 
+def ground_metres_per_unit(crs: CRS, lon: float, lat: float) -> float:
+    """Ground metres per CRS unit at (lon, lat): the unit's length in metres divided by the
+    projection's linear scale there when that is off by more than 1 % (1.29 for Web Mercator at
+    39 N, whose "metres" are that much shorter on the ground). UTM (0.9996-1.001), state plane
+    and Albers count as true, so their grids keep whole-metre pixel sizes."""
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    try:
+        scale = math.sqrt(Proj(crs).get_factors(lon, lat).areal_scale)
+    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
+        scale = 1.0
+    if not (scale > 0 and math.isfinite(scale)) or abs(scale - 1.0) <= 0.01:
+        return float(factor)
+    return float(factor / scale)
+
+
+def scene_centre_lonlat(scene: SceneInfo) -> tuple[float, float]:
+    """Longitude and latitude of the scene's centre."""
+    x, y = scene.transform @ (scene.width / 2, scene.height / 2)
+    lon, lat = Transformer.from_crs(scene.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    return float(lon), float(lat)
+
+
 def pixel_size_m(scene: SceneInfo) -> float | None:
-    """Mean pixel side in metres, or None when the CRS is geographic (degrees)."""
+    """Mean pixel side on the ground in metres at the scene's centre, or None when the CRS is
+    geographic (degrees). Projection scale counts: 0.77 "m" Web Mercator pixels at 39 N are 0.6 m."""
     if scene.crs.is_geographic:
         return None
-    factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
-    return float((scene.res[0] + scene.res[1]) / 2 * factor)
+    return float((scene.res[0] + scene.res[1]) / 2 * ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene)))
 
 
 def median_pixel_size_m(scenes: Sequence[SceneInfo]) -> float | None:
@@ -211,8 +235,7 @@ def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -
     if here is None:
         raise SceneError(f"{scene.path}: cannot resample a scene in geographic coordinates to {res_m} m; "
                          "reproject it to a projected CRS in metres first (e.g. UTM).")
-    factor = scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0
-    units = res_m / factor
+    units = res_m / ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
     method = "average" if res_m > here else "bilinear"
     out = Path(folder) / f"{scene.path.stem}_{res_m:g}m.vrt"
     source = f"vrt://{scene.path.resolve()}?tr={units!r},{units!r}&r={method}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -79,3 +81,29 @@ def test_scene_at_the_checkpoint_resolution_is_read_directly(tmp_path, recwarn):
     ck.train["resolution_m"] = 0.55  # within 20 %: no resampling, no warning
     detect_scene(ck, path, DetectConfig(threshold=0.3, tile_size=128, overlap=32, device="cpu"))
     assert not [w for w in recwarn if "trained on" in str(w.message)]
+
+
+def test_web_mercator_scene_measures_on_the_ground(tmp_path):
+    """A scene warped to Web Mercator (EPSG:3857), whose "metres" are 1.29x shorter than the ground's
+    at 39 N: its pixel size, merge distance and footprint areas are counted on the ground."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+    from test_scale import ROOFS, bright_roof_checkpoint
+
+    utm, _ = make_scene(tmp_path / "utm.tif", (300, 350), ROOFS, seed=3)
+    with rasterio.open(utm) as src:
+        t, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
+        profile = src.profile | {"crs": "EPSG:3857", "transform": t, "width": w, "height": h}
+        with rasterio.open(tmp_path / "merc.tif", "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.nearest)
+    merc = open_scene(tmp_path / "merc.tif")
+    assert merc.res[0] == pytest.approx(0.6 * 1.29, rel=0.02)  # CRS units
+    assert pixel_size_m(merc) == pytest.approx(0.6, rel=0.01)  # ground
+    cfg = DetectConfig(tile_size=64, overlap=16, batch_size=2, device="cpu", min_area=50)
+    ckpt = bright_roof_checkpoint()
+    a = detect_scene(ckpt, utm, cfg).sort_values("centroid_lat")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # 0.6 m on the ground: no resampling
+        b = detect_scene(ckpt, merc, cfg).sort_values("centroid_lat")
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(b["area_m2"].to_numpy(), a["area_m2"].to_numpy(), rtol=0.05)  # not 1.66x
