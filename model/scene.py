@@ -158,17 +158,27 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
 
 
 def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int = 512) -> float:
-    """The factor to 0-255 of a scene that is not uint8, from a decimated read of its bands.
+    """The factor to 0-255 of a scene that is not uint8, from a sample of its bands: its
+    overviews when it has them, else 8 x 8 windows of 64 px spread over it (a decimated read
+    of a scene without overviews would decode every block).
 
     Integers: the smallest bit depth of 8, 10, 12, 14 or 16 that holds the largest value seen
     (16-bit NAIP-like products often carry 12-bit data). Floats: 255 for reflectance in 0-1,
     1 for values already in 0-255, else as integers.
     """
-    f = max(1, int(np.ceil(max(src.width, src.height) / side)))
-    arr = src.read(list(bands), out_shape=(len(bands), max(1, src.height // f), max(1, src.width // f)),
-                   masked=True)
-    peak = float(arr.max()) if arr.count() else 0.0
-    if np.issubdtype(arr.dtype, np.floating):
+    if src.overviews(bands[0]) or max(src.width, src.height) <= side:
+        f = max(1, int(np.ceil(max(src.width, src.height) / side)))
+        arr = src.read(list(bands), out_shape=(len(bands), max(1, src.height // f), max(1, src.width // f)),
+                       masked=True)
+        peak = float(arr.max()) if arr.count() else 0.0
+    else:
+        peak = 0.0
+        for r in np.linspace(0, max(src.height - 64, 0), 8).astype(int):
+            for c in np.linspace(0, max(src.width - 64, 0), 8).astype(int):
+                arr = src.read(list(bands), window=Window(int(c), int(r), 64, 64), masked=True)
+                peak = max(peak, float(arr.max()) if arr.count() else 0.0)
+    dtype = np.dtype(src.dtypes[0])
+    if np.issubdtype(dtype, np.floating):
         if peak <= 1.0 + 1e-6:
             return 255.0
         if peak <= 255.0:
@@ -177,7 +187,6 @@ def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int
         if peak <= 2**bits - 1:
             return 255.0 / (2**bits - 1)
     return 255.0 / peak
-
 
 
 def ground_metres_per_unit(crs: CRS, lon: float, lat: float) -> float:
