@@ -69,7 +69,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     from loop.naip_bootstrap import bootstrap
 
     result = bootstrap(args.geojson, args.project, size_m=args.size, margin_m=args.margin,
-                       year=args.year, stac_url=args.stac_url)
+                       year=args.year, stac_url=args.stac_url, resolution_m=args.res or None)
     for lat, lon, reason in result.skipped:
         print(f"skipped chip at {lat:.5f}, {lon:.5f}: {reason}", file=sys.stderr)
     print(f"{len(result.scenes)} scene(s) in {args.project}, {result.footprints_added} "
@@ -94,6 +94,9 @@ def _register_bootstrap(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--margin", type=float, default=64.0,
                         help="context around each polygon in metres (default 64)")
     parser.add_argument("--year", type=int, default=None, help="NAIP year (default: newest)")
+    parser.add_argument("--res", type=float, default=0.6, metavar="METRES",
+                        help="pixel size a new project reads every chip at: 0.3 m NAIP years are read resampled "
+                        "to it (default 0.6, the seed study's; 0 keeps each chip's own)")
     parser.add_argument("--stac-url", default=None,
                         help=f"STAC API root (default ${STAC_URL_ENV} or {DEFAULT_STAC_URL})")
     parser.set_defaults(func=run_bootstrap)

@@ -22,6 +22,7 @@ from loop.errors import NaipError
 from loop.naip import download_naip, utm_crs
 from loop.naip_assets import DEFAULT_RETRY, RetryPolicy
 from model.errors import Cancelled, LabelError
+from model.scene import NAIP_RES_M
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def bootstrap(geojson: str | Path, project_root: str | Path, size_m: float = 512
               margin_m: float = 64.0, year: int | None = None, stac_url: str | None = None,
               progress: Callable[[int, int, dict], None] | None = None,
               cancel: Callable[[], bool] | None = None, *,
-              retry: RetryPolicy = DEFAULT_RETRY) -> BootstrapResult:
+              retry: RetryPolicy = DEFAULT_RETRY, resolution_m: float | None = NAIP_RES_M) -> BootstrapResult:
     """Fetch NAIP chips around every polygon of ``geojson`` and import them into a project.
 
     Args:
@@ -113,6 +114,8 @@ def bootstrap(geojson: str | Path, project_root: str | Path, size_m: float = 512
         progress: Called as ``progress(done, total, info)`` after each chip.
         cancel: Returns True to stop between chips (and between reads within one).
         retry: Retry policy for transient HTTP failures.
+        resolution_m: Pixel size a new project reads every chip at (NAIP years at 0.3 m are read
+            through a VRT resampled to 0.6 m, the seed study's scale); None: each at its own.
 
     Returns:
         What was added and what was skipped.
@@ -140,7 +143,7 @@ def bootstrap(geojson: str | Path, project_root: str | Path, size_m: float = 512
     if frame.crs is None:
         frame = frame.set_crs("EPSG:4326")
     chips = plan_chips(list(frame.to_crs("EPSG:4326").geometry), size_m, margin_m)
-    project = Project.create(project_root)
+    project = Project.create(project_root, resolution_m=resolution_m)
     scenes_dir = Path(project.root) / "scenes"
     scene_ids: list[str] = []
     skipped: list[tuple[float, float, str]] = []

@@ -60,7 +60,9 @@ def _atomic(path: str | os.PathLike, write) -> Path:
 
 def _areas_true(gdf: gpd.GeoDataFrame, tolerance: float = 0.01) -> bool:
     """Whether the frame's CRS measures areas within ``tolerance`` of the ground where it lies."""
-    if gdf.crs is None or not gdf.crs.is_projected or not len(gdf):
+    if not len(gdf):
+        return True  # nothing to measure
+    if gdf.crs is None or not gdf.crs.is_projected:
         return False
     x0, y0, x1, y1 = gdf.total_bounds
     lon, lat = Transformer.from_crs(gdf.crs, "EPSG:4326", always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2)

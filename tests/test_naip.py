@@ -371,3 +371,22 @@ def test_bootstrap_fetches_chips_and_imports_reviewed_labels(server, tmp_path):
     again = bootstrap(path, root, size_m=120, margin_m=20, retry=FAST)
     assert again.footprints_added == 0 and sorted(again.scenes) == sorted(result.scenes)
     assert len(server.blob_reads()) == reads  # finished chips were reused, not fetched again
+
+
+def test_bootstrap_reads_0_3_m_naip_at_the_projects_0_6_m(server, tmp_path):
+    """Recent NAIP years come at 0.3 m: the chip is downloaded as it is and read resampled to 0.6 m."""
+    import geopandas
+
+    from loop.naip_bootstrap import bootstrap
+    from loop.project import Project
+
+    x, y = Transformer.from_crs("EPSG:4326", 26918, always_xy=True).transform(LON, LAT)
+    fine = Affine(0.3, 0, np.floor(x / 0.6) * 0.6 - 256 * 0.3, 0, -0.3, np.floor(y / 0.6) * 0.6 + 256 * 0.3)
+    _add(server, "fine", 2022, fine, seed=21)
+    labels = geopandas.GeoDataFrame({"class": ["datacenter"]}, geometry=[_square(LON, LAT, 30)], crs="EPSG:4326")
+    labels.to_file(tmp_path / "labels.geojson", driver="GeoJSON")
+    result = bootstrap(tmp_path / "labels.geojson", tmp_path / "project", size_m=120, margin_m=20, retry=FAST)
+    [info] = Project.open(tmp_path / "project").scenes
+    assert len(result.scenes) == 1 and info.res == pytest.approx((0.6, 0.6)) and info.path.suffix == ".vrt"
+    with rasterio.open(next((tmp_path / "project" / "scenes").glob("*.tif"))) as src:
+        assert src.res == pytest.approx((0.3, 0.3))  # the download keeps the imagery's own pixels
