@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from loop.errors import ProjectError
 from model.atomic import write_json_atomic
-from model.errors import ConfigError, SceneError
+from model.errors import ConfigError, SceneError, SceneNotFoundError
 from model.scene import (
     Chip,
     SceneInfo,
@@ -302,6 +302,12 @@ class Project:
             return self._scenes[scene_id]
         for entry in self._entries:
             if entry["id"] == scene_id:
+                source = self._resolve(entry["source"]) if "source" in entry else None
+                if source is not None and not source.exists():  # a resampled view whose imagery moved
+                    raise SceneNotFoundError(
+                        f"{source}: no such file. Scene {scene_id} of {self.root} reads it through "
+                        f"{self._resolve(entry['path'])} (resampled to {self.settings.resolution_m} m); "
+                        "put the file back, or re-create the project with `dclabel init --res`.")
                 info = open_scene(self._resolve(entry["path"]), entry["bands"])
                 info = replace(info, scene_id=scene_id)
                 self._scenes[scene_id] = info

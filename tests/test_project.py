@@ -89,6 +89,10 @@ def test_project_reads_every_scene_at_its_resolution(tmp_path, capsys):
     assert stored["path"].startswith("scenes/") and stored["source"] == str(fine.resolve())
     Project.open(root).add_scene(fine)  # the source again: a no-op
     assert len(Project.open(root).scenes) == 2
+    fine.rename(tmp_path / "moved.tif")  # the imagery behind a resampled scene moved: say which file
+    with pytest.raises(SceneError, match=r"fine\.tif: no such file.*resampled to 0\.6 m"):
+        Project.open(root).scene(a.scene_id)
+    (tmp_path / "moved.tif").rename(fine)
     mixed = Project.create(tmp_path / "mixed", images=[coarse])  # no --res: mixing scales is flagged
     with pytest.warns(UserWarning, match=r"pixels are 0\.30 m.*init --res 0\.6"):
         mixed.add_scene(fine)
