@@ -249,7 +249,7 @@ class Project:
                 return self.scene(entry["id"])
         here, want = pixel_size_m(info), self.settings.resolution_m
         source = None
-        if want is not None and here is not None and not same_resolution(here, want):
+        if want is not None and (here is None or not same_resolution(here, want)):  # degrees: warped to UTM
             source, info = path, resampled_scene(info, want, self.root / "scenes")
         elif want is None and here is not None:
             others = [m for m in (pixel_size_m(s) for s in self.scenes) if m is not None]

@@ -129,8 +129,10 @@ class DetectConfig:
             their shared edge, so a skip does not cut an object in two (about 10 % more tiles;
             one-process detection only: ``batch-detect`` on Lightning's engine gates tile by tile).
         resample: Detect on a scene whose pixel size differs by more than 20 % from the one the
-            checkpoint was trained at through a VRT resampled to the checkpoint's (outputs stay
-            on the scene's grid); False runs the model at the scene's own pixel size, with a warning.
+            checkpoint was trained at through a VRT resampled to the checkpoint's, and on a scene
+            in degrees through a VRT warped to its UTM zone (outputs stay on the scene's grid and
+            in its CRS); False runs the model at the scene's own pixel size, with a warning, and
+            refuses scenes in degrees.
     """
 
     tile_size: int = 256

@@ -47,7 +47,14 @@ def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, fo
     otherwise the scene itself. Either way a mismatch is reported as a warning, since a U-Net
     sees buildings at the scale it learned them and ``min_area`` counts the model's pixels."""
     here, want = pixel_size_m(scene), ckpt.resolution_m
-    if here is None or same_resolution(here, want):
+    if here is None:  # degrees: warp to the local UTM zone at the model's pixel size
+        if not config.resample:
+            _metres_per_unit(scene)  # raises: detection needs metres
+        warnings.warn(f"{scene.path}: the scene is in geographic coordinates ({scene.crs.to_string()}): detecting "
+                      f"on it warped to the local UTM zone at {want:g} m (outputs stay on the scene's grid).",
+                      UserWarning, stacklevel=2)
+        return resampled_scene(scene, want, folder)
+    if same_resolution(here, want):
         return scene
     if not config.resample:
         warnings.warn(f"{scene.path}: pixels are {here:.2f} m but checkpoint {ckpt.version} was trained on "
@@ -92,7 +99,8 @@ def detect_scene(
     """
     config = config or DetectConfig()
     scene = image if isinstance(image, SceneInfo) else open_scene(image, config.bands)
-    _metres_per_unit(scene)  # fail before predicting on a geographic CRS
+    if not config.resample:
+        _metres_per_unit(scene)  # fail before predicting on a geographic CRS
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, len(scene.bands))
     with tempfile.TemporaryDirectory(prefix="dclabel-detect-") as tmp:
         grid, scene = scene, scene_for_model(scene, ckpt, config, tmp)
@@ -146,7 +154,9 @@ def export_scene(
         raise ValueError("export_scene needs a threshold: pass with_threshold(config, checkpoint).")
     found = vectorize_probability(prob_path, config.threshold, config.min_area,
                                   config.merge_distance / unit, config.simplify / unit)
-    table = detection_table(found, model_version)
+    table = detection_table(found, model_version)  # areas and centroids measured on the model's grid
+    if grid is not None and grid.crs != table.crs:  # a warped scene: back to the scene's own CRS
+        table = table.to_crs(grid.crs)
     write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
     if output_mask:
         write_mask(prob_path, output_mask, config.threshold, grid=grid)

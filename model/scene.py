@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.enums
 import rasterio.shutil
 from affine import Affine
 from pyproj import Proj, Transformer
@@ -235,25 +236,53 @@ def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -
 
     Nothing is copied: the VRT refers to the source and GDAL resamples while reading (``average``
     when the pixels grow, ``bilinear`` when they shrink). The grid keeps the scene's origin and
-    CRS; its extent is rounded to whole pixels. Band selection (``scene.bands``) carries over.
+    CRS; its extent is rounded to whole pixels. A scene in geographic coordinates (degrees) is
+    warped instead, to the UTM zone of its centre (:func:`warped_scene`). Band selection
+    (``scene.bands``) carries over.
 
     Raises:
-        SceneError: Geographic CRS (no metric pixel size), or GDAL cannot build the VRT.
+        SceneError: GDAL cannot build the VRT.
     """
     here = pixel_size_m(scene)
     if here is None:
-        raise SceneError(f"{scene.path}: cannot resample a scene in geographic coordinates to {res_m} m; "
-                         "reproject it to a projected CRS in metres first (e.g. UTM).")
+        return warped_scene(scene, res_m, folder)
     units = res_m / ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
     method = "average" if res_m > here else "bilinear"
     out = Path(folder) / f"{scene.path.stem}_{res_m:g}m.vrt"
     source = f"vrt://{scene.path.resolve()}?tr={units!r},{units!r}&r={method}"
+    _write_vrt(source, out, f"{scene.path}: could not resample to {res_m} m through a VRT")
+    return open_scene(out, scene.bands)
+
+
+def warped_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> SceneInfo:
+    """The scene warped to the UTM zone of its centre at ``res_m`` metres per pixel, through a
+    GDAL warped VRT in ``folder`` (bilinear; pixels outside the source are masked by an alpha
+    band, so they count as nodata)."""
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import calculate_default_transform
+
+    lon, lat = scene_centre_lonlat(scene)
+    utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + min(60, int((lon + 180) // 6) + 1))
+    out = Path(folder) / f"{scene.path.stem}_{utm.to_epsg()}_{res_m:g}m.vrt"
+    with rasterio.open(scene.path) as src:
+        transform, width, height = calculate_default_transform(src.crs, utm, src.width, src.height, *src.bounds,
+                                                               resolution=res_m)
+        # outside the source: nodata if it has one; else an alpha band, unless a band is already
+        # flagged alpha (often NIR in files written as RGBA; its zeros then mark the outside)
+        has_alpha = rasterio.enums.ColorInterp.alpha in src.colorinterp
+        with WarpedVRT(src, crs=utm, transform=transform, width=width, height=height,
+                       resampling=rasterio.enums.Resampling.bilinear,
+                       add_alpha=src.nodata is None and not has_alpha) as vrt:
+            _write_vrt(vrt, out, f"{scene.path}: could not warp to {utm.to_string()} at {res_m} m through a VRT")
+    return open_scene(out, scene.bands)
+
+
+def _write_vrt(source, out: Path, what: str) -> None:
     try:
         with atomic_path(out) as tmp:  # atomic: ranks of a distributed run may write the same file
             rasterio.shutil.copy(source, tmp, driver="VRT")
     except rasterio.errors.RasterioError as exc:
-        raise SceneError(f"{scene.path}: could not resample to {res_m} m through a VRT ({exc}).") from exc
-    return open_scene(out, scene.bands)
+        raise SceneError(f"{what} ({exc}).") from exc
 
 
 def to_uint8(arr: np.ndarray, scene: SceneInfo) -> np.ndarray:

@@ -83,20 +83,25 @@ def test_scene_at_the_checkpoint_resolution_is_read_directly(tmp_path, recwarn):
     assert not [w for w in recwarn if "trained on" in str(w.message)]
 
 
+def _warped(src_path, out_path, crs: str):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as src:
+        t, w, h = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
+        profile = src.profile | {"crs": crs, "transform": t, "width": w, "height": h}
+        with rasterio.open(out_path, "w", **profile) as dst:
+            for b in range(1, src.count + 1):
+                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.nearest)
+    return out_path
+
+
 def test_web_mercator_scene_measures_on_the_ground(tmp_path):
     """A scene warped to Web Mercator (EPSG:3857), whose "metres" are 1.29x shorter than the ground's
     at 39 N: its pixel size, merge distance and footprint areas are counted on the ground."""
-    from rasterio.warp import Resampling, calculate_default_transform, reproject
     from test_scale import ROOFS, bright_roof_checkpoint
 
     utm, _ = make_scene(tmp_path / "utm.tif", (300, 350), ROOFS, seed=3)
-    with rasterio.open(utm) as src:
-        t, w, h = calculate_default_transform(src.crs, "EPSG:3857", src.width, src.height, *src.bounds)
-        profile = src.profile | {"crs": "EPSG:3857", "transform": t, "width": w, "height": h}
-        with rasterio.open(tmp_path / "merc.tif", "w", **profile) as dst:
-            for b in range(1, src.count + 1):
-                reproject(rasterio.band(src, b), rasterio.band(dst, b), resampling=Resampling.nearest)
-    merc = open_scene(tmp_path / "merc.tif")
+    merc = open_scene(_warped(utm, tmp_path / "merc.tif", "EPSG:3857"))
     assert merc.res[0] == pytest.approx(0.6 * 1.29, rel=0.02)  # CRS units
     assert pixel_size_m(merc) == pytest.approx(0.6, rel=0.01)  # ground
     cfg = DetectConfig(tile_size=64, overlap=16, batch_size=2, device="cpu", min_area=50)
@@ -107,3 +112,24 @@ def test_web_mercator_scene_measures_on_the_ground(tmp_path):
         b = detect_scene(ckpt, merc, cfg).sort_values("centroid_lat")
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(b["area_m2"].to_numpy(), a["area_m2"].to_numpy(), rtol=0.05)  # not 1.66x
+
+
+def test_scene_in_degrees_is_warped_to_utm_and_answered_in_its_own_crs(tmp_path):
+    from test_scale import ROOFS, bright_roof_checkpoint
+
+    from model.errors import SceneError
+
+    utm, _ = make_scene(tmp_path / "utm.tif", (300, 350), ROOFS, seed=3)
+    geo = _warped(utm, tmp_path / "geo.tif", "EPSG:4326")
+    cfg = DetectConfig(tile_size=64, overlap=16, batch_size=2, device="cpu", min_area=50)
+    ckpt = bright_roof_checkpoint()
+    a = detect_scene(ckpt, utm, cfg).sort_values("centroid_lat")
+    with pytest.warns(UserWarning, match="geographic coordinates.*warped to the local UTM zone at 0.6 m"):
+        b = detect_scene(ckpt, geo, cfg, output_mask=tmp_path / "mask.tif").sort_values("centroid_lat")
+    assert b.crs == "EPSG:4326" and len(a) == len(b) > 0
+    np.testing.assert_allclose(b["area_m2"].to_numpy(), a["area_m2"].to_numpy(), rtol=0.05)
+    np.testing.assert_allclose(b["centroid_lat"].to_numpy(), a["centroid_lat"].to_numpy(), atol=2e-5)  # ~2 m
+    with rasterio.open(tmp_path / "mask.tif") as m, rasterio.open(geo) as g:
+        assert (m.crs, m.transform, m.width) == (g.crs, g.transform, g.width) and m.read(1).any()
+    with pytest.raises(SceneError, match="geographic coordinates"):
+        detect_scene(ckpt, geo, DetectConfig(tile_size=64, overlap=16, device="cpu", resample=False))
