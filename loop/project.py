@@ -251,6 +251,10 @@ class Project:
         source = None
         if want is not None and (here is None or not same_resolution(here, want)):  # degrees: warped to UTM
             source, info = path, resampled_scene(info, want, self.root / "scenes")
+        elif want is None and here is None:
+            warnings.warn(f"{path}: the scene is in degrees ({info.crs.to_string()}), so its pixels are not square "
+                          "metres and models see buildings distorted; re-create the project with "
+                          "`dclabel init --res 0.6` to read it warped to its UTM zone.", UserWarning, stacklevel=2)
         elif want is None and here is not None:
             others = [m for m in (pixel_size_m(s) for s in self.scenes) if m is not None]
             if others and not same_resolution(here, others[0]):
