@@ -207,9 +207,7 @@ class RetrainWidget(QWidget):
             self.status.setText(f"{e['version']} is the current model: {e.get('reason', '')}")
             show_info(f"New model {e['version']} (val IoU {float(e.get('val_iou') or 0):.3f}); re-ranking the queue.")
             self.refresh_versions()
-            # next loop turn: re-ranking starts a worker (tens of ms of GIL contention), not in this
-            # callback too, so the window gets a frame in between (bench/gui.py heartbeat)
-            QTimer.singleShot(0, lambda v=str(e["version"]): self.session.model_changed.emit(v))
+            self.session.model_changed.emit(str(e["version"]))
         elif kind == "rejected":
             self.status.setText(f"{e['version']} kept as a candidate: {e.get('reason', '')}")
             show_warning(f"Model {e['version']} did not beat the current one and was not swapped in: "

@@ -20,6 +20,8 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, thread_worker
 
+from model.runtime import lower_priority
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -127,7 +129,7 @@ class ProcessJob(ProgressJob):
 
     For CPU-heavy jobs with long stretches of pure-Python work (vectorizing, writing GeoPackages):
     in a thread they would hold the GIL and stall the Qt event loop; in their own process they
-    cannot. The process runs at a lower priority (nice 5) with ``threads`` torch threads (default:
+    cannot. The process runs at a lower priority (nice 10, set by the parent as it starts) with ``threads`` torch threads (default:
     all CPUs but one, at least one), reports progress through a queue, stops at its next ``cancel``
     check when asked, and sends its return value or exception back pickled. ``fn`` must be importable without Qt (GUI-free code).
 
@@ -149,6 +151,7 @@ class ProcessJob(ProgressJob):
         proc = ctx.Process(target=_process_main, name=name, daemon=True,
                            args=(self.fn, self.args, self.kwargs, events, stop, self.threads))
         proc.start()
+        lower_priority(proc.pid)  # before the child's imports, not after them
         try:
             while True:
                 if self.cancel_event.is_set():
@@ -184,8 +187,6 @@ def _process_main(fn, args, kwargs, events, stop, threads: int) -> None:
 
     from model.runtime import tune_allocator
 
-    if hasattr(os, "nice"):  # the window's process wins any contention for the CPU
-        os.nice(5)
     tune_allocator()
     torch.set_num_threads(threads)
 

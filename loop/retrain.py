@@ -27,6 +27,7 @@ from pathlib import Path
 
 from loop.errors import NoTrainingDataError
 from loop.retrain_worker import RetrainSettings, child_main, with_threads
+from model.runtime import lower_priority
 from model.unet import UNetConfig
 
 #: Seconds a cancelled child gets to stop by itself before it is terminated.
@@ -134,6 +135,7 @@ class RetrainJob:
             daemon=True,
         )
         self._process.start()
+        lower_priority(self._process.pid)  # from its first import on, the window's process gets the CPU first
         self._finished = False
 
     def request(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -31,3 +32,18 @@ def tune_allocator(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+#: Niceness of training and export processes started by the app or ``dclabel retrain``: the GUI
+#: process (and its software rendering) wins any contention for the CPU; idle, it costs nothing.
+CHILD_NICENESS = 10
+
+
+def lower_priority(pid: int | None, niceness: int = CHILD_NICENESS) -> None:
+    """Lower a child process's CPU priority to ``niceness`` (never raise it; no-op where unsupported)."""
+    if pid is None or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), niceness))
+    except OSError:  # the process already ended, or the platform refuses
+        pass
