@@ -3,8 +3,8 @@
 The exact path (:func:`model.predict_scene.predict_scene`) runs the U-Net on every tile. The fast
 path, chosen with ``DetectConfig(mode="fast")`` or ``dclabel detect --fast``:
 
-1. asks a gate which tiles to run: the checkpoint's trained tile gate (:mod:`model.gate`, 1-1.5 %
-   of the U-Net's work, distilled from it) when it has one; otherwise the same U-Net on each
+1. asks a gate which tiles to run: the checkpoint's trained tile gate (:mod:`model.gate`, about 4 %
+   of the U-Net's time per tile, distilled from it) when it has one; otherwise the same U-Net on each
    tile downsampled ``coarse_factor`` times (1/16 of the work at 4x), keeping the tile if the
    coarse probability reaches ``coarse_threshold`` somewhere in it;
 2. runs the full-resolution U-Net on the kept tiles only, with batch norm folded into the

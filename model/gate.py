@@ -12,8 +12,9 @@ every large roof or nothing. The tile gate is trained for the job instead, by di
   for 30 % holding exact detections; hard 0/1 targets (U-Net detections of at least
   ``min_area`` px) kept 47 % (trial runs on bench/fastpath.py's scenes, 2026-11-29);
 - it is fully convolutional (1.2 m input, 16 px output cells) and, with its input pooled in
-  integers and batch norm folded, costs 1-1.5 % of a base-16 U-Net per tile (0.5 ms against
-  36-47 ms on this 2-core CPU), so a skipped tile costs almost nothing;
+  integers and batch norm folded, costs about 4 % of a base-16 U-Net per tile in a scene run
+  (1.7 ms with its input pooling, of which the CNN about 1 ms, against 36-47 ms; profile of
+  bench/fastpath.py's typical scene, 2026-11-29), so a skipped tile costs little;
 - its decision threshold is chosen on held-out chips so that every chip where the U-Net detects
   something is kept: the lowest such chip's score (at most 0.5). Until 2026-11-29 it was half
   that; once the fast path grew into the tile above as well as left, right and below, the margin
