@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
-from pyproj import Transformer
 from scipy import ndimage
 from torch.utils.data import Dataset
 
 from model.checkpoint import Normalization
 from model.errors import LabelError, SceneError
-from model.scene import ground_metres_per_unit
+from model.scene import ground_metres_per_unit, lonlat
 
 ChipPair = tuple[np.ndarray, np.ndarray]  # (image uint8 (C,H,W), mask uint8 (H,W))
 
@@ -155,9 +154,7 @@ class ChipFolder(Sequence):
         for chip in self.chips:
             with rasterio.open(chip) as src:
                 if src.crs is not None and src.crs.is_projected:
-                    x, y = src.xy(src.height // 2, src.width // 2)
-                    lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(x, y)
-                    factor = ground_metres_per_unit(src.crs, lon, lat)
+                    factor = ground_metres_per_unit(src.crs, *lonlat(src.crs, *src.xy(src.height // 2, src.width // 2)))
                     sizes.append((abs(src.transform.a) + abs(src.transform.e)) / 2 * factor)
         return float(np.median(sizes)) if sizes else None
 

@@ -14,13 +14,13 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine
-from pyproj import Proj, Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
+from model.scene import areal_scale, lonlat
 from model.tiling import PROB_SCALE
 
 COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
@@ -65,12 +65,8 @@ def _areas_true(gdf: gpd.GeoDataFrame, tolerance: float = 0.01) -> bool:
     if gdf.crs is None or not gdf.crs.is_projected:
         return False
     x0, y0, x1, y1 = gdf.total_bounds
-    lon, lat = Transformer.from_crs(gdf.crs, "EPSG:4326", always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2)
-    try:
-        areal = Proj(gdf.crs).get_factors(lon, lat).areal_scale
-    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
-        return True
-    return bool(np.isfinite(areal) and abs(areal - 1.0) <= tolerance)
+    areal = areal_scale(gdf.crs, *lonlat(gdf.crs, (x0 + x1) / 2, (y0 + y1) / 2))
+    return areal is None or abs(areal - 1.0) <= tolerance
 
 
 def write_detections(

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -190,26 +191,47 @@ def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int
     return 255.0 / peak
 
 
+@lru_cache(maxsize=32)
+def _proj(wkt: str) -> Proj:
+    return Proj(CRS.from_wkt(wkt))
+
+
+@lru_cache(maxsize=32)
+def _to_lonlat(wkt: str) -> Transformer:
+    return Transformer.from_crs(CRS.from_wkt(wkt), "EPSG:4326", always_xy=True)
+
+
+def lonlat(crs: CRS, x: float, y: float) -> tuple[float, float]:
+    """Longitude and latitude of a point in ``crs`` (transformers cached per CRS)."""
+    lon, lat = _to_lonlat(crs.to_wkt()).transform(x, y)
+    return float(lon), float(lat)
+
+
+def areal_scale(crs: CRS, lon: float, lat: float) -> float | None:
+    """The projection's areal scale at (lon, lat) (1 = true areas), None when pyproj cannot tell."""
+    try:
+        scale = float(_proj(crs.to_wkt()).get_factors(lon, lat).areal_scale)
+    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
+        return None
+    return scale if scale > 0 and math.isfinite(scale) else None
+
+
 def ground_metres_per_unit(crs: CRS, lon: float, lat: float) -> float:
     """Ground metres per CRS unit at (lon, lat): the unit's length in metres divided by the
     projection's linear scale there when that is off by more than 1 % (1.29 for Web Mercator at
     39 N, whose "metres" are that much shorter on the ground). UTM (0.9996-1.001), state plane
     and Albers count as true, so their grids keep whole-metre pixel sizes."""
     factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    try:
-        scale = math.sqrt(Proj(crs).get_factors(lon, lat).areal_scale)
-    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
-        scale = 1.0
-    if not (scale > 0 and math.isfinite(scale)) or abs(scale - 1.0) <= 0.01:
+    areal = areal_scale(crs, lon, lat)
+    scale = math.sqrt(areal) if areal is not None else 1.0
+    if abs(scale - 1.0) <= 0.01:
         return float(factor)
     return float(factor / scale)
 
 
 def scene_centre_lonlat(scene: SceneInfo) -> tuple[float, float]:
     """Longitude and latitude of the scene's centre."""
-    x, y = scene.transform @ (scene.width / 2, scene.height / 2)
-    lon, lat = Transformer.from_crs(scene.crs, "EPSG:4326", always_xy=True).transform(x, y)
-    return float(lon), float(lat)
+    return lonlat(scene.crs, *(scene.transform @ (scene.width / 2, scene.height / 2)))
 
 
 def pixel_size_m(scene: SceneInfo) -> float | None:

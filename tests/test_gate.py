@@ -145,65 +145,59 @@ def test_a_damaged_gate_is_a_checkpoint_error_not_a_traceback():
         FastModel(ckpt, "cpu", "fp32")
 
 
-def test_growing_runs_the_skipped_tiles_a_detection_runs_into(tmp_path, monkeypatch):
+def _one_tile_gate(monkeypatch, strip_call: int, index: int) -> list:
+    """Make the fast path's gate keep one tile: ``index`` in the ``strip_call``-th strip (1-based).
+    Returns the list of gate calls (clear it to start counting again)."""
+    calls: list = []
+
+    def gate(self, tiles):
+        calls.append(len(tiles))
+        keep = np.zeros(len(tiles), bool)
+        keep[index] = len(calls) == strip_call
+        return keep
+
+    monkeypatch.setattr(FastModel, "gate", gate)
+    return calls
+
+
+def _read(path) -> np.ndarray:
     import rasterio
 
+    with rasterio.open(path) as src:
+        return src.read(1).astype(int)
+
+
+def test_growing_runs_the_skipped_tiles_a_detection_runs_into(tmp_path, monkeypatch):
     from model.predict_scene import predict_scene
 
     path, _ = make_scene(tmp_path / "s.tif", (200, 400), [(30, 30, 150, 170)], seed=8)  # right half: no roof
     ckpt, scene = bright_roof_checkpoint(), open_scene(path)
-    calls = []
-
-    def first_tile_only(self, tiles):  # a gate that sees the roof only in the top-left tile
-        calls.append(len(tiles))
-        keep = np.zeros(len(tiles), bool)
-        keep[0] = len(calls) == 1
-        return keep
-
-    monkeypatch.setattr(FastModel, "gate", first_tile_only)
+    calls = _one_tile_gate(monkeypatch, 1, 0)  # a gate that sees the roof only in the top-left tile
     exact = predict_scene(ckpt, scene, tmp_path / "e.tif", 64, 16, 4, "cpu")
     grown = predict_scene_fast(ckpt, scene, tmp_path / "g.tif", 64, 16, 4, "cpu", precision="fp32",
                                grow_threshold=0.5)
     calls.clear()
     cut = predict_scene_fast(ckpt, scene, tmp_path / "c.tif", 64, 16, 4, "cpu", precision="fp32")
 
-    def read(p):
-        with rasterio.open(p) as src:
-            return src.read(1).astype(int)
-
-    roof = read(exact) >= 128
-    assert cut.full_res == 1 and read(tmp_path / "c.tif")[roof].mean() < 128  # most of the roof lost
+    roof = _read(exact) >= 128
+    assert cut.full_res == 1 and _read(tmp_path / "c.tif")[roof].mean() < 128  # most of the roof lost
     assert 1 < grown.full_res < grown.with_data and grown.grown == grown.full_res - 1
-    assert np.abs(read(tmp_path / "g.tif") - read(exact)).max() <= 1  # the whole roof, as the exact path
+    assert np.abs(_read(tmp_path / "g.tif") - _read(exact)).max() <= 1  # the whole roof, as the exact path
 
 
 def test_growing_reaches_up_into_the_strip_above(tmp_path, monkeypatch):
     """A gate that sees the roof only in the second strip, at its right end: growing runs the
     tiles above (the strip above stays open), left, right and below, and recovers the roof."""
-    import rasterio
-
     from model.predict_scene import predict_scene
 
     path, _ = make_scene(tmp_path / "s.tif", (200, 220), [(30, 30, 150, 170)], seed=8)
     ckpt, scene = bright_roof_checkpoint(), open_scene(path)
-    calls = []
-
-    def one_tile_in_second_strip(self, tiles):  # strips hold the tiles at columns 0, 48, 96, 144, 156
-        calls.append(len(tiles))
-        keep = np.zeros(len(tiles), bool)
-        keep[3] = len(calls) == 2
-        return keep
-
-    monkeypatch.setattr(FastModel, "gate", one_tile_in_second_strip)
+    _one_tile_gate(monkeypatch, 2, 3)  # strips hold the tiles at columns 0, 48, 96, 144, 156
     exact = predict_scene(ckpt, scene, tmp_path / "e.tif", 64, 16, 4, "cpu")
     grown = predict_scene_fast(ckpt, scene, tmp_path / "g.tif", 64, 16, 4, "cpu", precision="fp32",
                                grow_threshold=0.5)
 
-    def read(p):
-        with rasterio.open(p) as src:
-            return src.read(1).astype(int)
-
-    roof = read(exact) >= 128
-    got = read(tmp_path / "g.tif")
+    roof = _read(exact) >= 128
+    got = _read(tmp_path / "g.tif")
     assert got[:48][roof[:48]].min() >= 128  # the roof's top, in the first strip, was run after all
-    assert np.abs(got - read(exact)).max() <= 1 and grown.grown == grown.full_res - 1
+    assert np.abs(got - _read(exact)).max() <= 1 and grown.grown == grown.full_res - 1
