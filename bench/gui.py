@@ -183,7 +183,9 @@ def main() -> int:
               f"with the repaint median {np.median(total):.0f} ms (max {max(total):.0f}) over {len(total)} chips "
               "[target < 150 ms]")
 
-        # retraining in its own process
+        # retraining in its own process (once the last accepted chip's heatmap has landed: its
+        # computation and painting belong to the accept figure above, not to retraining)
+        spin_until(lambda: False, 2.0)
         with Heartbeat() as hb:
             started = retrain.start()
             t0 = time.perf_counter()
@@ -192,8 +194,9 @@ def main() -> int:
         print(f"while retraining ({'started' if started else 'not started'}, {time.perf_counter() - t0:.0f} s, "
               f"events {kinds}): {hb.figures()} [target max < 100 ms]")
         spin_until(lambda: review.rank_job is None, 300)
+        spin_until(lambda: False, 2.0)  # the re-ranked queue's first chip and heatmap land
 
-        # detection in a thread worker
+        # detection in its own process
         export.output.setText(str(Path(tmp) / "out" / "detections"))
         with Heartbeat() as hb:
             job = export.run()

@@ -111,8 +111,13 @@ def _warm_up() -> None:
     """Import what the background jobs need now, on the main thread, before the window is used.
 
     A first import inside a worker thread holds the GIL for a few hundred milliseconds (measured:
-    a 340 ms freeze on the first uncertainty map), which would stall the GUI mid-review.
+    a 340 ms freeze on the first uncertainty map), which would stall the GUI mid-review. Also starts
+    the niced fork server of retraining and export processes, which imports torch and Lightning in
+    the background so that those jobs start without 3-5 s of imports competing with the window.
     """
+    from loop import background
+
+    background.warm_up()
     import loop.proposals  # noqa: F401
     import loop.ranking  # noqa: F401
     import loop.ranking_predict  # noqa: F401

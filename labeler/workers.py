@@ -9,9 +9,7 @@ next check. Exceptions reach ``worker.errored``; the return value reaches ``work
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import pickle
 import queue
 import threading
 from collections.abc import Callable, Generator
@@ -20,6 +18,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker, thread_worker
 
+from loop import background
 from model.runtime import lower_priority
 
 
@@ -125,13 +124,15 @@ class ProgressJob:
 
 
 class ProcessJob(ProgressJob):
-    """A :class:`ProgressJob` whose function runs in a separate OS process (spawned).
+    """A :class:`ProgressJob` whose function runs in a separate OS process (:mod:`loop.background`).
 
     For CPU-heavy jobs with long stretches of pure-Python work (vectorizing, writing GeoPackages):
     in a thread they would hold the GIL and stall the Qt event loop; in their own process they
-    cannot. The process runs at a lower priority (nice 10, set by the parent as it starts) with ``threads`` torch threads (default:
-    all CPUs but one, at least one), reports progress through a queue, stops at its next ``cancel``
-    check when asked, and sends its return value or exception back pickled. ``fn`` must be importable without Qt (GUI-free code).
+    cannot. The process is forked from a warm server that has torch and the model code imported
+    (started in about 10 ms), runs at a lower priority (nice 10) with ``threads`` torch threads
+    (default: all CPUs but one, at least one), reports progress through a queue, stops at its next
+    ``cancel`` check when asked, and sends its return value or exception back pickled. ``fn`` must
+    be importable without Qt (GUI-free code).
 
     Args:
         fn: Module-level function called as ``fn(*args, progress=..., cancel=..., **kwargs)``.
@@ -145,13 +146,13 @@ class ProcessJob(ProgressJob):
         self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
 
     def _call(self, progress: Callable[..., None]) -> Any:
-        ctx = mp.get_context("spawn")
+        ctx = background.context()
         events, stop = ctx.Queue(), ctx.Event()
         name = f"dclabel-{getattr(self.fn, '__name__', 'job')}"
-        proc = ctx.Process(target=_process_main, name=name, daemon=True,
+        proc = ctx.Process(target=background.run_job, name=name, daemon=True,
                            args=(self.fn, self.args, self.kwargs, events, stop, self.threads))
         proc.start()
-        lower_priority(proc.pid)  # before the child's imports, not after them
+        lower_priority(proc.pid)  # forked from the niced server already; a spawned child before its imports
         try:
             while True:
                 if self.cancel_event.is_set():
@@ -179,27 +180,3 @@ class ProcessJob(ProgressJob):
             if proc.is_alive():
                 proc.terminate()
             proc.join()
-
-
-def _process_main(fn, args, kwargs, events, stop, threads: int) -> None:
-    """Entry point of a :class:`ProcessJob` child."""
-    import torch
-
-    from model.runtime import tune_allocator
-
-    tune_allocator()
-    torch.set_num_threads(threads)
-
-    def progress(done: int, total: int, info: dict | None = None) -> None:
-        events.put(("progress", int(done), int(total), dict(info or {})))
-
-    try:
-        result = fn(*args, progress=progress, cancel=stop.is_set, **kwargs)
-    except BaseException as exc:  # sent back to the parent, raised there
-        try:
-            pickle.dumps(exc)
-        except Exception:  # an unpicklable exception: keep its type name and message
-            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-        events.put(("error", exc))
-    else:
-        events.put(("result", result))

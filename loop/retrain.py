@@ -11,20 +11,22 @@ user asks for a new model, and calls :meth:`RetrainJob.poll` from a timer to rec
     {"type": "error", "message": "..."} / {"type": "cancelled", "message": "..."}
     {"type": "done"}                                     # always last
 
-Training happens in a separate process started with the ``spawn`` method (no forked Qt or
-torch state), limited to a few torch threads so the GUI stays responsive. The child publishes
+Training happens in a separate process forked from a warm server that has already imported torch
+and Lightning (:mod:`loop.background`; ``spawn`` where there is no ``forkserver``; never a fork of
+the GUI process with its Qt state), niced and limited to a few torch threads so the GUI stays
+responsive. The child publishes
 only after training has finished, with atomic writes, so killing it never damages the current
 model or the label store.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import queue as queue_module
 import time
 from pathlib import Path
 
+from loop import background
 from loop.errors import NoTrainingDataError
 from loop.retrain_worker import RetrainSettings, child_main, with_threads
 from model.runtime import lower_priority
@@ -93,7 +95,7 @@ class RetrainJob:
                             tolerance=tolerance, seed=seed, max_time_s=max_time_s),
             threads,
         )
-        self._ctx = mp.get_context("spawn")
+        self._ctx = None
         self._process = None
         self._queue = None
         self._cancel = None
@@ -125,6 +127,7 @@ class RetrainJob:
         if self.is_running:
             raise RuntimeError("a retraining round is already running; use request() to queue a follow-up.")
         check_training_data(self.project_root)
+        self._ctx = background.context()
         self._queue = self._ctx.Queue()
         self._cancel = self._ctx.Event()
         self._cancel_deadline = None
@@ -135,7 +138,7 @@ class RetrainJob:
             daemon=True,
         )
         self._process.start()
-        lower_priority(self._process.pid)  # from its first import on, the window's process gets the CPU first
+        lower_priority(self._process.pid)  # inherited from the fork server; a spawned child before its imports
         self._finished = False
 
     def request(self) -> bool:

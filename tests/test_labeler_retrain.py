@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import rasterio
 
+from labeler.geo import polygon_parts
 from loop.retrain_worker import FINETUNE_LR_FACTOR
+from conftest import write_tiny_scene
 
 pytestmark = pytest.mark.gui
 
@@ -61,6 +63,8 @@ def test_export_writes_valid_files_and_adds_layer(app, qtbot, tmp_path) -> None:
     # by default the threshold the model was validated at (the tiny test model has none: 0.5)
     assert export.threshold.text() == "model's (0.50)"
     export.output.setText(str(tmp_path / "out" / "detections"))
+    qtbot.waitUntil(lambda: app.review.rank_job is None, timeout=30_000)
+    active = app.session.viewer.layers.selection.active
     job = export.run()
     assert job is not None
     with qtbot.waitSignal(job.worker.finished, timeout=60_000):
@@ -77,7 +81,31 @@ def test_export_writes_valid_files_and_adds_layer(app, qtbot, tmp_path) -> None:
     with rasterio.open(paths["mask"]) as src:
         assert (src.width, src.height) == (512, 512) and src.crs.to_epsg() == 32618
         assert np.isin(np.unique(src.read(1)), [0, 1]).all()
-    assert "detections" in app.session.viewer.layers
+    layer = app.session.viewer.layers["detections"]
+    assert len(layer.data) == sum(len(polygon_parts(g)) for g in export.result.geometry)
+    assert np.allclose(layer.features["mean_confidence"], export.result["mean_confidence"])
+    assert app.session.viewer.layers.selection.active is active  # what the user was editing stays active
+
+
+def test_detections_stay_with_their_scene(app, qtbot, tmp_path) -> None:
+    session, export = app.session, app.export
+    first = session.scene.scene_id
+    second = session.project.add_scene(write_tiny_scene(tmp_path / "second.tif", seed=3)).scene_id
+    layer = session.viewer.layers["detections"]
+    export.output.setText(str(tmp_path / "a" / "detections"))
+    with qtbot.waitSignal(export.run().worker.finished, timeout=60_000):
+        pass
+    assert len(layer.data) >= 1
+    session.show_scene(second)  # another scene on screen: its pixels are not the detections' grid
+    assert len(layer.data) == 0 and session.viewer.layers["detections"] is layer
+    session.show_scene(first)
+    export.output.setText(str(tmp_path / "b" / "detections"))
+    assert export.run() is not None
+    session.show_scene(second)  # before the detection of the first scene can report back
+    qtbot.waitUntil(lambda: export.job is None, timeout=60_000)  # finished (maybe during show_scene)
+    assert export.result_scene == first and len(export.result) >= 1
+    assert len(layer.data) == 0 and "not drawn" in export.status.text()
+    assert export.paths["geojson"].exists()  # written all the same
 
 
 def test_export_cancel_writes_nothing(app, qtbot, tmp_path) -> None:
