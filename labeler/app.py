@@ -135,6 +135,9 @@ def launch(root: str | os.PathLike | None, show: bool = True):
     Returns:
         ``(viewer, OpenedProject or None)``.
     """
+    from loop import background
+
+    background.warm_up()  # the fork server imports torch while napari builds the window
     import napari
 
     viewer = napari.Viewer(title=TITLE, show=show)

@@ -1,7 +1,7 @@
 """Layers of the chip under review: the model's proposals and its uncertainty heatmap.
 
-Also the two background computations behind them (ranking the queue, the entropy map of one
-chip); both run in worker threads and take ``progress``/``cancel`` keywords.
+Also the background computation behind the heatmap (the entropy map of one chip, in a worker
+thread, with ``progress``/``cancel`` keywords); ranking the queue is :func:`loop.ranking.rank_project`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,6 @@ from labeler.geo import geometry_to_napari, polygon_parts
 
 PROPOSALS_LAYER = "proposals"
 HEATMAP_LAYER = "uncertainty"
-
-
-def rank_queue(project, strategy: str, progress=None, cancel=None) -> list:
-    """Rank the project's chips and save the queue (runs in a worker thread)."""
-    from loop.ranking import rank_chips, save_queue
-
-    current = project.registry.current()
-    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
-    save_queue(project, items, strategy, model_version=current.version if current is not None else None)
-    return items
 
 
 def chip_uncertainty(project, scene, window, progress=None, cancel=None) -> np.ndarray | None:

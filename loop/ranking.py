@@ -50,8 +50,29 @@ COLD_START_CLUSTERS = 16
 #: follow by their diversity-adjusted score.
 DIVERSITY_GREEDY_MAX = 1000
 
-__all__ = ["STRATEGIES", "QueueItem", "rank_chips", "save_queue", "load_queue", "queue_is_stale", "queue_model_version",
+__all__ = ["STRATEGIES", "QueueItem", "rank_chips", "rank_project", "save_queue", "load_queue", "queue_is_stale", "queue_model_version",
            "window_key"]
+
+
+def rank_project(
+    root: str | os.PathLike, strategy: str = "entropy", progress: Callable | None = None, cancel: Any = None
+) -> list[QueueItem]:
+    """Rank a project's unreviewed chips with its current model and save the queue.
+
+    What the app runs in a background process when a project opens or a new model is published:
+    it takes the folder, not a :class:`~loop.project.Project`, so it can be sent to that process.
+
+    Raises:
+        ProjectError: ``root`` is not a project folder.
+        Cancelled: ``cancel`` was set.
+    """
+    from loop.project import Project
+
+    project = Project.open(root)
+    current = project.registry.current()
+    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
+    save_queue(project, items, strategy, model_version=current.version if current is not None else None)
+    return items
 
 
 def _is_cancelled(cancel: Any) -> bool:
