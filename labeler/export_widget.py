@@ -227,21 +227,19 @@ class ExportWidget(QWidget):
             for part in polygon_parts(geom):
                 data.append(geometry_to_napari(part, transform))
                 conf.append(float(c) if np.isfinite(c) else 0.0)
-        layer = self.detections_layer()
-        layer.selected_data = set()
-        layer.data = []
+        layer = self._clear_detections()
         if data:
             layer.add(data, shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
                       edge_color=DETECTION_EDGE)
         layer.features = {"mean_confidence": np.asarray(conf, dtype=float)}
 
-    def _clear_detections(self) -> None:
-        """Another scene is on screen: the detections layer empties (its files stay written)."""
-        if DETECTIONS_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[DETECTIONS_LAYER]
-            layer.selected_data = set()
-            layer.data = []
-            layer.features = {"mean_confidence": np.zeros(0)}
+    def _clear_detections(self):
+        """Empty the detections layer, e.g. when another scene is shown (files stay written); returns it."""
+        layer = self.detections_layer()
+        layer.selected_data = set()
+        layer.data = []
+        layer.features = {"mean_confidence": np.zeros(0)}
+        return layer
 
     def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, Cancelled):
