@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -288,5 +289,11 @@ def _batch_detect(a: argparse.Namespace) -> int:
             table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)
         finally:
             bar.close()
-    print(f"{len(table)} footprints over {len(images)} scenes; see {a.output_dir / 'all_detections.geojson'}")
-    return 0
+    failed = table.attrs.get("failed", {})
+    for img, message in failed.items():
+        print(f"dclabel batch-detect: FAILED {img}: {message}", file=sys.stderr)
+    done = len(images) - len(failed)
+    print(f"{len(table)} footprints over {done} of {len(images)} scenes; see {a.output_dir / 'all_detections.geojson'}"
+          + (f"; {len(failed)} scene(s) failed (listed above; fix them and rerun: finished scenes are kept)"
+             if failed else ""))
+    return 1 if failed else 0

@@ -91,13 +91,15 @@ class TrainConfig:
         if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:
             raise ConfigError(f"resolution_m must be a pixel size in metres (0.01-100), got {self.resolution_m}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"epochs, batch_size and lr must be positive, got {self}")
+            raise ConfigError(f"--epochs, --batch-size and --lr must be positive, got {self.epochs}, "
+                              f"{self.batch_size} and {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ConfigError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.loss not in ("dice_bce", "focal_dice", "ce"):
             raise ConfigError(f"loss must be dice_bce, focal_dice or ce, got {self.loss!r}")
         if self.separation_weight < 0 or self.separation_sigma_px <= 0:
-            raise ConfigError(f"need separation_weight >= 0 and separation_sigma_px > 0, got {self}")
+            raise ConfigError(f"need separation_weight >= 0 and separation_sigma_px > 0, got "
+                              f"{self.separation_weight} and {self.separation_sigma_px}")
 
 
 @dataclass(frozen=True)
@@ -155,16 +157,25 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("exact", "fast") or self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"mode must be exact or fast and precision auto, fp32 or bf16, got {self}")
+            raise ConfigError(f"mode must be exact or fast and precision auto, fp32 or bf16, got mode "
+                              f"{self.mode!r}, precision {self.precision!r}")
         if self.gate not in ("auto", "trained", "coarse"):
             raise ConfigError(f"gate must be auto, trained or coarse, got {self.gate!r}")
         if self.gate_threshold is not None and not 0 <= self.gate_threshold < 1:
             raise ConfigError(f"gate_threshold must be in [0, 1), got {self.gate_threshold}")
         if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
-            raise ConfigError(f"need coarse_factor >= 1 and 0 <= coarse_threshold < 1, got {self}")
+            raise ConfigError(f"need --coarse-factor >= 1 and 0 <= --coarse-threshold < 1, got "
+                              f"{self.coarse_factor} and {self.coarse_threshold}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1 (or None for the device's default), got {self.batch_size}")
-        if self.tile_size < 16 or not 0 <= self.overlap < self.tile_size // 2 + 1:
-            raise ConfigError(f"need tile_size >= 16 and 0 <= overlap <= tile_size/2, got {self}")
+        if self.tile_size < 16:
+            raise ConfigError(f"--tile-size must be at least 16 px, got {self.tile_size}")
+        if not 0 <= self.overlap <= self.tile_size // 2:
+            raise ConfigError(f"--overlap must be between 0 and half of --tile-size ({self.tile_size // 2} px for "
+                              f"--tile-size {self.tile_size}), got {self.overlap}")
+        for flag, value in (("--min-area", self.min_area), ("--merge-distance", self.merge_distance),
+                            ("--simplify", self.simplify)):
+            if not value >= 0:  # also NaN
+                raise ConfigError(f"{flag} must be 0 or more, got {value}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")

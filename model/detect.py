@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import DetectConfig
-from model.errors import SceneError
+from model.errors import Cancelled, ConfigError, DclabelError, SceneError
 from model.export import detection_table, write_detections, write_mask, write_probability
 from model.predict_scene import predict_scene
 from model.scene import (
@@ -39,6 +39,40 @@ def _metres_per_unit(scene: SceneInfo) -> float:
             "(e.g. `gdalwarp -t_srs EPSG:326XX`)."
         )
     return ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
+                  inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse, before any work, output paths that would destroy an input or each other.
+
+    Args:
+        outputs: ``{"GeoJSON output": path or None, ...}``.
+        inputs: ``{"input scene": path, "checkpoint": path, ...}`` (None entries are ignored).
+
+    Raises:
+        ConfigError: An output is an existing folder or sits under a file, names the same file as
+            an input, or as another output.
+    """
+    def key(path) -> Path:
+        return Path(path).expanduser().resolve()
+
+    taken = {key(p): label for label, p in inputs.items() if p is not None}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        p = key(path)
+        if p.is_dir():
+            raise ConfigError(f"{path}: is a folder; the {label} needs a file path, e.g. "
+                              f"{Path(path) / ('detections' + Path(path).suffix)}. Nothing was written.")
+        blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"{path}: {blocker} is a file, not a folder, so the {label} cannot be written there. "
+                              "Nothing was written.")
+        if p in taken:
+            what = taken[p]
+            fix = "give each output its own path" if what.endswith("output") else "choose another path"
+            raise ConfigError(f"{path}: given as the {label}, but it is also the {what}; {fix}. Nothing was written.")
+        taken[p] = label
 
 
 def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, folder: str | os.PathLike) -> SceneInfo:
@@ -98,6 +132,12 @@ def detect_scene(
         The detection table in the scene CRS (see :func:`model.export.detection_table`).
     """
     config = config or DetectConfig()
+    check_outputs(
+        {"GeoJSON output": output_geojson, "GeoPackage output": output_gpkg, "CSV output": output_csv,
+         "mask output": output_mask, "probability output": output_prob},
+        {"input scene": image.path if isinstance(image, SceneInfo) else image,
+         "checkpoint": None if isinstance(checkpoint, Checkpoint) else checkpoint},
+    )
     scene = image if isinstance(image, SceneInfo) else open_scene(image, config.bands)
     if not config.resample:
         _metres_per_unit(scene)  # fail before predicting on a geographic CRS
@@ -172,6 +212,26 @@ def merge_scene_tables(tables: list[gpd.GeoDataFrame], output_dir: Path) -> gpd.
     return allt
 
 
+#: What fails one scene of a batch without stopping the others: an unreadable or unusable scene.
+SCENE_FAILURES = (DclabelError, OSError)
+
+
+def scene_stems(images: Sequence[str | os.PathLike]) -> list[str]:
+    """Output names of a batch's scenes (file stems).
+
+    Raises:
+        ConfigError: Two scenes share a stem, so their outputs would overwrite each other.
+    """
+    stems: dict[str, str | os.PathLike] = {}
+    for img in images:
+        stem = Path(img).stem
+        if stem in stems and Path(stems[stem]).resolve() != Path(img).resolve():
+            raise ConfigError(f"{stems[stem]} and {img} would both write {stem}.geojson; rename one of them "
+                              "(or run them into different --output-dir folders).")
+        stems.setdefault(stem, img)
+    return [Path(img).stem for img in images]
+
+
 def batch_detect(
     checkpoint: str | os.PathLike,
     images: Sequence[str | os.PathLike],
@@ -183,27 +243,39 @@ def batch_detect(
 ) -> gpd.GeoDataFrame:
     """Detect over many scenes; one GeoJSON (+ mask) per scene and ``all_detections.{geojson,csv}``.
 
-    Scenes whose outputs already exist are skipped, so an interrupted run resumes.
+    Scenes whose outputs already exist are skipped, so an interrupted run resumes. A scene that
+    cannot be read or used (:data:`SCENE_FAILURES`) does not stop the others: it is left out and
+    reported in ``table.attrs["failed"]`` (``{scene path: message}``), and a rerun tries it again.
 
     Returns:
         All detections in EPSG:4326 with a ``scene`` column.
     """
     config = config or DetectConfig()
+    stems = scene_stems(images)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    tables = []
-    for i, img in enumerate(images):
-        stem = Path(img).stem
+    tables, failed = [], {}
+    for i, (img, stem) in enumerate(zip(images, stems, strict=True)):
         gj = out / f"{stem}.geojson"
-        if gj.exists():
-            t = gpd.read_file(gj)
+        try:
+            if gj.exists():
+                t = gpd.read_file(gj)
+            else:
+                t = detect_scene(ckpt, img, config, output_geojson=gj,
+                                 output_mask=out / f"{stem}_mask.tif" if masks else None,
+                                 cancel=cancel).to_crs("EPSG:4326")
+        except Cancelled:
+            raise
+        except SCENE_FAILURES as exc:
+            failed[str(img)] = str(exc)
+            n = 0
         else:
-            t = detect_scene(ckpt, img, config, output_geojson=gj,
-                             output_mask=out / f"{stem}_mask.tif" if masks else None,
-                             cancel=cancel).to_crs("EPSG:4326")
-        t["scene"] = stem
-        tables.append(t)
+            t["scene"] = stem
+            tables.append(t)
+            n = len(t)
         if progress is not None:
-            progress(i + 1, len(images), {"scene": stem, "detections": len(t)})
-    return merge_scene_tables(tables, out)
+            progress(i + 1, len(images), {"scene": stem, "detections": n, "failed": len(failed)})
+    table = merge_scene_tables(tables, out)
+    table.attrs["failed"] = failed
+    return table

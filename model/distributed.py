@@ -48,7 +48,14 @@ from model.blend import (
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
 from model.config import DetectConfig
-from model.detect import export_scene, merge_scene_tables, scene_for_model, with_threshold
+from model.detect import (
+    SCENE_FAILURES,
+    export_scene,
+    merge_scene_tables,
+    scene_for_model,
+    scene_stems,
+    with_threshold,
+)
 from model.inference import TileModel, tile_batch_size
 from model.scene import SceneInfo, open_scene, read_window
 
@@ -255,17 +262,28 @@ def batch_detect_distributed(
         progress: Rank 0's ``progress(batches_done, batches_total, info)``.
 
     Returns:
-        On global rank 0: all detections in EPSG:4326 with a ``scene`` column; elsewhere None.
+        On global rank 0: all detections in EPSG:4326 with a ``scene`` column, and scenes that could
+        not be read in ``attrs["failed"]`` (as :func:`model.detect.batch_detect`); elsewhere None.
     """
     config, engine = config or DetectConfig(), engine or EngineConfig()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    stems = [Path(p).stem for p in images]
-    todo = [i for i, s in enumerate(stems) if not (out / f"{s}.geojson").exists()]
+    stems = scene_stems(images)
     parts = out / PARTS
-    grids = [open_scene(images[i], config.bands) for i in todo]
-    scenes = [scene_for_model(g, ckpt, config, parts / "scenes") for g in grids]  # resampled where needed
+    todo, grids, scenes, failed = [], [], [], {}
+    for i, stem in enumerate(stems):
+        if (out / f"{stem}.geojson").exists():
+            continue
+        try:  # an unreadable scene is reported, not a reason to detect nothing
+            grid = open_scene(images[i], config.bands)
+            scene = scene_for_model(grid, ckpt, config, parts / "scenes")  # resampled where needed
+        except SCENE_FAILURES as exc:
+            failed[str(images[i])] = str(exc)
+            continue
+        todo.append(i)
+        grids.append(grid)
+        scenes.append(scene)
     dataset = TileDataset(scenes, config.tile_size, config.overlap)
     writer = TileWriter(parts, dataset.offsets, config.tile_size, progress)
     _quiet_lightning()
@@ -295,9 +313,13 @@ def batch_detect_distributed(
     if not trainer.is_global_zero:
         return None
     tables = []
-    for stem in stems:
+    for img, stem in zip(images, stems, strict=True):
+        if str(img) in failed:
+            continue
         t = gpd.read_file(out / f"{stem}.geojson")
         t["scene"] = stem
         tables.append(t)
     shutil.rmtree(parts, ignore_errors=True)
-    return merge_scene_tables(tables, out)
+    table = merge_scene_tables(tables, out)
+    table.attrs["failed"] = failed
+    return table

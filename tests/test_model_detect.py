@@ -196,3 +196,66 @@ def test_detect_cli_errors_name_the_file(tmp_path, capsys):
     detect_scene(tmp_path / "m.pt", make_scene(tmp_path / "g.tif", (64, 64))[0], DetectConfig(tile_size=64, overlap=0),
                  output_geojson=tmp_path / "ok.geojson")
     assert (tmp_path / "ok.geojson").exists()
+
+
+@pytest.mark.parametrize("flag, target, message", [
+    ("--output-mask", "scene", "also the input scene"),
+    ("--output-geojson", "checkpoint", "also the checkpoint"),
+    ("--output-csv", "folder", "is a folder"),
+    ("--output-gpkg", "under a file", "is a file, not a folder"),
+    ("--output-prob", "the mask output", "give each output its own path"),
+])
+def test_detect_refuses_outputs_that_would_destroy_inputs_before_any_work(tmp_path, capsys, flag, target, message):
+    scene, _ = make_scene(tmp_path / "s.tif", (64, 64), [(10, 10, 40, 40)])
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "note.txt").write_text("a file")
+    path = {"scene": scene, "checkpoint": ckpt, "folder": tmp_path / "folder.csv",
+            "under a file": tmp_path / "note.txt" / "o.gpkg", "the mask output": tmp_path / "m.tif"}[target]
+    before = {p: p.read_bytes() for p in (scene, ckpt)}
+    argv = ["detect", "--checkpoint", str(ckpt), "--image", str(scene), "--tile-size", "64", "--overlap", "0",
+            flag, str(path)] + (["--output-mask", str(tmp_path / "m.tif")] if flag == "--output-prob" else [])
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (scene, ckpt)} == before  # inputs intact
+    assert not (tmp_path / "m.tif").exists()  # nothing written
+
+
+@pytest.mark.parametrize("engine", [[], ["--accelerator", "cpu", "--devices", "1"]], ids=["loop", "lightning"])
+def test_batch_detect_goes_on_past_a_broken_scene_and_reports_it(tmp_path, capsys, engine):
+    good = [make_scene(tmp_path / "in" / f"{n}.tif", (64, 64), [(10, 10, 40, 40)])[0] for n in ("a", "c")]
+    (tmp_path / "in" / "b.tif").write_text("not a raster")
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    argv = ["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in"),
+            "--output-dir", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "0", *engine]
+    assert cli_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and "b.tif" in captured.err and "over 2 of 3 scenes" in captured.out
+    assert sorted(p.name for p in (tmp_path / "out").glob("?.geojson")) == ["a.geojson", "c.geojson"]
+    summary = gpd.read_file(tmp_path / "out" / "all_detections.geojson")
+    assert set(summary["scene"]) == {"a", "c"}
+    (tmp_path / "in" / "b.tif").unlink()  # fixed: the rerun keeps the finished scenes and succeeds
+    assert cli_main(argv) == 0 and "over 2 of 2 scenes" in capsys.readouterr().out
+    assert good[0].exists()
+
+
+def test_batch_detect_refuses_two_scenes_with_one_name(tmp_path):
+    from model.detect import batch_detect
+    from model.errors import ConfigError
+
+    a = make_scene(tmp_path / "x" / "scene.tif", (64, 64))[0]
+    b = make_scene(tmp_path / "y" / "scene.tif", (64, 64))[0]
+    with pytest.raises(ConfigError, match="would both write scene.geojson"):
+        batch_detect(save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt"), [a, b], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_detect_settings_errors_name_the_flags():
+    from model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--overlap must be between 0 and half of --tile-size \(50 px"):
+        DetectConfig(tile_size=100, overlap=80)
+    for field, flag in (("min_area", "--min-area"), ("merge_distance", "--merge-distance"), ("simplify", "--simplify")):
+        with pytest.raises(ConfigError, match=f"{flag} must be 0 or more, got -5"):
+            DetectConfig(**{field: -5})

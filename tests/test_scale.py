@@ -134,7 +134,7 @@ def test_batch_detect_on_two_ddp_processes_equals_one_process(tmp_path):
            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(one) == 4 and "4 footprints over 2 scenes" in res.stdout
+    assert len(one) == 4 and "4 footprints over 2 of 2 scenes" in res.stdout
     for name in ("a.geojson", "b.geojson", "all_detections.geojson"):
         a, b = _coords(tmp_path / "one" / name), _coords(tmp_path / "ddp" / name)
         assert len(a) == len(b) > 0
