@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -85,6 +86,20 @@ class ProjectSettings:
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
     write_json_atomic(path, payload)
+
+
+def _remove_new(root: Path, existed: set[str] | None) -> None:
+    """Remove what creating a project in ``root`` added (all of ``root`` if it did not exist)."""
+    if existed is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for p in root.iterdir() if root.is_dir() else ():
+        if p.name in existed:
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
@@ -165,17 +180,24 @@ class Project:
         root = Path(root)
         if (root / PROJECT_FILE).exists():
             project = cls.open(root)
-        else:
-            settings = ProjectSettings(
-                chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4),
-                resolution_m=resolution_m,
-            )
-            project = cls(root, settings, [])
+            for path in _expand_images(images):
+                project.add_scene(path, bands=bands)
+            return project
+        settings = ProjectSettings(
+            chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4),
+            resolution_m=resolution_m,
+        )
+        existed = {p.name for p in root.iterdir()} if root.is_dir() else None
+        project = cls(root, settings, [])
+        try:
             for sub in ("checkpoints", "logs", "scenes"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             project._save()
-        for path in _expand_images(images):
-            project.add_scene(path, bands=bands)
+            for path in _expand_images(images):
+                project.add_scene(path, bands=bands)
+        except BaseException:  # a scene that cannot be used: leave no half-made project behind
+            _remove_new(root, existed)
+            raise
         return project
 
     @classmethod

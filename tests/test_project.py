@@ -170,5 +170,12 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
     assert len(project.scenes) == 1 and (tmp_path / "proj" / "labels.gpkg").exists()
     assert main(["init", str(tmp_path / "p2"), "--image", str(tmp_path / "missing.tif")]) == 2
     assert "missing.tif: no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists()  # no half-made project left behind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "bad.tif").write_text("not a raster")
+    assert main(["init", str(tmp_path / "mine"), "--image", str(scene), "--image", str(tmp_path / "bad.tif")]) == 2
+    assert "bad.tif" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # only what we added is removed
     with pytest.raises(SystemExit):
         main(["init", str(tmp_path / "p3"), "--bands", "1,2,3"])
