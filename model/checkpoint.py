@@ -131,9 +131,14 @@ def load_checkpoint(path: str | os.PathLike, expected_bands: int | None = None) 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-code files
+        # torch's own text for a refused pickle suggests weights_only=False: never do that (a
+        # checkpoint is data, and that would run code from the file), so it is not passed on
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = "" if "weights_only" in str(exc) or not first else f": {first[:160]}"
         raise CheckpointError(
-            f"{path}: not a readable dclabel checkpoint ({type(exc).__name__}: {str(exc)[:200]}). "
-            "It may be truncated or from another tool; retrain or pick another file."
+            f"{path}: not a readable dclabel checkpoint ({type(exc).__name__}{detail}). It is truncated, "
+            "corrupt, from another tool, or holds Python objects other than tensors (dclabel loads "
+            "checkpoints as plain data only); retrain or pick another file."
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
