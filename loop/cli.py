@@ -45,6 +45,11 @@ def _one_line_warnings(prefix: str) -> None:
         return f"{prefix}: {kind}: {message}\n"
 
     warnings.formatwarning = formatted
+    # rasterio's note that a scene's nodata value, not its alpha band, decides which pixels are
+    # empty: that is how dclabel reads nodata anyway, and the user can do nothing about it
+    from rasterio.errors import NodataShadowWarning
+
+    warnings.filterwarnings("ignore", category=NodataShadowWarning)
 
 
 def main(argv: list[str] | None = None, extra_modules: tuple[str, ...] = ()) -> int:

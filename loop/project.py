@@ -76,12 +76,11 @@ class ProjectSettings:
 
     def __post_init__(self) -> None:
         if self.chip_size < 16:
-            raise ConfigError(f"ProjectSettings.chip_size must be >= 16, got {self.chip_size}")
+            raise ConfigError(f"the chip size (--chip-size) must be at least 16 px, got {self.chip_size}")
         if len(self.bands) != 4:
-            raise ConfigError(f"ProjectSettings.bands needs 4 band indexes (R,G,B,NIR), got {self.bands}")
+            raise ConfigError(f"--bands needs 4 band indexes (R,G,B,NIR), got {list(self.bands)}")
         if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:
-            raise ConfigError(f"ProjectSettings.resolution_m must be a pixel size in metres (0.01-100), "
-                              f"got {self.resolution_m}")
+            raise ConfigError(f"the project pixel size (--res) must be in metres, 0.01-100, got {self.resolution_m}")
 
 
 def _atomic_write_json(path: Path, payload: Any) -> None:
