@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from labeler.chip_layers import quiet_data
 from labeler.geo import geometry_to_napari, polygon_parts
 from labeler.session import ProjectSession
 from labeler.workers import ProcessJob
@@ -227,18 +228,21 @@ class ExportWidget(QWidget):
             for part in polygon_parts(geom):
                 data.append(geometry_to_napari(part, transform))
                 conf.append(float(c) if np.isfinite(c) else 0.0)
-        layer = self._clear_detections()
-        if data:
-            layer.add(data, shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
-                      edge_color=DETECTION_EDGE)
-        layer.features = {"mean_confidence": np.asarray(conf, dtype=float)}
+        layer = self.detections_layer()
+        with quiet_data(layer):
+            self._clear_detections()
+            if data:
+                layer.add(data, shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
+                          edge_color=DETECTION_EDGE)
+            layer.features = {"mean_confidence": np.asarray(conf, dtype=float)}
 
     def _clear_detections(self):
         """Empty the detections layer, e.g. when another scene is shown (files stay written); returns it."""
         layer = self.detections_layer()
-        layer.selected_data = set()
-        layer.data = []
-        layer.features = {"mean_confidence": np.zeros(0)}
+        with quiet_data(layer):
+            layer.selected_data = set()
+            layer.data = []
+            layer.features = {"mean_confidence": np.zeros(0)}
         return layer
 
     def _on_error(self, exc: Exception) -> None:
