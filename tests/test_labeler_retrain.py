@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from conftest import write_tiny_scene
 
 from labeler.geo import polygon_parts
 from loop.retrain_worker import FINETUNE_LR_FACTOR
-from conftest import write_tiny_scene
 
 pytestmark = pytest.mark.gui
 
