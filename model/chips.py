@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import geopandas as gpd
@@ -47,27 +49,37 @@ def create_masks(
     if positives.empty:
         raise LabelError(f"{geojson}: holds no data-center polygons (class 'datacenter' or label true).")
     out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
     counts = {"chips": 0, "with_positives": 0}
     by_crs: dict[str, gpd.GeoDataFrame] = {}
-    for chip in tqdm(_tifs(Path(chips_dir)), desc="masks", unit="chip", disable=not progress):
-        with rasterio.open(chip) as src:
-            if src.crs is None:
-                raise SceneError(f"{chip}: the chip has no CRS, so labels cannot be placed on it.")
-            key = src.crs.to_string()
-            if key not in by_crs:
-                by_crs[key] = positives.to_crs(src.crs)
-            local = by_crs[key]
-            hits = local.iloc[local.sindex.query(_bbox(src.bounds))] if len(local) else local
-            mask = rasterize_footprints(hits.geometry.values, None, src.crs, src.transform,
-                                        (src.height, src.width), buffer)
-            write_geotiff(out / chip.name, mask, src.crs, src.transform)
-        counts["chips"] += 1
-        counts["with_positives"] += int(mask.any())
-    if counts["with_positives"] == 0:
-        raise LabelError(
-            f"{geojson}: no data-center polygon overlaps any of the {counts['chips']} chips in {chips_dir}; "
-            "check that labels and chips cover the same place. Masks (all empty) were written."
-        )
+    # masks go to a scratch folder beside the output and move in only when all are done and some
+    # hold a data center: a failed run leaves no masks behind
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    try:
+        for chip in tqdm(_tifs(Path(chips_dir)), desc="masks", unit="chip", disable=not progress):
+            with rasterio.open(chip) as src:
+                if src.crs is None:
+                    raise SceneError(f"{chip}: the chip has no CRS, so labels cannot be placed on it.")
+                key = src.crs.to_string()
+                if key not in by_crs:
+                    by_crs[key] = positives.to_crs(src.crs)
+                local = by_crs[key]
+                hits = local.iloc[local.sindex.query(_bbox(src.bounds))] if len(local) else local
+                mask = rasterize_footprints(hits.geometry.values, None, src.crs, src.transform,
+                                            (src.height, src.width), buffer)
+                write_geotiff(staging / chip.name, mask, src.crs, src.transform)
+            counts["chips"] += 1
+            counts["with_positives"] += int(mask.any())
+        if counts["with_positives"] == 0:
+            raise LabelError(
+                f"{geojson}: no data-center polygon overlaps any of the {counts['chips']} chips in {chips_dir}; "
+                "check that labels and chips cover the same place (no masks were written)."
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        for done in staging.iterdir():
+            os.replace(done, out / done.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return counts
 
 
