@@ -25,7 +25,8 @@ from typing import Any
 from model.runtime import lower_priority
 
 #: Imported once by the fork server, so that children start with them in memory.
-PRELOAD = ("torch", "lightning", "model.train", "model.detect", "loop.retrain_worker", "loop.background")
+PRELOAD = ("torch", "lightning", "model.train", "model.detect", "loop.ranking", "loop.retrain_worker",
+           "loop.background")
 
 _lock = threading.Lock()
 _niced_server: int | None = None
