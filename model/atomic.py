@@ -50,6 +50,22 @@ def atomic_path(path: str | os.PathLike, create: bool = False) -> Iterator[Path]
         raise
 
 
+@contextmanager
+def all_or_none() -> Iterator[list[Path]]:
+    """Yield a list for the paths of a set of outputs; if the block fails, those written are removed.
+
+    Each file is atomic by itself (:func:`atomic_path`); this makes a set of them (a detection's
+    GeoJSON, GeoPackage, CSV and mask) complete or absent, never a mix.
+    """
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for p in written:
+            Path(p).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
     """Write JSON atomically, flushed to disk (``fsync``) before it replaces ``path``."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -12,6 +12,7 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
+from model.atomic import all_or_none
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import DetectConfig
 from model.errors import Cancelled, ConfigError, DclabelError, SceneError
@@ -160,10 +161,13 @@ def detect_scene(
         else:
             predict_scene(ckpt, scene, prob, config.tile_size, config.overlap, config.batch_size,
                           config.device, progress, cancel)
-        if output_prob and prob != Path(output_prob):
-            write_probability(prob, output_prob, grid)
-        return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
-                            output_gpkg, output_csv, output_mask, grid)
+        with all_or_none() as written:  # outputs are complete together or absent
+            if output_prob:
+                written.append(Path(output_prob))
+                if prob != Path(output_prob):
+                    write_probability(prob, output_prob, grid)
+            return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
+                                output_gpkg, output_csv, output_mask, grid)
 
 
 def with_threshold(config: DetectConfig, ckpt: Checkpoint) -> DetectConfig:
@@ -197,9 +201,10 @@ def export_scene(
     table = detection_table(found, model_version)  # areas and centroids measured on the model's grid
     if grid is not None and grid.crs != table.crs:  # a warped scene: back to the scene's own CRS
         table = table.to_crs(grid.crs)
-    write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
-    if output_mask:
-        write_mask(prob_path, output_mask, config.threshold, grid=grid)
+    with all_or_none() as written:  # a failed mask takes the vector files with it
+        written += write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
+        if output_mask:
+            written.append(write_mask(prob_path, output_mask, config.threshold, grid=grid))
     return table
 
 

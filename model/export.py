@@ -19,7 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from model.atomic import atomic_path
+from model.atomic import all_or_none, atomic_path
 from model.scene import areal_scale, lonlat
 from model.tiling import PROB_SCALE
 
@@ -76,18 +76,21 @@ def write_detections(
     csv: str | os.PathLike | None = None,
     layer: str = "detections",
 ) -> list[Path]:
-    """Write a :func:`detection_table` to the requested formats; returns the paths written."""
-    written = []
-    if geojson is not None:
-        wgs = table.to_crs("EPSG:4326")
-        name = Path(geojson).stem
-        written.append(_atomic(geojson, lambda p: wgs.to_file(p, driver="GeoJSON", engine="pyogrio", layer=name,
-                                                               layer_options={"RFC7946": "YES"})))
-    if gpkg is not None:
-        written.append(_atomic(gpkg, lambda p: table.to_file(p, driver="GPKG", layer=layer, engine="pyogrio")))
-    if csv is not None:
-        frame = table.drop(columns="geometry")
-        written.append(_atomic(csv, lambda p: frame.to_csv(p, index=False)))
+    """Write a :func:`detection_table` to the requested formats; returns the paths written.
+
+    All or none: if one format fails, the others written by this call are removed.
+    """
+    with all_or_none() as written:
+        if geojson is not None:
+            wgs = table.to_crs("EPSG:4326")
+            name = Path(geojson).stem
+            written.append(_atomic(geojson, lambda p: wgs.to_file(p, driver="GeoJSON", engine="pyogrio", layer=name,
+                                                                   layer_options={"RFC7946": "YES"})))
+        if gpkg is not None:
+            written.append(_atomic(gpkg, lambda p: table.to_file(p, driver="GPKG", layer=layer, engine="pyogrio")))
+        if csv is not None:
+            frame = table.drop(columns="geometry")
+            written.append(_atomic(csv, lambda p: frame.to_csv(p, index=False)))
     return written
 
 

@@ -262,3 +262,22 @@ def test_detect_settings_errors_name_the_flags():
     for field, flag in (("min_area", "--min-area"), ("merge_distance", "--merge-distance"), ("simplify", "--simplify")):
         with pytest.raises(ConfigError, match=f"{flag} must be 0 or more, got -5"):
             DetectConfig(**{field: -5})
+
+
+def test_outputs_are_written_all_or_none(tmp_path, monkeypatch):
+    import model.detect
+
+    scene, _ = make_scene(tmp_path / "s.tif", (64, 64), [(10, 10, 40, 40)])
+    outs = {"output_geojson": tmp_path / "o.geojson", "output_gpkg": tmp_path / "o.gpkg",
+            "output_csv": tmp_path / "o.csv", "output_prob": tmp_path / "p.tif", "output_mask": tmp_path / "m.tif"}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model.detect, "write_mask", disk_full)  # the last output written fails
+    with pytest.raises(OSError, match="No space left"):
+        detect_scene(constant_checkpoint(0.9), scene, DetectConfig(tile_size=64, overlap=0), **outs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]  # no output, no temporary file
+    monkeypatch.undo()
+    table = detect_scene(constant_checkpoint(0.9), scene, DetectConfig(tile_size=64, overlap=0), **outs)
+    assert len(table) == 1 and all(p.exists() for p in outs.values())
