@@ -8,7 +8,8 @@ software rendering exactly when the user has just pressed a button. Where the pl
 preloaded: a server process imports them once, at :func:`warm_up` (the app calls it when a project
 opens), and every later child is a fork of it that starts in about 10 ms. The server never runs a
 torch operation, so its children start with no thread pools to inherit; they set their own thread
-count. The server and hence its children run at :data:`model.runtime.CHILD_NICENESS`.
+count. The server and hence its children run at :data:`model.runtime.CHILD_NICENESS`, and they
+ignore Ctrl+C: the parent cancels its jobs (a terminal signals the whole process group).
 
 Children forked from the server see the environment of the moment the server started, not later
 changes made by the parent; nothing of dclabel's training or detection reads the environment.
@@ -16,8 +17,10 @@ changes made by the parent; nothing of dclabel's training or detection reads the
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import pickle
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -56,11 +59,34 @@ def warm_up() -> None:
 
     with _lock:
         forkserver.set_forkserver_preload(list(PRELOAD))
-        forkserver.ensure_running()
+        with _sigint_ignored():  # inherited through exec: a Ctrl+C in the terminal goes to the parent
+            forkserver.ensure_running()
         pid = getattr(forkserver._forkserver, "_forkserver_pid", None)  # no public accessor
         if pid is not None and pid != _niced_server:
             lower_priority(pid)  # its imports and every child it forks yield the CPU to the window
             _niced_server = pid
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while starting the fork server (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ignore_interrupts() -> None:
+    """In a background child: leave Ctrl+C to the parent, which cancels the job cleanly.
+
+    A terminal sends SIGINT to the whole process group; without this the child dies with a
+    ``KeyboardInterrupt`` traceback while the parent is still cancelling it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict, events: Any, stop: Any, threads: int) -> None:
@@ -75,6 +101,7 @@ def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict, events: Any, stop
 
     from model.runtime import tune_allocator
 
+    ignore_interrupts()
     tune_allocator()
     torch.set_num_threads(threads)
 

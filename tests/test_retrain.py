@@ -182,3 +182,30 @@ def test_run_round_in_process_rejects_a_regression(tmp_path):
     assert "< current" in final["reason"]
     assert project.registry.current().version == "v1"
     assert project.registry.get("v2").status == "candidate"
+
+
+def test_ctrl_c_in_the_terminal_cancels_the_round_cleanly(tmp_path):
+    """A terminal's Ctrl+C signals the whole process group: the training child must leave it to
+    the command, which cancels the round (exit 130, no traceback, nothing published)."""
+    import signal
+    import subprocess
+    import sys
+
+    project = make_project(tmp_path)
+    publish_stand_in(project)
+    before = (project.root / "checkpoints" / "registry.json").read_bytes()
+    log = project.root / "logs" / "retrain.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "retrain", str(project.root), "--epochs", "500", "--batch-size", "4",
+         "--base-channels", "4", "--depth", "2", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (log.exists() and '"started"' in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # into the training steps
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert (project.root / "checkpoints" / "registry.json").read_bytes() == before
