@@ -88,8 +88,8 @@ def import_geojson(
 ) -> int:
     """Import the polygons of a vector file (GeoJSON, GeoPackage, ...) that overlap a scene.
 
-    Footprints already in the store with the same class and geometry are skipped, so importing
-    a file twice adds nothing the second time.
+    Footprints already in the store with the same class and geometry (within 1 cm) are skipped, so
+    importing a file twice, or re-importing an export, adds nothing.
 
     Args:
         store: The label store (the scene is registered if needed).
@@ -114,6 +114,9 @@ def import_geojson(
         gdf = geopandas.read_file(path)
     except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
         raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+    if not isinstance(gdf, geopandas.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
+        raise LabelError(f"{path}: a table without geometry (columns {', '.join(map(str, gdf.columns))}). "
+                         "Expected footprint polygons, e.g. a GeoJSON or GeoPackage.")
     gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
     gdf = gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
     if gdf.empty:
@@ -144,14 +147,16 @@ def import_geojson(
     store.register_scene(scene.scene_id, scene.crs)
     existing = store.footprints(scene.scene_id)
     tree = shapely.STRtree(existing.geometry.to_numpy()) if len(existing) else None
+    # the same footprint within 1 cm: a re-import of an export (reprojection and re-clipping at
+    # the scene edge move vertices by nanometres to millimetres, and can add one)
+    same_within = 0.01 if scene.crs.is_projected else 1e-7
     added = 0
     touched = []
     with store.transaction():
         for geom, cls in shapes:
-            norm = shapely.normalize(geom)
             if tree is not None and any(
-                existing["class"].iloc[i] == cls and shapely.equals_exact(shapely.normalize(
-                    existing.geometry.iloc[i]), norm, 1e-6)
+                existing["class"].iloc[i] == cls
+                and shapely.hausdorff_distance(existing.geometry.iloc[i], geom) <= same_within
                 for i in tree.query(geom)
             ):
                 continue

@@ -429,3 +429,28 @@ def test_two_writers_share_fids_version_and_history(store, tmp_path):
         assert list(store.footprints("a")["fid"]) == fids[:-1]
     finally:
         other.close()
+
+
+def test_reimporting_an_export_adds_nothing_even_at_the_scene_edge(tmp_path, scene):
+    left, bottom, right, top = scene.bounds
+    across = shapely.box(right - 30.0, bottom + 20.0, right + 25.0, bottom + 60.0)  # crosses the right edge
+    inside = shapely.box(left + 10.0, bottom + 10.0, left + 50.0, bottom + 40.0)
+    src = geopandas.GeoDataFrame({"class": ["datacenter", "warehouse"]}, geometry=[across, inside], crs=scene.crs)
+    src.to_crs(4326).to_file(tmp_path / "in.geojson")
+    with LabelStore(tmp_path / "rt.gpkg") as s:
+        assert s.import_geojson(tmp_path / "in.geojson", scene) == 2
+        clipped = s.footprints(scene.scene_id).geometry.iloc[0]
+        assert clipped.bounds[2] == pytest.approx(right)  # clipped to the scene
+        out = s.export_geojson(tmp_path / "out.geojson")
+        assert s.import_geojson(out, scene) == 0  # same footprints within 1 cm: nothing added
+        assert s.import_geojson(tmp_path / "in.geojson", scene) == 0
+        moved = src.copy()
+        moved.geometry = moved.geometry.translate(0.5, 0.0)  # half a metre away: a different footprint
+        moved.to_crs(4326).to_file(tmp_path / "moved.geojson")
+        assert s.import_geojson(tmp_path / "moved.geojson", scene) == 2
+
+
+def test_importing_a_table_without_geometry_is_a_clear_error(store, scene, tmp_path):
+    (tmp_path / "table.csv").write_text("name,class\nA,datacenter\n")
+    with pytest.raises(LabelError, match="table.csv: a table without geometry"):
+        store.import_geojson(tmp_path / "table.csv", scene)
