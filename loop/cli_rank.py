@@ -27,6 +27,17 @@ def format_queue(items: list[QueueItem]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _open_project(root: str):
     from loop.project import Project
 
@@ -65,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
     path = save_queue(project, items, strategy=args.strategy, model_version=scored_by)
     print(format_queue(items))
     print(f"{len(items)} chip(s) queued -> {path}")
+    if scored_by is None and items:
+        print(f"dclabel rank: note: no model yet, so the queue is a cold start (chips spread over clusters of "
+              f"image features), not {args.strategy}; retrain once some chips are reviewed.", file=sys.stderr)
+    if not items:
+        print("dclabel rank: note: every chip of the project is reviewed; add a scene to label more.", file=sys.stderr)
     return 0
 
 
@@ -84,7 +100,7 @@ def register(subparsers) -> None:
         choices=list(STRATEGIES),
         help="; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
     )
-    p.add_argument("--top", type=int, default=None, help="keep only the N most informative chips")
+    p.add_argument("--top", type=_positive_int, default=None, help="keep only the N most informative chips")
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: the project's current model)"
     )

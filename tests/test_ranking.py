@@ -304,6 +304,14 @@ def test_queue_round_trips_through_json(project, tmp_path):
 def test_cli_rank_prints_and_stores_the_queue(project, capsys):
     from loop.cli import main
 
+    assert main(["rank", str(project.root), "--strategy", "entropy", "--quiet"]) == 0
+    assert "no model yet, so the queue is a cold start" in capsys.readouterr().err
+    saved = (project.root / "queue.json").read_bytes()
+    for top in ("0", "-3"):  # refused before anything is ranked or saved
+        with pytest.raises(SystemExit):
+            main(["rank", str(project.root), "--top", top])
+        assert "--top: must be at least 1" in capsys.readouterr().err
+    assert (project.root / "queue.json").read_bytes() == saved
     project.registry.publish(_checkpoint())
     argv = ["rank", str(project.root), "--strategy", "margin", "--top", "3", "--quiet"]
     assert main(argv) == 0
