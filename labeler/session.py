@@ -47,7 +47,7 @@ class ProjectSession:
         self.viewer = viewer
         self.project = project
         if not project.scenes:
-            raise ProjectError(f"{project.root}: the project holds no scenes; add one with `dclabel project add`.")
+            raise ProjectError(f"{project.root}: the project holds no scenes; add one with `dclabel init {project.root} --image SCENE.tif`.")
         self.queued: set[tuple[int, int]] = set()
         self.current_chip: tuple[int, int] | None = None
         self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]

@@ -333,7 +333,13 @@ class Project:
                         f"{source}: no such file. Scene {scene_id} of {self.root} reads it through "
                         f"{self._resolve(entry['path'])} (resampled to {self.settings.resolution_m} m); "
                         "put the file back, or re-create the project with `dclabel init --res`.")
-                info = open_scene(self._resolve(entry["path"]), entry["bands"])
+                path = self._resolve(entry["path"])
+                if not path.exists():
+                    raise SceneNotFoundError(
+                        f"{path}: no such file. It is scene {scene_id} of {self.root}; put the file back, or "
+                        f"set the scene's \"path\" in {self.root / PROJECT_FILE} to where it is now (its "
+                        "labels stay attached to the scene id).")
+                info = open_scene(path, entry["bands"])
                 info = replace(info, scene_id=scene_id)
                 self._scenes[scene_id] = info
                 return info

@@ -179,3 +179,17 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # only what we added is removed
     with pytest.raises(SystemExit):
         main(["init", str(tmp_path / "p3"), "--bands", "1,2,3"])
+
+
+def test_a_moved_scene_names_the_project_file_to_fix(tmp_path):
+    scene, _, _ = make_scene(tmp_path / "a.tif")
+    project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
+    sid = project.scene_ids[0]
+    moved = scene.rename(tmp_path / "moved.tif")
+    with pytest.raises(SceneError, match=rf"a\.tif: no such file\. It is scene {sid} of .*project\.json") as err:
+        Project.open(tmp_path / "proj").scene(sid)
+    assert "no such file" in str(err.value)
+    doc = json.loads((tmp_path / "proj" / "project.json").read_text())
+    doc["scenes"][0]["path"] = str(moved)  # the fix the message names
+    (tmp_path / "proj" / "project.json").write_text(json.dumps(doc))
+    assert Project.open(tmp_path / "proj").scene(sid).path == moved
