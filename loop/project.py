@@ -369,7 +369,13 @@ class Project:
                 store = LabelStore(self.root / "labels.gpkg", read_only=True)
             else:
                 store = LabelStore(self.root / "labels.gpkg")
-                for info in self.scenes:
+                for sid in self.scene_ids:
+                    try:
+                        info = self.scene(sid)
+                    except SceneError as exc:  # labels need no pixels: export and info still work
+                        warnings.warn(f"{exc} Its labels stay readable; commands that need its pixels will "
+                                      "fail until then.", UserWarning, stacklevel=2)
+                        continue
                     store.register_scene(info.scene_id, info.crs)
             self._labels = store
         return self._labels

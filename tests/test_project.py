@@ -193,3 +193,17 @@ def test_a_moved_scene_names_the_project_file_to_fix(tmp_path):
     doc["scenes"][0]["path"] = str(moved)  # the fix the message names
     (tmp_path / "proj" / "project.json").write_text(json.dumps(doc))
     assert Project.open(tmp_path / "proj").scene(sid).path == moved
+
+
+def test_labels_of_a_moved_scene_still_export(tmp_path, capsys):
+    from loop.cli import main
+
+    scene, _, _ = make_scene(tmp_path / "a.tif")
+    project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
+    info = project.scenes[0]
+    project.labels.add_footprint(info.scene_id, box(*info.bounds).buffer(-10), "datacenter")
+    project.labels.close()
+    scene.rename(tmp_path / "moved.tif")
+    with pytest.warns(UserWarning, match="labels stay readable"):
+        assert main(["labels", "export", str(tmp_path / "proj"), "--output", str(tmp_path / "out.geojson")]) == 0
+    assert len(json.loads((tmp_path / "out.geojson").read_text())["features"]) == 1
