@@ -158,6 +158,8 @@ def fit(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        # Lightning's own use of a torch API torch deprecated; nothing a user can act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         trainer.fit(task, train_dl, val_dl)
     if reporter.cancelled:
         raise Cancelled("training was cancelled; no checkpoint was written.")
