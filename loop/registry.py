@@ -86,6 +86,7 @@ class CheckpointRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.root / ".registry.lock"), timeout=60)
         self._valid_cache: dict[str, tuple[float, int]] = {}
+        self._warned: set[tuple] = set()  # unloadable-current warnings already given
 
     @property
     def path(self) -> Path:
@@ -169,17 +170,34 @@ class CheckpointRegistry:
         history = [v for v in payload["promotions"] if v in by_name]
         if not history:  # a registry written without a promotion log: fall back to statuses
             history = [n for n, v in by_name.items() if v.status in ("current", "previous")]
+        skipped: list[ModelVersion] = []
         for name in reversed(history):
             mv = by_name[name]
             if self._loads(mv):
+                if skipped:
+                    self._warn_skipped(skipped, f"using {name}, the latest earlier current version that loads")
                 return replace(mv, status="current")
-            warnings.warn(
-                f"{mv.path}: checkpoint of current model {name} is missing or corrupt; "
-                "falling back to the previous good version. Retrain or promote another version.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            skipped.append(mv)
+        if skipped:
+            self._warn_skipped(skipped, "no earlier version loads either, so there is no model (cold start)")
         return None
+
+    def _warn_skipped(self, skipped: list[ModelVersion], outcome: str) -> None:
+        """Warn once (per state of the files) that current versions were skipped as unloadable."""
+        def state(mv: ModelVersion):
+            try:
+                st = mv.path.stat()
+            except OSError:
+                return (str(mv.path), None)
+            return (str(mv.path), st.st_mtime, st.st_size)
+
+        key = tuple(state(mv) for mv in skipped)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        names = ", ".join(f"{mv.version} ({mv.path})" for mv in skipped)
+        warnings.warn(f"checkpoint of current model {names} is missing or corrupt; {outcome}. Retrain or "
+                      "promote another version.", RuntimeWarning, stacklevel=3)
 
     def load_current(self) -> Checkpoint | None:
         """The current checkpoint, loaded, or None."""

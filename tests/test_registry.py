@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import warnings
 
 import numpy as np
 import pytest
@@ -84,13 +85,18 @@ def test_corrupt_current_falls_back_with_warning(tmp_path):
     reg.publish(make_ckpt(0.4, seed=1))
     assert reg.current().version == "v2"
     (tmp_path / "v2.pt").write_bytes(b"not a checkpoint")
-    with pytest.warns(RuntimeWarning, match="v2"):
+    with pytest.warns(RuntimeWarning, match="v2 .* missing or corrupt; using v1"):
         cur = reg.current()
     assert cur.version == "v1"
-    # the next publish warm-starts from (and compares with) the good version
-    with pytest.warns(RuntimeWarning):
+    # the next publish warm-starts from (and compares with) the good version; warned once only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         res = reg.publish(make_ckpt(0.35, seed=2))
     assert reg.get(res.version).parent == "v1"
+    for name in ("v1.pt", "v3.pt"):
+        (tmp_path / name).write_bytes(b"not a checkpoint either")
+    with pytest.warns(RuntimeWarning, match="no earlier version loads either, so there is no model"):
+        assert reg.current() is None
 
 
 def test_corrupt_registry_json_is_a_clear_error(tmp_path):
