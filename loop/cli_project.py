@@ -135,17 +135,24 @@ def print_summary(summary: dict) -> None:
           f"pool chips: {summary['n_pool']}")
     budget = summary["budget"]
     print(f"{'strategy':<10} {'chips to 95%':>13} {'IoU @' + format(budget, '.0%'):>9} {'final IoU':>10}")
+    starred = False
     for s, d in summary["per_strategy"].items():
         reach = f"{d['fraction_to_95']:.1%}" if d["fraction_to_95"] is not None else "not reached"
         note = "" if d["budget_in_range"] else "*"
+        starred = starred or bool(note)
         print(f"{s:<10} {reach:>13} {d['iou_at_budget']:>8.3f}{note} {d['final_iou']:>10.3f}")
+    if starred:
+        print(f"* the {budget:.0%} budget lies outside the reviewed-chip counts the rounds reached: the nearest "
+              "round's IoU is shown")
     if summary.get("best"):
         reach = summary["best_fraction_to_95"]
         print(f"best strategy: {summary['best']}; chips to reach 95% of full-label IoU: "
               f"{'not reached' if reach is None else format(reach, '.1%')}")
-    if summary.get("best_minus_random_at_budget") is not None:
+    if summary.get("best_minus_random_at_budget") is not None and summary["best"] != "random":
         print(f"{summary['best']} IoU minus random IoU at a {budget:.0%} budget: "
               f"{summary['best_minus_random_at_budget']:+.3f}")
+    elif summary.get("best") == "random":
+        print("random sampling did best in this run: no ranking strategy beat it")
 
 
 def register(subparsers) -> None:
