@@ -407,6 +407,7 @@ def plot_learning_curves(rows: list[dict], full: dict | None, path: Path, summar
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     n_pool = (summary or {}).get("n_pool") or 1
@@ -418,6 +419,7 @@ def plot_learning_curves(rows: list[dict], full: dict | None, path: Path, summar
         if full is not None:
             ax.axhline(full[metric], color="black", linestyle="--", label="all pool chips labelled")
         ax.set_xlabel(f"reviewed chips (pool: {n_pool})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # chips come whole
         ax.set_ylabel(title)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
