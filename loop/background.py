@@ -1,4 +1,4 @@
-"""Child processes for training and export, forked from a warm server at a lower CPU priority.
+"""Child processes for training, export and ranking, forked from a warm server at a lower CPU priority.
 
 A retraining round or an export runs in its own OS process so that neither its CPU work nor its
 pure-Python stretches can stall the GUI. Started with ``spawn``, each such process first imports
