@@ -261,9 +261,12 @@ class RetrainWidget(QWidget):
         ep = [h.get("epoch", i + 1) for i, h in enumerate(self.history)]
         self.loss_line.set_data(ep, [h.get("loss", math.nan) for h in self.history])
         self.iou_line.set_data(ep, [h.get("val_iou", math.nan) for h in self.history])
+        # x: epochs 0..the round's count (or further, if a longer round is drawn); y: the loss data.
+        # The two axes share x (twinx); setting it on one sets both, autoscaling would not.
+        xs = [x for x in list(steps[0]) + ep if x == x]
+        self.ax_loss.set_xlim(0, max([float(self.epochs.value()), 1.0, *xs]))
         self.ax_loss.relim()
-        self.ax_loss.autoscale_view()
-        self.ax_iou.set_xlim(self.ax_loss.get_xlim())
+        self.ax_loss.autoscale_view(scalex=False)
         self.canvas.draw_idle()
 
     def close_job(self) -> None:

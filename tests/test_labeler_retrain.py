@@ -37,6 +37,9 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     assert "epoch" in kinds and retrain.history  # the plot got its points
     assert len(retrain.loss_line.get_xdata()) == len(retrain.history) >= 1
     assert len(retrain.iou_line.get_ydata()) == len(retrain.history)
+    left, right = retrain.ax_loss.get_xlim()  # the points are inside the plot, not off its edge
+    assert left <= min(retrain.loss_line.get_xdata()) and max(retrain.loss_line.get_xdata()) <= right
+    assert retrain.ax_iou.get_xlim() == (left, right)
     registry = app.session.project.registry
     assert [v.version for v in registry.versions()] == ["v1", "v2"]
     assert retrain.versions.count() == 2
