@@ -41,9 +41,14 @@ FORMATS = {"geojson": ".geojson", "gpkg": ".gpkg", "csv": ".csv", "mask": "_mask
 
 
 def export_paths(stem: str | Path, formats: set[str]) -> dict[str, Path]:
-    """Output files for an output stem (``out/detections`` -> ``out/detections.geojson``, ...)."""
+    """Output files for an output stem (``out/detections`` -> ``out/detections.geojson``, ...).
+
+    An existing folder means "in there": ``out/`` -> ``out/detections.geojson``, ...
+    """
     stem = Path(stem)
-    if stem.suffix.lower() in {".geojson", ".gpkg", ".csv", ".tif"}:
+    if stem.is_dir():
+        stem = stem / "detections"
+    elif stem.suffix.lower() in {".geojson", ".gpkg", ".csv", ".tif"}:
         stem = stem.with_suffix("")
     return {f: stem.parent / f"{stem.name}{FORMATS[f]}" for f in FORMATS if f in formats}
 
@@ -137,7 +142,7 @@ class ExportWidget(QWidget):
 
     def run(self) -> ProcessJob | None:
         """Start detection in the background; returns the job (None if it could not start)."""
-        from model.detect import DetectConfig
+        from model.detect import DetectConfig, check_outputs
 
         if self.job is not None:
             show_info("Detection is already running.")
@@ -148,6 +153,13 @@ class ExportWidget(QWidget):
             return None
         formats = {f for f, box in self.formats.items() if box.isChecked()}
         self.paths = export_paths(self.output.text(), formats)
+        try:  # before any work: never write over the scene, the model or the project's own files
+            check_outputs({f"{fmt} output": p for fmt, p in self.paths.items()},
+                          self._protected_files(current))
+        except DclabelError as exc:
+            self.status.setText(f"not started: {exc}")
+            show_error(f"Cannot export: {exc}")
+            return None
         try:
             threshold = self.threshold.value() if self.threshold.value() > self.threshold.minimum() else None
             config = DetectConfig(threshold=threshold, min_area=self.min_area.value(),
@@ -173,6 +185,13 @@ class ExportWidget(QWidget):
         self.status.setText(f"detecting with {current.version}…")
         job.start()
         return job
+
+    def _protected_files(self, current) -> dict[str, Path]:
+        """Files an export must not overwrite: its inputs and the project's own state."""
+        root = Path(self.session.project.root)
+        return {"input scene": self.session.scene.path, "current model's checkpoint": current.path,
+                "project's label store": root / "labels.gpkg", "project file": root / "project.json",
+                "model registry": root / "checkpoints" / "registry.json", "review queue": root / "queue.json"}
 
     def cancel(self) -> None:
         """Stop detection; no output file is written."""

@@ -164,3 +164,18 @@ def test_regressed_candidate_is_reported_not_swapped_in(app, qtbot) -> None:
     assert "candidate" in app.retrain.status.text() and switched == []
     assert registry.current().version == "v1"
     assert app.retrain.versions.count() == 2 and "candidate" in app.retrain.versions.item(0).text()
+
+
+def test_export_refuses_to_overwrite_the_project_and_writes_into_a_folder(app, qtbot, tmp_path) -> None:
+    export, root = app.export, app.session.project.root
+    store = (root / "labels.gpkg").read_bytes()
+    export.output.setText(str(root / "labels"))  # labels.gpkg would be the project's label store
+    assert export.run() is None
+    assert "label store" in export.status.text() and (root / "labels.gpkg").read_bytes() == store
+    (tmp_path / "outdir").mkdir()
+    export.output.setText(str(tmp_path / "outdir"))  # an existing folder: the files go inside it
+    job = export.run()
+    with qtbot.waitSignal(job.worker.finished, timeout=60_000):
+        pass
+    assert (tmp_path / "outdir" / "detections.geojson").exists()
+    assert not (tmp_path / "outdir.geojson").exists()
