@@ -117,8 +117,10 @@ def napari_to_geometry(
         ValueError: Fewer than 3 distinct vertices or zero area.
     """
     xy = napari_to_crs(vertices, transform)
-    if len(np.unique(xy, axis=0)) < 3:
-        raise ValueError(f"a polygon needs at least 3 distinct vertices, got {len(xy)}")
+    distinct = len(np.unique(xy, axis=0))
+    if distinct < 3:
+        raise ValueError(f"a polygon needs at least 3 distinct vertices, got {distinct}"
+                         + (f" (of {len(xy)})" if distinct != len(xy) else ""))
     shell = Polygon(xy)
     rings = []
     for hole in holes:

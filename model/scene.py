@@ -131,17 +131,17 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
             raise SceneError(
                 f"{p}: --bands needs {len(BANDS)} band indexes for {','.join(BANDS)}, got {list(want)}."
             )
-        missing = [b for b in want if b < 1 or b > src.count]
-        if missing and bands is not None:
-            raise SceneError(
-                f"{p}: --bands {','.join(map(str, want))} asks for band(s) {', '.join(map(str, missing))}, but the "
-                f"file has {src.count} band(s) (1..{src.count})."
-            )
-        if missing:
+        if src.count < len(BANDS):
             raise SceneError(
                 f"{p}: expected {len(BANDS)} bands ({', '.join(BANDS)}), found {src.count}. dclabel needs "
                 "near-infrared as well as red, green and blue (NAIP has all four); an RGB-only file "
                 "cannot be used."
+            )
+        missing = [b for b in want if b < 1 or b > src.count]
+        if missing:
+            raise SceneError(
+                f"{p}: --bands {','.join(map(str, want))} asks for band(s) {', '.join(map(str, missing))}, but the "
+                f"file has {src.count} band(s) (1..{src.count})."
             )
         if src.crs is None:
             raise SceneError(
