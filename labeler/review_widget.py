@@ -224,9 +224,13 @@ class ReviewWidget(QWidget):
             self.show_item(rows[keep], move_camera=False)
         elif rows:
             self.table.selectRow(min(max(select_row, 0), len(rows) - 1))
-        else:
+        else:  # the queue is empty: no chip is under review any more
             self.current = None
             self._clear_chip_layers()
+            self.session.set_current_chip(None)
+            editor = self.session.editor
+            if editor is not None and editor.layer in self.viewer.layers:
+                self.viewer.layers.selection.active = editor.layer
 
     # ----- selection ---------------------------------------------------------------------------
     def _on_row_selected(self) -> None:
@@ -298,14 +302,21 @@ class ReviewWidget(QWidget):
         owners = {int(layer.features["proposal"].iloc[i]) for i in layer.selected_data}
         return [self.current.proposals[k] for k in sorted(owners)]
 
+    def _chip_on_screen(self) -> bool:
+        """True when a chip is under review; otherwise says why nothing happens."""
+        if self.current is None:
+            show_info("End of the queue: rank again for more chips." if not self.items
+                      else "Select a chip in the queue first.")
+        return self.current is not None
+
     def accept_all(self) -> None:
         """Store every proposal of the chip and mark it reviewed, then show the next chip."""
-        if self.current is not None:
+        if self._chip_on_screen():
             self._accept(list(self.current.proposals), "proposal-accepted")
 
     def accept_selected(self) -> None:
         """Store the proposals selected in the proposals layer and mark the chip reviewed."""
-        if self.current is not None:
+        if self._chip_on_screen():
             chosen = self.selected_proposals()
             if not chosen:
                 show_info("Select proposals in the 'proposals' layer first (or use Accept all).")
@@ -314,7 +325,7 @@ class ReviewWidget(QWidget):
 
     def edit_then_accept(self) -> None:
         """Store the selected (or all) proposals as editable footprints; stay on the chip to edit."""
-        if self.current is None:
+        if not self._chip_on_screen():
             return
         chosen = self.selected_proposals() or list(self.current.proposals)
         fids = self._accept(chosen, "proposal-edited", advance=False)
@@ -328,17 +339,17 @@ class ReviewWidget(QWidget):
 
     def reject(self) -> None:
         """Discard the proposals; the chip is reviewed (empty unless footprints were drawn in it)."""
-        if self.current is not None:
+        if self._chip_on_screen():
             self._decide([], "proposal-accepted", empty=not self.session.editor.touches(self.current.window))
 
     def mark_empty(self) -> None:
         """Mark the chip reviewed with no data center in it."""
-        if self.current is not None:
+        if self._chip_on_screen():
             self._decide([], "proposal-accepted", empty=True)
 
     def skip(self) -> None:
         """Move the chip to the end of the queue without deciding."""
-        if self.current is None:
+        if not self._chip_on_screen():
             return
         item = self.current
         self.items = [it for it in self.items if it is not item] + [item]

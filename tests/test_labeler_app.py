@@ -120,6 +120,14 @@ def test_mark_empty_and_reject(app, qtbot) -> None:
     assert chips == {(first.window.row_off, first.window.col_off): True,
                      (second.window.row_off, second.window.col_off): True}
     assert len(store.footprints()) == 0 and review.table.rowCount() == 2
+    review.mark_empty()
+    review.mark_empty()  # the queue is now empty
+    assert review.current is None and app.session.current_chip is None  # no stale "current" outline
+    assert app.session.viewer.layers.selection.active is app.session.editor.layer
+    n = len(store.reviewed_chips())
+    review.accept_all()  # nothing to act on: says so, stores nothing
+    review.skip()
+    assert len(store.reviewed_chips()) == n
 
 
 def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
