@@ -30,8 +30,10 @@ class LabelsWidget(QWidget):
         super().__init__(parent)
         self.session = session
         self.scene = QComboBox()
-        for sc in session.project.scenes:
-            self.scene.addItem(f"{sc.scene_id}  ({sc.width}×{sc.height})", sc.scene_id)
+        readable = {sc.scene_id: sc for sc in session.project.readable_scenes()}
+        for sid in session.project.scene_ids:
+            sc = readable.get(sid)
+            self.scene.addItem(f"{sid}  ({sc.width}×{sc.height})" if sc else f"{sid}  (file missing)", sid)
         self.scene.setCurrentIndex(max(self.scene.findData(session.scene.scene_id), 0))
         self.true_colour = QRadioButton("True colour")
         self.nir = QRadioButton("NIR false colour")

@@ -6,6 +6,7 @@ global state). Widgets talk to each other only through its psygnal signals.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from psygnal import Signal
@@ -46,11 +47,16 @@ class ProjectSession:
 
         self.viewer = viewer
         self.project = project
-        if not project.scenes:
-            raise ProjectError(f"{project.root}: the project holds no scenes; add one with `dclabel init {project.root} --image SCENE.tif`.")
+        if not project.scene_ids:
+            raise ProjectError(f"{project.root}: the project holds no scenes; add one with "
+                               f"`dclabel init {project.root} --image SCENE.tif`.")
         self.queued: set[tuple[int, int]] = set()
         self.current_chip: tuple[int, int] | None = None
-        self.scene: SceneInfo = project.scene(scene_id) if scene_id else project.scenes[0]
+        if scene_id:
+            self.scene: SceneInfo = project.scene(scene_id)
+        else:  # the first scene that opens; a moved one is reported and the others still work
+            readable = _readable_scenes(project)
+            self.scene = readable[0] if readable else project.scene(project.scene_ids[0])  # raises why
         self.editor: FootprintEditor | None = None
         self.overview_job = None
         self._grid_pending = False
@@ -157,3 +163,15 @@ def find_session(viewer) -> ProjectSession | None:
         if session is not None:
             return session
     return None
+
+
+def _readable_scenes(project) -> list[SceneInfo]:
+    """The project's scenes that open; each one that does not is shown as a napari warning."""
+    from napari.utils.notifications import show_warning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        readable = project.readable_scenes()
+    for w in caught:
+        show_warning(str(w.message))
+    return readable

@@ -146,6 +146,7 @@ class Project:
         self.settings = settings
         self._entries = scene_entries
         self._scenes: dict[str, SceneInfo] = {}
+        self._unreadable: set[str] = set()  # scenes already warned about as unreadable
         self._labels: LabelStore | None = None
         self._registry: CheckpointRegistry | None = None
 
@@ -316,6 +317,22 @@ class Project:
         """Every scene of the project, opened and validated (cached)."""
         return [self.scene(sid) for sid in self.scene_ids]
 
+    def readable_scenes(self) -> list[SceneInfo]:
+        """The scenes whose files open; one that does not (moved, deleted) is skipped with a warning.
+
+        For what can go on without it: ranking, retraining, the app. :attr:`scenes` is strict.
+        """
+        found = []
+        for sid in self.scene_ids:
+            try:
+                found.append(self.scene(sid))
+            except SceneError as exc:
+                if sid not in self._unreadable:
+                    self._unreadable.add(sid)
+                    warnings.warn(f"{exc} Going on without scene {sid}; its labels stay in the store.",
+                                  UserWarning, stacklevel=2)
+        return found
+
     def scene(self, scene_id: str) -> SceneInfo:
         """One scene by id.
 
@@ -369,13 +386,7 @@ class Project:
                 store = LabelStore(self.root / "labels.gpkg", read_only=True)
             else:
                 store = LabelStore(self.root / "labels.gpkg")
-                for sid in self.scene_ids:
-                    try:
-                        info = self.scene(sid)
-                    except SceneError as exc:  # labels need no pixels: export and info still work
-                        warnings.warn(f"{exc} Its labels stay readable; commands that need its pixels will "
-                                      "fail until then.", UserWarning, stacklevel=2)
-                        continue
+                for info in self.readable_scenes():  # labels need no pixels: a moved scene's still export
                     store.register_scene(info.scene_id, info.crs)
             self._labels = store
         return self._labels
@@ -427,8 +438,11 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
     for rc in store.reviewed_chips(scene_id):
         by_scene.setdefault(rc.scene_id, []).append(rc)
     chips: list[Chip] = []
+    readable = {info.scene_id: info for info in project.readable_scenes()}
     for sid, items in by_scene.items():
-        info = project.scene(sid)
+        if sid not in readable:  # its file is gone (warned): train on the other scenes' chips
+            continue
+        info = readable[sid]
         positives = _positive_geoms(store, sid)
         with rasterio.open(info.path) as src:
             for rc in items:

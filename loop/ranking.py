@@ -86,7 +86,7 @@ def _unreviewed_chips(project) -> list[tuple[SceneInfo, Window]]:
     reviewed = {window_key(r.scene_id, r.window) for r in project.labels.reviewed_chips()}
     return [
         (scene, window)
-        for scene in project.scenes
+        for scene in project.readable_scenes()  # a moved scene is skipped with a warning
         for window in project.chip_windows(scene.scene_id)
         if window_key(scene.scene_id, window) not in reviewed
     ]

@@ -149,6 +149,29 @@ def test_bad_scene_is_reported_in_the_window(tiny_project, qtbot) -> None:
         viewer.close()
 
 
+def test_a_moved_scene_does_not_keep_the_others_from_opening(tiny_project, make_napari_viewer, qtbot) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.app import open_project
+    from loop.project import Project
+
+    project = Project.open(tiny_project)
+    first = project.scene_ids[0]
+    other = write_tiny_scene(tiny_project.parent / "other.tif", seed=5)
+    moved = project.add_scene(other).scene_id
+    project.labels.close()
+    other.rename(tiny_project.parent / "elsewhere.tif")
+    opened = open_project(make_napari_viewer(), tiny_project)
+    try:
+        assert opened.session.scene.scene_id == first
+        names = [opened.labels.scene.itemText(i) for i in range(opened.labels.scene.count())]
+        assert any(moved in n and "file missing" in n for n in names)
+        wait_ranked(qtbot, opened)
+        assert opened.review.items and {it.scene_id for it in opened.review.items} == {first}
+    finally:
+        opened.close()
+
+
 def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, store = app.review, app.session.project.labels
