@@ -23,7 +23,13 @@ from napari.layers import Shapes
 from napari.layers.base._base_constants import ActionType
 from shapely.geometry.base import BaseGeometry
 
-from labeler.geo import geometry_to_napari, join_parts, napari_to_geometry, polygon_parts
+from labeler.geo import (
+    geometry_to_napari,
+    join_parts,
+    napari_to_geometry,
+    polygon_parts,
+    restore_exact,
+)
 from model.errors import DclabelError
 from model.scene import SceneInfo
 
@@ -282,7 +288,10 @@ class FootprintEditor:
             k = int(feats["part"].iloc[i])
             holes = list(old_parts[k].interiors) if k < len(old_parts) else []
             holes_poly = [np.asarray(h.coords) for h in holes]
-            parts.append(napari_to_geometry(self._vertices(i), self.scene.transform, holes_poly))
+            vertices = self._vertices(i)
+            if k < len(old_parts):  # untouched vertices keep their exact position, not napari's float32
+                vertices = restore_exact(vertices, geometry_to_napari(old_parts[k], self.scene.transform))
+            parts.append(napari_to_geometry(vertices, self.scene.transform, holes_poly))
         return join_parts(parts)
 
     def _store_changed(self, indices: Iterable[int]) -> None:

@@ -109,6 +109,33 @@ def test_draw_edit_vertex_undo_redo_delete_and_class(app, qtbot) -> None:
     assert editor.undo() and len(store.footprints(sid)) == 1 and len(layer.data) == 1
 
 
+def test_editing_one_vertex_leaves_the_others_exact(app, qtbot) -> None:
+    """napari keeps vertices as float32 (~3e-5 px off at 400 px): an edit must not write that
+    rounding into the vertices the user did not touch."""
+    from shapely.geometry import Polygon
+
+    editor, store = app.session.editor, app.session.project.labels
+    sid, t = app.session.scene.scene_id, app.session.scene.transform
+    ring = [t * (c, r) for r, c in ((401.123456789, 402.987654321), (401.2, 455.7), (460.33, 455.71),
+                                    (459.91, 403.3))]
+    fid = store.add_footprint(sid, Polygon(ring), "datacenter")
+    editor.reload()
+    layer = editor.layer
+    [i] = editor.indices_of([fid])
+    assert np.abs(layer.data[i] - [(401.123456789, 402.987654321)]).min() > 1e-7  # float32 in the layer
+    moved = layer.data[i].copy()
+    moved[2] += (3.0, 4.0)
+    layer.events.data(value=layer.data, action=ActionType.CHANGING, data_indices=(i,), vertex_indices=((2,),))
+    layer._data_view.edit(i, moved)
+    layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(i,), vertex_indices=((2,),))
+    stored = store.footprints(sid).set_index("fid").geometry.loc[fid]
+    before, after = np.asarray(Polygon(ring).exterior.coords), np.asarray(stored.exterior.coords)
+    assert after.shape == before.shape
+    untouched = [0, 1, 3, 4]  # 4: the closing vertex
+    assert np.array_equal(after[untouched], before[untouched])  # bit for bit
+    np.testing.assert_allclose(after[2] - before[2], [4.0 * 0.6, -3.0 * 0.6], atol=1e-3)
+
+
 def test_mark_empty_and_reject(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, store = app.review, app.session.project.labels

@@ -94,3 +94,15 @@ def test_window_outline_encloses_its_pixels() -> None:
     rect = window_to_napari(Window(256, 0, 256, 256))
     assert rect.min(axis=0).tolist() == [-0.5, 255.5]
     assert rect.max(axis=0).tolist() == [255.5, 511.5]
+
+
+def test_restore_exact_puts_back_only_unmoved_vertices():
+    from labeler.geo import restore_exact
+
+    exact = np.array([[1000.123456789, 2000.987654321], [1000.5, 2500.25], [1500.1, 2500.3]])
+    layer = exact.astype(np.float32)  # what napari keeps
+    layer[1] += (2.0, 0.0)  # the user moved one
+    layer = np.vstack([layer, [[1200.0, 2200.0]]]).astype(np.float32)  # and added one
+    out = restore_exact(layer, exact)
+    assert out.dtype == np.float64 and np.array_equal(out[[0, 2]], exact[[0, 2]])
+    assert np.array_equal(out[1], layer[1].astype(np.float64)) and np.array_equal(out[3], [1200.0, 2200.0])
