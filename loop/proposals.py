@@ -163,7 +163,8 @@ def proposals_from_probability(
     uncertainty: np.ndarray | None = None,
     crs: CRS | None = None,
 ) -> list[Proposal]:
-    """Polygons of the regions where a chip's probability reaches ``threshold``.
+    """Polygons of the regions where a chip's probability reaches ``threshold`` (outlines
+    simplified by one pixel).
 
     Args:
         prob: float (H, W) probabilities on the chip's own pixel grid.
@@ -205,6 +206,9 @@ def proposals_from_probability(
     if not keep.any():
         return []
     px_area = pixel_area_m2(transform, crs)
+    # a region's outline is a pixel staircase (thousands of vertices on a large roof): simplified
+    # by one pixel it keeps its shape and stays editable as a footprint once accepted
+    tolerance = float(np.hypot(transform.a, transform.b))
     labels = labels.astype(np.int32)
     proposals = []
     for geom, value in rasterio.features.shapes(
@@ -215,7 +219,7 @@ def proposals_from_probability(
             Proposal(
                 scene_id=scene_id,
                 window=window,
-                geometry=shape(geom),
+                geometry=shape(geom).simplify(tolerance, preserve_topology=True),
                 score=float(prob_sum[i] / counts[i]),
                 uncertainty=float(unc_sum[i] / counts[i]),
                 area_m2=float(counts[i] * px_area),

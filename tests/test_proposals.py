@@ -111,3 +111,15 @@ def test_pixel_area_converts_feet_and_rejects_degrees():
     assert pixel_area_m2(t, feet) == pytest.approx(4.0 * 0.3048006096**2)
     with pytest.raises(ValueError):
         pixel_area_m2(t, CRS.from_epsg(4326))
+
+
+def test_proposal_outlines_are_simplified_not_pixel_staircases():
+    rr, cc = np.mgrid[0:128, 0:128]
+    diamond = (np.abs(rr - 64) + np.abs(cc - 64)) <= 40  # edges at 45 degrees: staircases in pixels
+    prob = np.where(diamond, 0.9, 0.05).astype(np.float32)
+    t = Affine(0.6, 0, 500_000.0, 0, -0.6, 4_300_000.0)
+    [p] = proposals_from_probability(prob, t, "s", Window(0, 0, 128, 128))
+    n_vertices = len(p.geometry.exterior.coords)
+    assert n_vertices < 20  # a staircase outline of this diamond has about 320
+    assert p.geometry.is_valid
+    assert abs(p.geometry.area - diamond.sum() * 0.36) / (diamond.sum() * 0.36) < 0.05
