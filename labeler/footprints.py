@@ -265,8 +265,10 @@ class FootprintEditor:
             return
         fid_col = self._fids()
         new = [i for i in range(len(fid_col)) if fid_col[i] < 0]
+        split = 0
         for i in new:
             geom = napari_to_geometry(self._vertices(i), self.scene.transform)
+            split += len(polygon_parts(geom)) > 1
             cls = str(feats["class"].iloc[i]) if isinstance(feats["class"].iloc[i], str) else self.current_class
             fid = int(self.store.add_footprint(self.scene.scene_id, geom, cls=cls, source="manual"))
             feats.loc[i, "fid"] = fid
@@ -275,6 +277,14 @@ class FootprintEditor:
             self._geoms[fid] = geom
         if new:
             self._changed()
+        if split:
+            self._show_repaired(split)
+
+    def _show_repaired(self, n: int) -> None:
+        """A drawn or edited outline crossed itself and was stored split into valid parts: show those."""
+        self._notify(f"{n} self-intersecting outline(s) stored as separate parts, as now shown "
+                     "(a footprint must not cross itself).")
+        self.reload()
 
     def _footprint_from_layer(self, fid: int) -> BaseGeometry | None:
         """Rebuild a footprint from all its shapes (None when it has none left)."""
@@ -301,15 +311,19 @@ class FootprintEditor:
             return
         col = self._fids()
         fids = {int(col[i]) for i in indices if 0 <= i < len(col)}
+        split = 0
         for fid in fids:
             if fid < 0:
                 continue
             geom = self._footprint_from_layer(fid)
             if geom is not None:
+                split += len(polygon_parts(geom)) > len(self.indices_of([fid]))
                 self.store.update_footprint(fid, geometry=geom)
                 self._geoms[fid] = geom
         if fids:
             self._changed()
+        if split:
+            self._show_repaired(split)
 
     def _store_removed(self, fids: Iterable[int]) -> None:
         for fid in set(fids):

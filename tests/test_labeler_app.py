@@ -136,6 +136,17 @@ def test_editing_one_vertex_leaves_the_others_exact(app, qtbot) -> None:
     np.testing.assert_allclose(after[2] - before[2], [4.0 * 0.6, -3.0 * 0.6], atol=1e-3)
 
 
+def test_a_self_intersecting_outline_is_stored_and_shown_as_its_parts(app, qtbot) -> None:
+    editor, store = app.session.editor, app.session.project.labels
+    sid = app.session.scene.scene_id
+    bowtie = np.array([[300.0, 300.0], [300.0, 400.0], [400.0, 300.0], [400.0, 400.0]])
+    editor.layer.add(bowtie, shape_type="polygon")
+    [geom] = store.footprints(sid).geometry
+    assert geom.is_valid and geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2
+    [fid] = store.footprints(sid)["fid"]
+    assert len(editor.indices_of([int(fid)])) == 2  # the layer shows the two stored parts
+
+
 def test_mark_empty_and_reject(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, store = app.review, app.session.project.labels
