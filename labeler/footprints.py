@@ -326,16 +326,17 @@ class FootprintEditor:
             self._show_repaired(split)
 
     def _store_removed(self, fids: Iterable[int]) -> None:
-        for fid in set(fids):
-            if fid < 0:
-                continue
-            geom = self._footprint_from_layer(fid)
-            if geom is None:
-                self.store.delete_footprint(fid)
-                self._geoms.pop(fid, None)
-            else:
-                self.store.update_footprint(fid, geometry=geom)
-                self._geoms[fid] = geom
+        with self.store.transaction():  # deleting several shapes at once is one undo step
+            for fid in set(fids):
+                if fid < 0:
+                    continue
+                geom = self._footprint_from_layer(fid)
+                if geom is None:
+                    self.store.delete_footprint(fid)
+                    self._geoms.pop(fid, None)
+                else:
+                    self.store.update_footprint(fid, geometry=geom)
+                    self._geoms[fid] = geom
         self._changed()
 
     def reconcile(self) -> None:

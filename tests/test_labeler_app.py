@@ -108,6 +108,12 @@ def test_draw_edit_vertex_undo_redo_delete_and_class(app, qtbot) -> None:
     assert len(store.footprints(sid)) == 0
     assert editor.undo() and len(store.footprints(sid)) == 1 and len(layer.data) == 1
 
+    layer.add(square + 300.0, shape_type="polygon")
+    layer.selected_data = {0, 1}
+    layer.remove_selected()  # two shapes deleted at once ...
+    assert len(store.footprints(sid)) == 0
+    assert editor.undo() and len(store.footprints(sid)) == 2  # ... come back with one undo
+
 
 def test_editing_one_vertex_leaves_the_others_exact(app, qtbot) -> None:
     """napari keeps vertices as float32 (~3e-5 px off at 400 px): an edit must not write that
