@@ -10,6 +10,7 @@ transaction (one undo step). Export writes RFC 7946 (EPSG:4326, right-hand rule)
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,9 @@ def _classes(gdf, path: Path) -> list[str]:
             f"{path}: unknown class value(s) {sorted(unknown)}; expected one of {', '.join(CLASSES)} "
             "(or a boolean 'label' property). Fix the 'class' property and import again."
         )
+    if not has_class and not has_label:
+        warnings.warn(f"{path}: no 'class' or 'label' property: its {len(out)} polygon(s) are imported as "
+                      "data centers.", UserWarning, stacklevel=3)
     return out
 
 
@@ -125,7 +129,14 @@ def import_geojson(
             "(datacenter/warehouse/retail/other) or boolean 'label' property."
         )
     if gdf.crs is None:
-        gdf = gdf.set_crs("EPSG:4326")
+        gdf = gdf.set_crs("EPSG:4326")  # GeoJSON's own convention
+    x0, y0, x1, y1 = gdf.total_bounds
+    if gdf.crs.is_geographic and not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
+        raise LabelError(
+            f"{path}: coordinates {x0:.0f}..{x1:.0f}, {y0:.0f}..{y1:.0f} are not longitude/latitude, but the "
+            "file gives no other CRS (GeoJSON without one means degrees). Set its CRS first, e.g. "
+            f"`ogr2ogr -a_srs EPSG:32618 fixed.geojson {path.name}` with the right UTM zone."
+        )
     classes = _classes(gdf, path)
     file_ll = gdf.to_crs("EPSG:4326").total_bounds
     geoms = gdf.to_crs(scene.crs).geometry.to_numpy()

@@ -454,3 +454,16 @@ def test_importing_a_table_without_geometry_is_a_clear_error(store, scene, tmp_p
     (tmp_path / "table.csv").write_text("name,class\nA,datacenter\n")
     with pytest.raises(LabelError, match="table.csv: a table without geometry"):
         store.import_geojson(tmp_path / "table.csv", scene)
+
+
+def test_import_without_class_warns_and_without_crs_needs_degrees(store, scene, tmp_path):
+    left, bottom, right, top = scene.bounds
+    poly = shapely.box(left + 10.0, bottom + 10.0, left + 50.0, bottom + 40.0)
+    geopandas.GeoDataFrame(geometry=[poly], crs=scene.crs).to_crs(4326).to_file(tmp_path / "plain.geojson")
+    with pytest.warns(UserWarning, match="no 'class' or 'label' property: its 1 polygon"):
+        assert store.import_geojson(tmp_path / "plain.geojson", scene) == 1
+    doc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"class": "datacenter"},
+                                                      "geometry": shapely.geometry.mapping(poly)}]}
+    (tmp_path / "utm_no_crs.json").write_text(json.dumps(doc))  # UTM metres, no CRS member
+    with pytest.raises(LabelError, match="are not longitude/latitude, but the file gives no other CRS"):
+        store.import_geojson(tmp_path / "utm_no_crs.json", scene)
