@@ -10,10 +10,19 @@ class QueueTable(QTableWidget):
     """The queue as a read-only table: rank, score, chip, number of proposals."""
 
     COLUMNS = ("Rank", "Score", "Chip", "Proposals")
+    TIPS = (
+        "Review order: most informative first, spread over the scene (a chip next to one ranked above "
+        "it moves down), so scores are not strictly decreasing.",
+        "The strategy's uncertainty score of the chip (higher = the model is less sure).",
+        "Chip position: first row and column in scene pixels.",
+        "Number of polygons the current model proposes on the chip.",
+    )
 
     def __init__(self) -> None:
         super().__init__(0, len(self.COLUMNS))
         self.setHorizontalHeaderLabels(list(self.COLUMNS))
+        for c, tip in enumerate(self.TIPS):
+            self.horizontalHeaderItem(c).setToolTip(tip)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
