@@ -27,8 +27,16 @@ def run_init(args: argparse.Namespace) -> int:
 
     project = Project.create(args.project, images=args.image or (), bands=args.bands, chip_size=args.chip_size,
                              resolution_m=args.res)
-    project.labels  # noqa: B018 - creates labels.gpkg with every scene registered
-    for info in project.scenes:
+    for scene_id, path in args.relink or ():
+        info = project.relink_scene(scene_id, path)
+        print(f"{scene_id}: now reads {info.path}")
+    project.labels  # noqa: B018 - creates labels.gpkg with every readable scene registered
+    readable = {info.scene_id: info for info in project.readable_scenes()}
+    for sid in project.scene_ids:
+        info = readable.get(sid)
+        if info is None:
+            print(f"{sid}: file missing (see the warning; fix with --relink {sid} NEW_PATH)")
+            continue
         n = len(project.chip_windows(info.scene_id))
         size = pixel_size_m(info)
         print(f"{info.scene_id}: {info.width} x {info.height} px, {info.crs.to_string()}, "
@@ -168,6 +176,8 @@ def register(subparsers) -> None:
                    help="read every scene at this pixel size, e.g. 0.6 to match NAIP-trained models on 0.3 m "
                    "imagery (scenes at another size are resampled through a VRT in PROJECT/scenes; default: "
                    "each at its own)")
+    p.add_argument("--relink", nargs=2, action="append", metavar=("SCENE_ID", "NEW_PATH"),
+                   help="a scene's file moved: read it from NEW_PATH (checked: same CRS, its labels inside it)")
     p.set_defaults(func=run_init)
 
     p = subparsers.add_parser("retrain", help="retrain the project's model on its reviewed chips",

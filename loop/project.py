@@ -295,6 +295,42 @@ class Project:
             self._labels.register_scene(info.scene_id, info.crs)
         return info
 
+    def relink_scene(self, scene_id: str, path: str | os.PathLike) -> SceneInfo:
+        """Point a scene whose file moved at its new location (labels stay attached to the id).
+
+        Raises:
+            ProjectError: No such scene id, or the scene is a resampled view (re-create it instead).
+            SceneError: The new file cannot be used, is in another CRS than the scene's labels, or
+                the scene's labels fall outside it (then it is not the same scene).
+        """
+        entry = next((e for e in self._entries if e["id"] == scene_id), None)
+        if entry is None:
+            raise ProjectError(f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
+                               f"{', '.join(self.scene_ids) or 'none'}.")
+        if "source" in entry:
+            raise ProjectError(f"scene {scene_id} is read through a resampled VRT; add the moved file again with "
+                               f"`dclabel init {self.root} --image FILE` instead.")
+        from pyproj import CRS as ProjCRS
+        from shapely.geometry import box
+
+        info = replace(open_scene(path, entry["bands"]), scene_id=scene_id)
+        store = self.labels
+        if scene_id in store.scene_ids():
+            if ProjCRS.from_user_input(store.scene_crs(scene_id)) != ProjCRS.from_user_input(info.crs):
+                raise SceneError(f"{path}: its CRS ({info.crs.to_string()}) is not the one scene {scene_id}'s labels "
+                                 "are stored in; it is not the same scene.")
+            footprints = store.footprints(scene_id)
+            scene_box = box(*info.bounds)
+            outside = int((~footprints.geometry.intersects(scene_box)).sum()) if len(footprints) else 0
+            if outside:
+                raise SceneError(f"{path}: {outside} of scene {scene_id}'s {len(footprints)} footprint(s) lie "
+                                 "outside it; it is not the same scene.")
+        entry["path"] = self._stored(info.path)
+        self._save()
+        self._scenes[scene_id] = info
+        self._unreadable.discard(scene_id)
+        return info
+
     def _stored(self, path: Path) -> str:
         """How a file path is kept in project.json: relative inside the project, else absolute."""
         resolved = Path(path).resolve()
@@ -354,7 +390,7 @@ class Project:
                 if not path.exists():
                     raise SceneNotFoundError(
                         f"{path}: no such file. It is scene {scene_id} of {self.root}; put the file back, or "
-                        f"set the scene's \"path\" in {self.root / PROJECT_FILE} to where it is now (its "
+                        f"point the project at it: `dclabel init {self.root} --relink {scene_id} NEW_PATH` (its "
                         "labels stay attached to the scene id).")
                 info = open_scene(path, entry["bands"])
                 info = replace(info, scene_id=scene_id)

@@ -181,18 +181,27 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
         main(["init", str(tmp_path / "p3"), "--bands", "1,2,3"])
 
 
-def test_a_moved_scene_names_the_project_file_to_fix(tmp_path):
+def test_a_moved_scene_is_named_and_relinked(tmp_path, capsys):
+    from loop.cli import main
+
     scene, _, _ = make_scene(tmp_path / "a.tif")
     project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
     sid = project.scene_ids[0]
+    info = project.scenes[0]
+    project.labels.add_footprint(sid, box(*info.bounds).buffer(-10), "datacenter")
+    project.labels.close()
     moved = scene.rename(tmp_path / "moved.tif")
-    with pytest.raises(SceneError, match=rf"a\.tif: no such file\. It is scene {sid} of .*project\.json") as err:
+    with pytest.raises(SceneError, match=rf"a\.tif: no such file\. It is scene {sid} of .*--relink {sid} NEW_PATH"):
         Project.open(tmp_path / "proj").scene(sid)
-    assert "no such file" in str(err.value)
-    doc = json.loads((tmp_path / "proj" / "project.json").read_text())
-    doc["scenes"][0]["path"] = str(moved)  # the fix the message names
-    (tmp_path / "proj" / "project.json").write_text(json.dumps(doc))
-    assert Project.open(tmp_path / "proj").scene(sid).path == moved
+    other, _, _ = make_scene(tmp_path / "far.tif", origin=(600_000.0, 4_300_000.0))  # not the same scene
+    with pytest.warns(UserWarning):
+        assert main(["init", str(tmp_path / "proj"), "--relink", sid, str(other)]) == 2
+    assert "footprint(s) lie outside it; it is not the same scene" in capsys.readouterr().err
+    with pytest.warns(UserWarning):  # the scene is still missing before the relink
+        assert main(["init", str(tmp_path / "proj"), "--relink", sid, str(moved)]) == 0
+    assert f"{sid}: now reads {moved}" in capsys.readouterr().out
+    reopened = Project.open(tmp_path / "proj")
+    assert reopened.scene(sid).path == moved and len(reopened.labels.footprints(sid)) == 1
 
 
 def test_labels_of_a_moved_scene_still_export(tmp_path, capsys):
