@@ -353,13 +353,14 @@ class Project:
         """Every scene of the project, opened and validated (cached)."""
         return [self.scene(sid) for sid in self.scene_ids]
 
-    def readable_scenes(self) -> list[SceneInfo]:
-        """The scenes whose files open; one that does not (moved, deleted) is skipped with a warning.
+    def readable_scenes(self, scene_ids: Iterable[str] | None = None) -> list[SceneInfo]:
+        """The scenes (default: all) whose files open; one that does not (moved, deleted) is skipped
+        with a warning.
 
         For what can go on without it: ranking, retraining, the app. :attr:`scenes` is strict.
         """
         found = []
-        for sid in self.scene_ids:
+        for sid in self.scene_ids if scene_ids is None else scene_ids:
             try:
                 found.append(self.scene(sid))
             except SceneError as exc:
@@ -474,7 +475,7 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
     for rc in store.reviewed_chips(scene_id):
         by_scene.setdefault(rc.scene_id, []).append(rc)
     chips: list[Chip] = []
-    readable = {info.scene_id: info for info in project.readable_scenes()}
+    readable = {info.scene_id: info for info in project.readable_scenes(by_scene)}  # only scenes with chips
     for sid, items in by_scene.items():
         if sid not in readable:  # its file is gone (warned): train on the other scenes' chips
             continue
