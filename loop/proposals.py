@@ -18,11 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio.features
 from affine import Affine
+from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
+
+from model.scene import ground_metres_per_unit, lonlat
 
 _EPS = 1e-7
 # 4-connectivity: rasterio.features.shapes with connectivity=4 then yields one valid polygon per
@@ -40,7 +43,7 @@ class Proposal:
         geometry: Polygon in the scene CRS.
         score: Mean probability of the pixels inside (the model's confidence).
         uncertainty: Mean per-pixel uncertainty inside, in [0, 1].
-        area_m2: Area in square metres (square CRS units for projected CRSs; NAIP is UTM).
+        area_m2: Ground area in square metres (:func:`pixel_area_m2`).
     """
 
     scene_id: str
@@ -131,26 +134,30 @@ def bald_map(probs: np.ndarray) -> np.ndarray:
     return np.clip(mi, 0.0, 1.0).astype(np.float32)
 
 
-def pixel_area_m2(transform: Affine, crs: CRS | None = None) -> float:
-    """Area of one pixel of ``transform`` in square metres (square CRS units if ``crs`` is None).
+def pixel_area_m2(transform: Affine, crs: CRS | None = None, shape: tuple[int, int] = (1, 1)) -> float:
+    """Ground area of one pixel of ``transform`` in square metres (square CRS units if ``crs`` is None),
+    averaged over a grid of ``shape`` (a chip: the area hardly varies across 256 pixels).
+
+    The same measure as ``area_m2`` of ``detect``: CRS units converted to metres, divided by the
+    projection's scale where lengths are off by more than 1 % (Web Mercator's "square metres"
+    are 1.66 of the ground's at 39 N; UTM, state plane and Albers count as true), and for a
+    geographic CRS the geodesic area of the grid's outline on the WGS84 ellipsoid.
 
     Args:
         transform: Pixel grid.
-        crs: CRS of the grid; its linear unit is converted to metres when projected.
-
-    Returns:
-        Area in m² (geographic CRSs are not supported: their pixel area varies with latitude).
-
-    Raises:
-        ValueError: ``crs`` is geographic.
+        crs: CRS of the grid.
+        shape: (height, width) of the grid whose mean pixel area is returned.
     """
     area = abs(transform.a * transform.e - transform.b * transform.d)
     if crs is None:
         return float(area)
-    if crs.is_geographic:
-        raise ValueError(f"pixel area needs a projected CRS (NAIP scenes are UTM), got {crs}")
-    factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
-    return float(area * factor * factor)
+    h, w = shape
+    lon, lat = lonlat(crs, *(transform * (w / 2, h / 2)))
+    if not crs.is_geographic:
+        return float(area * ground_metres_per_unit(crs, lon, lat) ** 2)
+    corners = [lonlat(crs, *(transform * xy)) for xy in ((0, 0), (w, 0), (w, h), (0, h))]
+    ring, _ = Geod(ellps="WGS84").polygon_area_perimeter([c[0] for c in corners], [c[1] for c in corners])
+    return float(abs(ring) / (w * h))
 
 
 def proposals_from_probability(
@@ -175,7 +182,7 @@ def proposals_from_probability(
         min_area_px: Regions with fewer pixels are dropped.
         uncertainty: Optional per-pixel uncertainty (H, W) in [0, 1] to average inside each region;
             default :func:`entropy_map` of ``prob``.
-        crs: Scene CRS, used only to convert ``area_m2`` from CRS units to metres.
+        crs: Scene CRS, used only to measure ``area_m2`` on the ground (:func:`pixel_area_m2`).
 
     Returns:
         Proposals, largest first.
@@ -205,7 +212,7 @@ def proposals_from_probability(
     keep[0] = False
     if not keep.any():
         return []
-    px_area = pixel_area_m2(transform, crs)
+    px_area = pixel_area_m2(transform, crs, prob.shape)
     # a region's outline is a pixel staircase (thousands of vertices on a large roof): simplified
     # by one pixel it keeps its shape and stays editable as a footprint once accepted
     tolerance = float(np.hypot(transform.a, transform.b))

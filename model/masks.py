@@ -15,6 +15,7 @@ from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
 from model.errors import LabelError
+from model.scene import ground_metres_per_unit, lonlat
 
 POSITIVE_CLASSES = frozenset({"datacenter", "datacemter", "data_center", "data center"})
 CLASS_ALIASES = {"datacemter": "datacenter", "data_center": "datacenter", "data center": "datacenter"}
@@ -93,15 +94,30 @@ def rasterize_footprints(
     if crs_of_geoms is not None and CRS.from_user_input(crs_of_geoms) != CRS.from_user_input(out_crs):
         geoms = gpd.GeoSeries(geoms, crs=crs_of_geoms).to_crs(out_crs).values
     if buffer_m:
-        geoms = shapely.buffer(np.asarray(geoms, dtype=object), buffer_m / _metres_per_unit(out_crs))
+        geoms = buffer_ground(geoms, out_crs, buffer_m)
     geoms = [g for g in geoms if g is not None and not g.is_empty]
     if not geoms:
         return np.zeros(shape, np.uint8)
     return rasterize(((g, 1) for g in geoms), out_shape=shape, transform=transform, fill=0, dtype="uint8")
 
 
-def _metres_per_unit(crs: CRS | str) -> float:
+def buffer_ground(geoms, crs: CRS | str, buffer_m: float) -> np.ndarray:
+    """Grow (shrink if negative) polygons in ``crs`` by ``buffer_m`` metres on the ground.
+
+    A projected CRS whose lengths are true where the polygons lie (UTM, state plane) buffers in
+    its own units (feet converted); degrees and distorting projections (Web Mercator's "metres"
+    are 0.78 of the ground's at 39 N) buffer in the local UTM zone and come back.
+    """
     crs = CRS.from_user_input(crs)
-    if crs.is_geographic:
-        return 111_320.0  # degrees: approximate, only used for buffering
-    return float(crs.linear_units_factor[1]) if crs.linear_units_factor else 1.0
+    arr = np.asarray(list(geoms), dtype=object)
+    present = [g for g in arr if g is not None and not g.is_empty]
+    if not present:
+        return arr
+    if crs.is_projected:
+        x0, y0, x1, y1 = shapely.total_bounds(np.asarray(present, dtype=object))
+        factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+        if ground_metres_per_unit(crs, *lonlat(crs, (x0 + x1) / 2, (y0 + y1) / 2)) == factor:  # true lengths
+            return shapely.buffer(arr, buffer_m / factor)
+    series = gpd.GeoSeries(arr, crs=crs)
+    local = series[~(series.isna() | series.is_empty)].estimate_utm_crs()
+    return series.to_crs(local).buffer(buffer_m).to_crs(crs).values

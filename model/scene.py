@@ -335,8 +335,21 @@ def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | 
     if src is None:
         with rasterio.open(scene.path) as opened:
             return read_window(scene, window, opened)
-    arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
+    try:
+        arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
+    except RasterioIOError as exc:
+        raise unreadable(scene, window, exc) from exc
     return to_uint8(arr, scene)
+
+
+def unreadable(scene: SceneInfo, window: Window, exc: Exception) -> SceneError:
+    """The error for pixels GDAL could not decode (a truncated download, a damaged block)."""
+    detail = str(exc.__cause__ or exc).strip() or type(exc).__name__  # GDAL's own words are the cause
+    return SceneError(
+        f"{scene.path}: pixels at column {int(window.col_off)}, row {int(window.row_off)} could not be read "
+        f"({detail}); the file is truncated or damaged: download or copy it again "
+        "(`gdalinfo -checksum FILE` reads every block and shows where it breaks)."
+    )
 
 
 def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) -> np.ndarray:
@@ -346,7 +359,10 @@ def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) ->
     if inter is None:
         return valid
     r0, c0 = int(inter.row_off - window.row_off), int(inter.col_off - window.col_off)
-    m = src.dataset_mask(window=inter) > 0
+    try:
+        m = src.dataset_mask(window=inter) > 0
+    except RasterioIOError as exc:
+        raise unreadable(scene, inter, exc) from exc
     valid[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] = m
     return valid
 

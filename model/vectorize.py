@@ -10,7 +10,7 @@ import numpy as np
 import rasterio
 import shapely
 from affine import Affine
-from rasterio.features import geometry_mask, shapes
+from rasterio.features import geometry_mask, geometry_window, shapes
 from rasterio.windows import Window
 from scipy import ndimage
 from scipy.sparse import coo_matrix
@@ -113,9 +113,9 @@ def clean(geom, min_area: float, simplify: float) -> Polygon | MultiPolygon | No
 
 def mean_probability(src: rasterio.DatasetReader, geom) -> float:
     """Mean probability (0..1) of a probability raster inside a polygon."""
-    win = rasterio.windows.from_bounds(*geom.bounds, transform=src.transform)
-    win = win.round_offsets(op="floor").round_lengths(op="ceil")
-    win = win.intersection(Window(0, 0, src.width, src.height))
+    # the window of the polygon's pixels whatever the grid's orientation (from_bounds refuses a
+    # bottom-up grid, whose y pixel size is positive)
+    win = geometry_window(src, [geom])
     block = src.read(1, window=win)
     inside = geometry_mask([geom], out_shape=block.shape, transform=src.window_transform(win), invert=True)
     if not inside.any():

@@ -281,3 +281,35 @@ def test_outputs_are_written_all_or_none(tmp_path, monkeypatch):
     monkeypatch.undo()
     table = detect_scene(constant_checkpoint(0.9), scene, DetectConfig(tile_size=64, overlap=0), **outs)
     assert len(table) == 1 and all(p.exists() for p in outs.values())
+
+
+def test_bottom_up_scene_detects_where_the_data_is(tmp_path):
+    # a grid stored south-up (positive y pixel size): array rows 0-63 hold data, rows 64-127 are
+    # empty (skipped, probability 0), so the detection is the southern half of the scene
+    arr = np.full((4, 128, 128), 120, np.uint8)
+    arr[:, 64:] = 0
+    x0, y0 = 285_000.0, 4_320_000.0
+    up = rasterio.Affine(0.6, 0, x0, 0, 0.6, y0)
+    path = tmp_path / "up.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=4, dtype="uint8",
+                       crs="EPSG:32618", transform=up) as dst:
+        dst.write(arr)
+    save_checkpoint(constant_checkpoint(0.8), tmp_path / "m.pt")
+    table = detect_scene(tmp_path / "m.pt", path, DetectConfig(tile_size=64, overlap=0, simplify=0.0),
+                         output_geojson=tmp_path / "up.geojson")
+    [geom] = table.to_crs(32618).geometry
+    assert geom.symmetric_difference(box(x0, y0, x0 + 128 * 0.6, y0 + 64 * 0.6)).area < 1.0
+    assert table["mean_confidence"].iloc[0] == pytest.approx(0.8, abs=0.01)
+
+
+def test_truncated_scene_is_one_clear_error_and_no_output(tmp_path, capsys):
+    path, _ = make_scene(tmp_path / "s.tif", (512, 512))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # header and the first blocks survive
+    save_checkpoint(constant_checkpoint(0.6), tmp_path / "m.pt")
+    rc = cli_main(["detect", "--checkpoint", str(tmp_path / "m.pt"), "--image", str(cut),
+                   "--output-geojson", str(tmp_path / "o.geojson"), "--tile-size", "128"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cut.tif" in err and "truncated or damaged" in err and "Traceback" not in err
+    assert not (tmp_path / "o.geojson").exists()

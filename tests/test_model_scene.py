@@ -6,7 +6,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 import shapely
+import shapely.geometry
 import torch
 from affine import Affine
 from geodata import UTM18N, make_scene
@@ -97,6 +99,21 @@ def test_rasterize_reprojects_labels_from_lon_lat(tmp_path):
     assert np.count_nonzero(native != reproj) <= 2 * (100 + 120)  # boundary pixels only
     grown = rasterize_footprints(polys, None, s.crs, s.transform, (200, 200), buffer_m=3.0)
     assert grown.sum() > native.sum() + 2 * (100 + 120) * 4
+
+
+def test_buffer_is_ground_metres_in_web_mercator_and_degrees():
+    # a 60 x 36 m roof near Ashburn grown by 6 m: same ground area whatever the grid's CRS
+    roof = box(285_000.0, 4_319_900.0, 285_060.0, 4_319_936.0)
+    expected = roof.buffer(6.0).area
+    for epsg, res in ((32618, 0.6), (3857, 0.6 / np.cos(np.radians(39.0))), (4326, 0.6 / 100_000)):
+        crs = CRS.from_epsg(epsg)
+        x0, y0, x1, y1 = gpd.GeoSeries([roof.buffer(30.0)], crs=32618).to_crs(crs).total_bounds
+        shape = (int(np.ceil((y1 - y0) / res)), int(np.ceil((x1 - x0) / res)))
+        t = Affine(res, 0, x0, 0, -res, y1)
+        mask = rasterize_footprints([roof], 32618, crs, t, shape, buffer_m=6.0)
+        found = [shapely.geometry.shape(g) for g, v in rasterio.features.shapes(mask, mask=mask > 0, transform=t) if v]
+        area = gpd.GeoSeries(found, crs=crs).to_crs(32618).union_all().area
+        assert area == pytest.approx(expected, rel=0.03), epsg
 
 
 def test_self_intersecting_polygon_is_repaired(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
@@ -104,13 +105,34 @@ def test_proposals_separate_regions_with_their_own_scores():
     assert proposals_from_probability(np.zeros((8, 8)), _chip_transform(window), "s", window) == []
 
 
-def test_pixel_area_converts_feet_and_rejects_degrees():
+def test_pixel_area_is_ground_area_in_any_crs():
     t = Affine(2.0, 0, 0, 0, -2.0, 0)
     assert pixel_area_m2(t) == 4.0
-    feet = CRS.from_epsg(2263)  # NY state plane, US survey feet
-    assert pixel_area_m2(t, feet) == pytest.approx(4.0 * 0.3048006096**2)
-    with pytest.raises(ValueError):
-        pixel_area_m2(t, CRS.from_epsg(4326))
+    # 0.6 m ground pixels near Ashburn, VA (39.0 N, 77.5 W) on four grids
+    lat, lon = 39.0, -77.5
+    utm = Transformer.from_crs(4326, 32618, always_xy=True).transform(lon, lat)
+    merc = Transformer.from_crs(4326, 3857, always_xy=True).transform(lon, lat)
+    stateplane = Transformer.from_crs(4326, 2283, always_xy=True).transform(lon, lat)  # VA north, US ft
+    k = 1 / np.cos(np.radians(lat))  # Web Mercator's scale there
+    deg_lat, deg_lon = 0.6 / 110_996.0, 0.6 / (111_412.8 * np.cos(np.radians(lat)))  # metres per degree at 39 N
+    ft = 0.6 / 0.3048006096
+    grids = {
+        32618: Affine(0.6, 0, utm[0], 0, -0.6, utm[1]),
+        3857: Affine(0.6 * k, 0, merc[0], 0, -0.6 * k, merc[1]),
+        2283: Affine(ft, 0, stateplane[0], 0, -ft, stateplane[1]),
+        4326: Affine(deg_lon, 0, lon, 0, -deg_lat, lat),
+    }
+    for epsg, grid in grids.items():
+        assert pixel_area_m2(grid, CRS.from_epsg(epsg), (256, 256)) == pytest.approx(0.36, rel=0.01), epsg
+    # a bottom-up grid measures the same
+    up = Affine(deg_lon, 0, lon, 0, deg_lat, lat)
+    assert pixel_area_m2(up, CRS.from_epsg(4326), (256, 256)) == pytest.approx(0.36, rel=0.01)
+    # and proposals carry that area: 100 pixels of a Web Mercator chip are 36 m2, not 60
+    prob = np.zeros((64, 64), np.float32)
+    prob[10:20, 10:20] = 0.9
+    [p] = proposals_from_probability(prob, grids[3857], "s", Window(0, 0, 64, 64), min_area_px=10,
+                                     crs=CRS.from_epsg(3857))
+    assert p.area_m2 == pytest.approx(36.0, rel=0.01)
 
 
 def test_proposal_outlines_are_simplified_not_pixel_staircases():
