@@ -102,7 +102,17 @@ class FootprintEditor:
 
     # ----- store -> layer ------------------------------------------------------------------------
     def reload(self) -> None:
-        """Rebuild the layer from the store (after undo/redo or an outside change)."""
+        """Rebuild the layer from the store (after undo/redo or an outside change).
+
+        Not while napari is still finishing a drawn shape (its "added" event comes before it
+        leaves drawing mode, and replacing the data then re-enters the finish with no shape,
+        leaving the layer stuck): the reload waits for the next turn of the event loop.
+        """
+        if getattr(self.layer, "_is_creating", False):
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self.reload)
+            return
         gdf = self.store.footprints(self.scene.scene_id)
         data, fids, classes, parts, colours = [], [], [], [], []
         self._geoms = {}
@@ -343,6 +353,12 @@ class FootprintEditor:
         """Full diff of layer against the last stored state (fallback when events are ambiguous)."""
         feats = self.layer.features
         n = self.layer.nshapes
+        if len(feats) > n and (self._fids()[n:] < 0).all():
+            # napari dropped a drawn polygon of under three vertices (a click then a double-click)
+            # but not its feature row, the last one: drop the row too
+            self.layer.features = feats.iloc[:n].reset_index(drop=True)
+            self._set_defaults()
+            feats = self.layer.features
         if len(feats) != n:  # a napari path removed a shape without its feature row: rebuild
             self.reload()
             return

@@ -326,6 +326,43 @@ def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
     np.testing.assert_allclose((after - before)[moved][0], [-12.0, 6.0], atol=1e-6)  # 20 cols W, 10 rows N
 
 
+def _click(layer, pos, double=False) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_double_click_callbacks,
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    def event(kind):  # ``pos`` is the canvas position napari compares to tell clicks apart
+        return read_only_mouse_event(type=kind, position=pos, pos=np.asarray(pos, dtype=float))
+
+    mouse_move_callbacks(layer, event("mouse_move"))
+    mouse_press_callbacks(layer, event("mouse_press"))
+    mouse_release_callbacks(layer, event("mouse_release"))
+    if double:
+        mouse_double_click_callbacks(layer, event("mouse_double_click"))
+
+
+def test_a_click_then_double_click_does_not_break_drawing(app, qtbot) -> None:
+    # too few vertices: napari drops the shape (not its feature row); drawing must go on
+    editor, store = app.session.editor, app.session.project.labels
+    layer, sid = editor.layer, app.session.scene.scene_id
+    layer.mode = "add_polygon"
+    _click(layer, (200.0, 200.0))
+    _click(layer, (200.0, 200.0), double=True)
+    assert layer.nshapes == 0 and len(layer.features) == 0 and len(store.footprints(sid)) == 0
+    corners = [(300.0, 300.0), (300.0, 360.0), (340.0, 360.0), (340.0, 300.0)]
+    for pos in corners:
+        _click(layer, pos)
+    _click(layer, corners[-1], double=True)
+    qtbot.wait(50)
+    fp = store.footprints(sid)
+    assert layer.nshapes == 1 and len(fp) == 1
+    assert fp.geometry.iloc[0].area == pytest.approx(40 * 60 * 0.36, rel=1e-6)
+
+
 def test_queue_scored_by_another_model_is_re_ranked_on_open(tiny_project, make_napari_viewer, qtbot) -> None:
     from labeler.app import open_project
     from loop.project import Project
