@@ -89,6 +89,7 @@ class LabelsWidget(QWidget):
                 self.session.show_scene(scene_id)
             except (DclabelError, OSError) as exc:
                 show_error(f"Cannot open scene {scene_id}: {exc}")
+                self.add_scene_item(self.session.scene.scene_id)  # the selector says what is shown
 
     def _on_class(self) -> None:
         editor = self.session.editor

@@ -69,8 +69,10 @@ class ProjectSession:
         composite = "true"
         if "scene" in self.viewer.layers:
             composite = self.viewer.layers["scene"].metadata["display"].composite
-        self.scene = scene
+        # the image is read first: a scene that cannot be shown (file gone, damaged) raises here
+        # and leaves the session, the layers and every panel on the scene shown before
         self.image_layer = add_scene_layer(self.viewer, scene, composite, cache_dir=self.cache_dir)
+        self.scene = scene
         self._build_overviews()
         self.grid_layer = add_chip_grid(
             self.viewer, self.project.chip_windows(scene_id), self.reviewed_keys(), self.queued

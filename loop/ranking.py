@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 from pyproj import Transformer
 from rasterio.windows import Window
 
@@ -41,7 +43,7 @@ from loop.ranking_scores import (
     diversify,
 )
 from model.checkpoint import Checkpoint, build_model, load_checkpoint
-from model.errors import Cancelled, CheckpointError
+from model.errors import Cancelled, CheckpointError, SceneError
 from model.scene import Chip, SceneInfo, read_chip
 
 #: Clusters of the cold start when ``top`` is not given.
@@ -80,6 +82,15 @@ def _is_cancelled(cancel: Any) -> bool:
         return False
     is_set = getattr(cancel, "is_set", None)
     return bool(is_set() if callable(is_set) else cancel())
+
+
+def _skip_unreadable(scene: SceneInfo, indices, exc: Exception, unreadable: set[int], warned: set[str]) -> None:
+    """Leave chips whose pixels cannot be read out of the queue; warn once per scene."""
+    unreadable.update(indices)
+    if scene.scene_id not in warned:
+        warned.add(scene.scene_id)
+        warnings.warn(f"{exc} Ranking goes on without the chips of scene {scene.scene_id} that cannot be read.",
+                      UserWarning, stacklevel=3)
 
 
 def _unreviewed_chips(project) -> list[tuple[SceneInfo, Window]]:
@@ -229,8 +240,10 @@ def rank_chips(
     scores = np.zeros(len(chips))
     if spec.random:
         scores = np.random.default_rng(seed).random(len(chips))
-    features: list[np.ndarray] = []
-    proposals: list[tuple[Proposal, ...]] = []
+    features: dict[int, np.ndarray] = {}
+    proposals: list[tuple[Proposal, ...]] = [()] * len(chips)
+    unreadable: set[int] = set()  # chips whose pixels cannot be read: left out of the queue
+    warned: set[str] = set()
     start, done = time.perf_counter(), 0
     i = 0
     while i < len(chips):
@@ -238,28 +251,40 @@ def rank_chips(
         j = i
         while j < len(chips) and chips[j][0].scene_id == scene.scene_id:
             j += 1
-        with rasterio.open(scene.path) as src:
+        try:
+            src = rasterio.open(scene.path)
+        except (rasterio.errors.RasterioIOError, OSError) as exc:
+            _skip_unreadable(scene, range(i, j), exc, unreadable, warned)
+            i = j
+            continue
+        with src:
             for b in range(i, j, batch_size):
                 if _is_cancelled(cancel):
                     raise Cancelled(
                         f"ranking cancelled after {done} of {len(chips)} chips; queue not changed."
                     )
-                batch = [read_chip(scene, w, src) for _, w in chips[b : min(b + batch_size, j)]]
-                if model is None and not spec.random:
-                    features.extend(chip_features(c.image) for c in batch)
-                elif model is not None:
+                batch, index = [], []
+                for k in range(b, min(b + batch_size, j)):
+                    try:
+                        batch.append(read_chip(scene, chips[k][1], src))
+                        index.append(k)
+                    except SceneError as exc:  # a damaged block: the rest of the scene goes on
+                        _skip_unreadable(scene, [k], exc, unreadable, warned)
+                if batch and model is None and not spec.random:
+                    features.update((k, chip_features(c.image)) for k, c in zip(index, batch, strict=True))
+                elif batch and model is not None:
                     images = np.stack([c.image for c in batch])
                     preds = predict_probabilities(
                         model, ckpt.normalization, images, spec.passes, mc_samples, device
                     )
-                    for k, chip in enumerate(batch):
+                    for n, (k, chip) in enumerate(zip(index, batch, strict=True)):
                         score, found = _score_chip(
-                            spec, preds[k], chip, scene, top_fraction, threshold, min_area_px
+                            spec, preds[n], chip, scene, top_fraction, threshold, min_area_px
                         )
                         if not spec.random:
-                            scores[b + k] = score
-                        proposals.append(found)
-                done += len(batch)
+                            scores[k] = score
+                        proposals[k] = found
+                done += min(b + batch_size, j) - b
                 if progress is not None:
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     progress(
@@ -268,19 +293,22 @@ def rank_chips(
                         {"scene_id": scene.scene_id, "strategy": spec.name, "chips_per_s": rate},
                     )
         i = j
-    if not proposals:
-        proposals = [()] * len(chips)
+    readable = np.array([k for k in range(len(chips)) if k not in unreadable], dtype=int)
+    if not len(readable):
+        return []
     if spec.name == "cold_start":
-        k = min(len(chips), top or COLD_START_CLUSTERS)
-        order = cold_start_order(np.stack(features), k, seed)[0]
-        scores = np.empty(len(chips))
-        scores[order] = 1.0 - np.arange(len(chips)) / len(chips)
+        k = min(len(readable), top or COLD_START_CLUSTERS)
+        order = readable[cold_start_order(np.stack([features[i] for i in readable]), k, seed)[0]]
+        scores = np.zeros(len(chips))
+        scores[order] = 1.0 - np.arange(len(order)) / len(order)
     elif diversity and not spec.random:
-        order = diversify(
-            scores, _centers_m(chips), diversity_radius_m, top or DIVERSITY_GREEDY_MAX
+        sub = diversify(
+            scores[readable], _centers_m([chips[i] for i in readable]), diversity_radius_m,
+            top or DIVERSITY_GREEDY_MAX,
         )
+        order = readable[sub]
     else:
-        order = np.argsort(-scores, kind="stable")
+        order = readable[np.argsort(-scores[readable], kind="stable")]
     order = order[:top] if top is not None else order
     return [
         QueueItem(

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
-from model.scene import SceneInfo, read_window, unreadable
+from model.scene import READ_ERRORS, SceneInfo, read_window, unreadable
 from model.tiling import PROB_SCALE, blend_weights, tile_starts
 
 
@@ -86,7 +85,7 @@ def read_strips(scene: SceneInfo, src: rasterio.DatasetReader, tile_size: int, o
         img = read_window(scene, Window(0, r, width, tile_size), src)
         try:
             valid = read_strip_valid(src, r, width, tile_size) if masked else None
-        except RasterioIOError as exc:
+        except READ_ERRORS as exc:
             raise unreadable(scene, Window(0, r, width, tile_size), exc) from exc
         origins = [c for c in cols if keep_tile(img[:, :, c : c + tile_size],
                                                 valid[:, c : c + tile_size] if valid is not None else None)]

@@ -20,6 +20,7 @@ import rasterio.enums
 import rasterio.shutil
 from affine import Affine
 from pyproj import Proj, Transformer
+from rasterio._err import CPLE_BaseError  # GDAL's errors as raised through a boundless read's VRT
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -337,9 +338,12 @@ def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | 
             return read_window(scene, window, opened)
     try:
         arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
-    except RasterioIOError as exc:
+    except READ_ERRORS as exc:
         raise unreadable(scene, window, exc) from exc
     return to_uint8(arr, scene)
+
+
+READ_ERRORS = (RasterioIOError, CPLE_BaseError)  # pixels GDAL could not decode
 
 
 def unreadable(scene: SceneInfo, window: Window, exc: Exception) -> SceneError:
@@ -361,7 +365,7 @@ def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) ->
     r0, c0 = int(inter.row_off - window.row_off), int(inter.col_off - window.col_off)
     try:
         m = src.dataset_mask(window=inter) > 0
-    except RasterioIOError as exc:
+    except READ_ERRORS as exc:
         raise unreadable(scene, inter, exc) from exc
     valid[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] = m
     return valid

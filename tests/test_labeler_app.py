@@ -216,6 +216,32 @@ def test_a_moved_scene_does_not_keep_the_others_from_opening(tiny_project, make_
         opened.close()
 
 
+def test_a_scene_that_fails_to_open_leaves_everything_on_the_shown_scene(tiny_project, make_napari_viewer,
+                                                                         qtbot) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.app import open_project
+    from loop.project import Project
+
+    project = Project.open(tiny_project)
+    first = project.scene_ids[0]
+    other = write_tiny_scene(tiny_project.parent / "other.tif", seed=5)
+    second = project.add_scene(other).scene_id
+    project.labels.close()
+    opened = open_project(make_napari_viewer(), tiny_project)
+    try:
+        wait_ranked(qtbot, opened)
+        other.unlink()  # gone while the app runs
+        combo = opened.labels.scene
+        combo.setCurrentIndex(combo.findData(second))
+        session = opened.session
+        assert session.scene.scene_id == first and session.editor.scene.scene_id == first
+        assert session.viewer.layers["scene"].metadata["scene_id"] == first
+        assert combo.currentData() == first  # the selector says what is shown
+    finally:
+        opened.close()
+
+
 def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, store = app.review, app.session.project.labels

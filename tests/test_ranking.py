@@ -390,3 +390,28 @@ def test_chip_centres_share_one_metric_frame_across_utm_zones(tmp_path):
     centers = _centers_m([(a, w), (a, Window(CHIP, 0, CHIP, CHIP)), (b, w)])
     assert np.hypot(*(centers[1] - centers[0])) == pytest.approx(CHIP * 0.6, rel=0.01)
     assert np.hypot(*(centers[2] - centers[0])) < 1.0
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "cold_start"])
+def test_a_damaged_scene_leaves_the_others_ranked(tmp_path, strategy):
+    # scene b's file is cut after the project was made: its readable chips are still ranked, the
+    # others are left out with one warning; a file that no longer opens at all loses only its chips
+    big = write_geotiff(tmp_path / "b.tif", np.random.default_rng(3).integers(40, 200, (4, 512, 512), dtype=np.uint8),
+                        UTM, Affine(0.6, 0, 510_000.0, 0, -0.6, 4_300_000.0))
+    project = Project.create(tmp_path / "project", images=[_scene(tmp_path / "a.tif", 1), big], chip_size=CHIP)
+    a, b = (s.scene_id for s in project.scenes)
+    n_a, n_b = (len(project.chip_windows(s)) for s in (a, b))
+    if strategy != "cold_start":
+        project.registry.publish(_checkpoint())
+    data = big.read_bytes()
+    big.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="cannot be read") as caught:
+        queue = rank_chips(project, strategy, batch_size=16)
+    assert sum("cannot be read" in str(w.message) for w in caught) == 1  # once per scene
+    per_scene = {sid: sum(q.scene_id == sid for q in queue) for sid in (a, b)}
+    assert per_scene[a] == n_a and 0 < per_scene[b] < n_b
+    assert [q.rank for q in queue] == list(range(1, len(queue) + 1))
+    big.write_bytes(b"not a tiff any more")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        queue = rank_chips(project, strategy, batch_size=16)
+    assert {q.scene_id for q in queue} == {a} and len(queue) == n_a
