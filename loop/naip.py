@@ -118,6 +118,12 @@ def grid_footprint(grid: OutputGrid, dst_crs: CRS | str = "EPSG:4326") -> BaseGe
     return transform_shape(to_dst.transform, outline)
 
 
+def _check_size(grid, where: str, res: float) -> None:
+    if grid.width * grid.height > MAX_PIXELS:
+        raise NaipError(f"area {where} is {grid.width} x {grid.height} px at {res:g} m; expected "
+                        f"at most {MAX_PIXELS:,} px: download it in smaller pieces")
+
+
 def _item_grid_anchor(item: pystac.Item, crs: CRS) -> tuple[tuple[float, float] | None, float]:
     """A pixel corner of the item's grid if it is in ``crs``, and its pixel size."""
     props = item.properties
@@ -193,9 +199,7 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
     where = (f"lat, lon {lat:.5f}, {lon:.5f} (size {size_m:g} m)" if bbox is None
              else f"lat, lon {(bbox[1] + bbox[3]) / 2:.5f}, {(bbox[0] + bbox[2]) / 2:.5f} "
                   f"(bbox {tuple(bbox)})")
-    if grid.width * grid.height > MAX_PIXELS:
-        raise NaipError(f"area {where} is {grid.width} x {grid.height} px at 0.6 m; expected "
-                        f"at most {MAX_PIXELS:,} px: download it in smaller pieces")
+    _check_size(grid, where, 0.6)  # before any request, at NAIP's usual pixel size
     items = search_naip(area.bounds, stac_url, year=year, policy=retry)
     chosen_year, chosen = choose_year(items, area, where, year)
     anchor, res = _item_grid_anchor(chosen[0], grid.crs)
@@ -203,6 +207,7 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
         if anchor is None:
             anchor, res = _item_grid_anchor(item, grid.crs)
     grid = area_grid(lat, lon, size_m, bbox, res=res, anchor=anchor)
+    _check_size(grid, where, res)  # again at the chosen year's own (0.3 m years: 4x the pixels)
     missing = [i.id for i in chosen if ASSET_KEY not in i.assets]
     if missing:
         raise NaipError(f"STAC items {missing} from {stac_url} have no '{ASSET_KEY}' asset; "

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import planetary_computer
@@ -37,19 +37,35 @@ from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from loop.errors import NaipError
 
 BLOB_DOMAIN = ".blob.core.windows.net"
 BLOB_ENDPOINT_ENV = "DCLABEL_BLOB_ENDPOINT"
+HTTP_TIMEOUT_ENV = "DCLABEL_HTTP_TIMEOUT"
+CONNECT_TIMEOUT_S = 15.0
+
+
+def http_timeout() -> float:
+    """Seconds to wait for each answer of the STAC API, the token endpoint and blob storage:
+    ``DCLABEL_HTTP_TIMEOUT``, default 60 (a server that never answers fails, never hangs)."""
+    value = os.environ.get(HTTP_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(value) if value else 60.0
+    except ValueError:
+        raise NaipError(f"{HTTP_TIMEOUT_ENV}={value!r} is not a number of seconds; unset it or give e.g. 120") from None
+    if not seconds > 0:
+        raise NaipError(f"{HTTP_TIMEOUT_ENV}={value!r}: the timeout must be a positive number of seconds")
+    return seconds
 
 # GDAL HTTP settings for every asset read. Retries are ours (GDAL_HTTP_MAX_RETRY=0) so that a 403
 # can re-sign; directory listing is off (a COG is one file).
 GDAL_HTTP_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "0",
-    "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_HTTP_CONNECTTIMEOUT": "15",
+    "GDAL_HTTP_CONNECTTIMEOUT": str(int(CONNECT_TIMEOUT_S)),
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "FALSE",
 }
@@ -57,7 +73,8 @@ GDAL_HTTP_OPTIONS = {
 _STATUS = re.compile(r"HTTP (?:response|error) code\s*:?\s*(\d{3})", re.IGNORECASE)
 _CONNECTION = re.compile(
     r"curl error|could(?:n'?t| not) connect|connection (?:reset|refused|timed out)|recv failure|send failure|"
-    r"timed out|timeout|empty reply|failed to connect|could not resolve",
+    r"timed out|timeout|empty reply|failed to connect|could not resolve|"
+    r"got \d+ bytes, expected \d+",  # a response cut off mid-way
     re.IGNORECASE,
 )
 
@@ -129,8 +146,14 @@ def gdal_path(href: str, endpoint: str | None = None) -> str:
 
 
 def http_status(exc: BaseException) -> int | None:
-    """HTTP status named in a GDAL/rasterio error message; 0 for a dropped connection."""
-    text = str(exc)
+    """HTTP status named in a GDAL/rasterio error message or its causes (rasterio often says only
+    "Read failed. See previous exception"); 0 for a dropped or cut-off connection."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = " | ".join(chain)
     match = _STATUS.search(text)
     if match:
         return int(match.group(1))
@@ -143,24 +166,60 @@ def _is_transient(status: int | None) -> bool:
     return status is not None and (status == 0 or status == 429 or 500 <= status <= 599)
 
 
-def _forget_token(href: str) -> None:
-    """Drop planetary-computer's cached token for the href's container (server revoked it)."""
+def _blob_container(href: str) -> tuple[str, str] | None:
+    """(account, container) of an Azure blob href, None for other hosts."""
     parsed = urlparse(href)
     if not parsed.netloc.endswith(BLOB_DOMAIN):
-        return
-    account = parsed.netloc[: -len(BLOB_DOMAIN)]
-    container = parsed.path.lstrip("/").split("/", 1)[0]
-    pc_sas.TOKEN_CACHE.pop(f"{Settings.get().sas_url}/{account}/{container}", None)
+        return None
+    return parsed.netloc[: -len(BLOB_DOMAIN)], parsed.path.lstrip("/").split("/", 1)[0]
 
 
-def sign_href(href: str) -> str:
+def _token(href: str, policy: RetryPolicy):
+    """The SAS token of the href's container (a ``planetary_computer.sas.SASToken``), or None for an
+    href that is not an unsigned Azure blob.
+
+    Fetched like the SDK does (same endpoint, subscription key, cache and refresh below a minute
+    left) but with our timeout and retries: the SDK's own request has no timeout (a silent token
+    endpoint hangs for ever) and retries 10 times with waits up to 2 minutes. A token just
+    fetched is used as it is, even if already expired: the blob read's 403 then re-signs.
+    """
+    container = _blob_container(href)
+    if container is None or {"st", "se", "sp"} & set(parse_qs(urlparse(href).query)):
+        return None
+    settings = Settings.get()
+    url = f"{settings.sas_url}/{container[0]}/{container[1]}"
+    token = pc_sas.TOKEN_CACHE.get(url)
+    if token is not None and token.ttl() >= 60:
+        return token
+    retry = Retry(total=policy.attempts - 1, read=1, backoff_factor=policy.backoff_s,
+                  backoff_max=policy.max_backoff_s, status_forcelist=(429, 500, 502, 503, 504))
+    with requests.Session() as session:
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        headers = {"Ocp-Apim-Subscription-Key": settings.subscription_key} if settings.subscription_key else None
+        response = session.get(url, headers=headers, timeout=(CONNECT_TIMEOUT_S, http_timeout()))
+        response.raise_for_status()
+        token = pc_sas.SASToken(**response.json())
+    pc_sas.TOKEN_CACHE[url] = token
+    return token
+
+
+def _forget_token(href: str) -> None:
+    """Drop planetary-computer's cached token for the href's container (server revoked it)."""
+    container = _blob_container(href)
+    if container is not None:
+        pc_sas.TOKEN_CACHE.pop(f"{Settings.get().sas_url}/{container[0]}/{container[1]}", None)
+
+
+def sign_href(href: str, policy: RetryPolicy = DEFAULT_RETRY) -> str:
     """Sign an asset href with planetary-computer, turning token-endpoint failures into NaipError.
 
     Raises:
         NaipError: The SAS token endpoint cannot be reached or refuses.
     """
     try:
-        return planetary_computer.sign(href)
+        token = _token(href, policy)
+        return token.sign(href).href if token is not None else planetary_computer.sign(href)
     except (requests.RequestException, ValueError) as exc:
         raise NaipError(
             f"could not get a SAS token to read {href} from {Settings.get().sas_url} ({exc}); "
@@ -225,17 +284,18 @@ def read_asset_window(href: str, grid: OutputGrid, window: Window,
     """
     endpoint = blob_endpoint()
     prefix = gdal_path(href, endpoint).split("?", 1)[0]
-    options = {**GDAL_HTTP_OPTIONS, "CPL_VSIL_CURL_NON_CACHED": prefix}
+    options = {**GDAL_HTTP_OPTIONS, "GDAL_HTTP_TIMEOUT": str(max(1, round(http_timeout()))),
+               "CPL_VSIL_CURL_NON_CACHED": prefix}
     failures = 0
     last: BaseException | None = None
     previous_signed = None
     for attempt in range(policy.attempts):
-        signed = sign_href(href)
+        signed = sign_href(href, policy)
         if signed == previous_signed:
             # The server rejected a token the SDK still holds as valid (revoked early):
             # forget it so the next signing asks the token endpoint again.
             _forget_token(href)
-            signed = sign_href(href)
+            signed = sign_href(href, policy)
         try:
             with rasterio.Env(**options), rasterio.open(gdal_path(signed, endpoint)) as src:
                 if src.count < 4 or src.crs is None:

@@ -16,7 +16,7 @@ from shapely.ops import unary_union
 from urllib3.util.retry import Retry
 
 from loop.errors import NaipError
-from loop.naip_assets import DEFAULT_RETRY, RetryPolicy
+from loop.naip_assets import CONNECT_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy, http_timeout
 
 DEFAULT_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 STAC_URL_ENV = "DCLABEL_STAC_URL"
@@ -71,14 +71,16 @@ def search_naip(bbox: tuple[float, float, float, float], stac_url: str | None = 
         NaipError: The endpoint is unreachable or answers with an error.
     """
     stac_url = resolve_stac_url(stac_url)
-    retries = Retry(total=policy.attempts, connect=min(2, policy.attempts),
+    retries = Retry(total=policy.attempts, connect=min(2, policy.attempts), read=1,  # a silent server: one more wait
                     backoff_factor=policy.backoff_s, backoff_max=policy.max_backoff_s,
                     status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
                     raise_on_status=False)
-    stac_io = StacApiIO(max_retries=retries, timeout=(15, 60))
+    timeout = (CONNECT_TIMEOUT_S, http_timeout())
+    stac_io = StacApiIO(max_retries=retries, timeout=timeout)
     datetime = f"{year}-01-01T00:00:00Z/{year}-12-31T23:59:59Z" if year else None
     try:
-        client = Client.open(stac_url, stac_io=stac_io)
+        # Client.open sets the StacApiIO's timeout to its own argument (None: wait for ever)
+        client = Client.open(stac_url, stac_io=stac_io, timeout=timeout)
         search = client.search(collections=[COLLECTION], bbox=list(bbox), datetime=datetime,
                                limit=page_size, **({"method": method} if method else {}))
         items = list(search.items())

@@ -16,6 +16,7 @@ Item asset hrefs are real-looking ``https://naipeuwest.blob.core.windows.net/nai
 planetary-computer signs them exactly as it signs the real ones.
 
 Knobs for tests: :meth:`NaipStacServer.expire_tokens`, :meth:`NaipStacServer.fail_next`,
+:meth:`NaipStacServer.hang_next`,
 :meth:`NaipStacServer.go_down`. The log :attr:`NaipStacServer.requests` records every request.
 """
 
@@ -25,6 +26,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,6 +142,7 @@ class NaipStacServer:
         self.requests: list[tuple[str, str, int]] = []
         self.blob_bytes = 0
         self.token_ttl_s = 3600.0
+        self.hang_s = 5.0
         self._tokens: dict[str, datetime] = {}
         self._fail: list[tuple[int, str]] = []
         self._expire_next = 0
@@ -175,6 +178,13 @@ class NaipStacServer:
         """Answer the next ``count`` requests whose path starts with ``prefix`` with ``status``."""
         with self._lock:
             self._fail.extend([(status, prefix)] * count)
+
+    def hang_next(self, count: int, prefix: str = "/", seconds: float = 5.0) -> None:
+        """Accept the next ``count`` requests under ``prefix`` and answer nothing for ``seconds``
+        (a server that hangs), then drop the connection."""
+        with self._lock:
+            self.hang_s = seconds
+            self._fail.extend([(0, prefix)] * count)
 
     def go_down(self) -> None:
         """Stop listening: later connections are refused (the network is down)."""
@@ -335,6 +345,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, head: bool = False) -> None:
         url = urlparse(self.path)
         failure = self.stac._take_failure(url.path)
+        if failure == 0:
+            time.sleep(self.stac.hang_s)
+            self.close_connection = True
+            return None
         if failure is not None:
             return self._send(failure, b"transient failure", "text/plain", head=head)
         path = url.path.rstrip("/")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import rasterio
@@ -208,6 +210,21 @@ def test_persistent_503_gives_up_with_clear_error_and_no_file(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where, message", [
+    ("/api/stac/v1/search", "STAC"),  # pystac-client's Client.open used to reset the timeout to none
+    ("/api/sas/", "SAS token"),  # planetary-computer's token request has no timeout of its own
+])
+def test_a_server_that_never_answers_times_out_with_a_clear_error(server, tmp_path, monkeypatch, where, message):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=16)
+    monkeypatch.setenv("DCLABEL_HTTP_TIMEOUT", "0.5")
+    server.hang_next(10, prefix=where, seconds=60.0)
+    t0 = time.perf_counter()
+    with pytest.raises(NaipError, match=message):
+        download_naip(LAT, LON, 60, tmp_path / "hang.tif", retry=FAST)
+    assert time.perf_counter() - t0 < 20  # two waits of 0.5 s and short back-offs, not a minute or for ever
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_outside_the_us_is_a_clear_error(server, tmp_path):
     _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=13)
     with pytest.raises(NaipError, match=r"no NAIP imagery covers lat, lon 48\.85.*United States"):
@@ -241,6 +258,19 @@ def test_oversized_area_is_refused_before_any_request(server, tmp_path):
     with pytest.raises(NaipError, match="smaller pieces"):
         download_naip(LAT, LON, 30_000, tmp_path / "huge.tif", retry=FAST)
     assert server.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_size_limit_counts_the_pixels_of_a_0_3_m_year(server, tmp_path, monkeypatch):
+    # 60 m at 0.6 m is 100 x 100 px, under a 150 x 150 limit; the chosen year is 0.3 m: 200 x 200
+    import loop.naip
+
+    x, y = Transformer.from_crs("EPSG:4326", 26918, always_xy=True).transform(LON, LAT)
+    fine = Affine(0.3, 0, np.floor(x / 0.6) * 0.6 - 256 * 0.3, 0, -0.3, np.floor(y / 0.6) * 0.6 + 256 * 0.3)
+    _add(server, "fine", 2022, fine, seed=22)
+    monkeypatch.setattr(loop.naip, "MAX_PIXELS", 150 * 150)
+    with pytest.raises(NaipError, match=r"20\d x 20\d px at 0.3 m.*smaller pieces"):
+        download_naip(LAT, LON, 60, tmp_path / "fine.tif", retry=FAST)
+    assert not server.blob_reads() and list(tmp_path.iterdir()) == []
 
 
 def test_cancel_leaves_nothing(server, tmp_path):
@@ -285,6 +315,14 @@ def test_blob_endpoint_mapping_and_error_classification():
     assert http_status(OSError("HTTP response code: 403")) == 403
     assert http_status(OSError("CURL error: Could not connect to server")) == 0
     assert http_status(OSError("not a TIFF file")) is None
+    # rasterio's outer message says nothing; GDAL's cause says the response was cut off: retry it
+    try:
+        try:
+            raise OSError("a.tif: got 257925 bytes, expected 262153")
+        except OSError as cause:
+            raise OSError("Read failed. See previous exception for details.") from cause
+    except OSError as exc:
+        assert http_status(exc) == 0
 
 
 def _cli(argv: list[str]) -> int:
