@@ -38,7 +38,7 @@ def _fmt(b) -> str:
     return f"lon {b[0]:.4f}..{b[2]:.4f}, lat {b[1]:.4f}..{b[3]:.4f}"
 
 
-def _classes(gdf, path: Path) -> list[str]:
+def label_classes(gdf, path: Path) -> list[str]:
     """One class per row from ``class`` (or ``label``) properties."""
     out: list[str] = []
     has_class, has_label = "class" in gdf.columns, "label" in gdf.columns
@@ -137,7 +137,7 @@ def import_geojson(
             "file gives no other CRS (GeoJSON without one means degrees). Set its CRS first, e.g. "
             f"`ogr2ogr -a_srs EPSG:32618 fixed.geojson {path.name}` with the right UTM zone."
         )
-    classes = _classes(gdf, path)
+    classes = label_classes(gdf, path)
     file_ll = gdf.to_crs("EPSG:4326").total_bounds
     geoms = gdf.to_crs(scene.crs).geometry.to_numpy()
     scene_box = shapely.box(*scene.bounds)

@@ -19,6 +19,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
 from loop.errors import NaipError
+from loop.labelstore_io import label_classes
 from loop.naip import download_naip, utm_crs
 from loop.naip_assets import DEFAULT_RETRY, RetryPolicy
 from model.errors import Cancelled, LabelError
@@ -142,6 +143,7 @@ def bootstrap(geojson: str | Path, project_root: str | Path, size_m: float = 512
                          "NAIP chips around")
     if frame.crs is None:
         frame = frame.set_crs("EPSG:4326")
+    label_classes(frame, path)  # an unknown class is refused before anything is downloaded
     chips = plan_chips(list(frame.to_crs("EPSG:4326").geometry), size_m, margin_m)
     project = Project.create(project_root, resolution_m=resolution_m)
     scenes_dir = Path(project.root) / "scenes"

@@ -428,3 +428,17 @@ def test_bootstrap_reads_0_3_m_naip_at_the_projects_0_6_m(server, tmp_path):
     assert len(result.scenes) == 1 and info.res == pytest.approx((0.6, 0.6)) and info.path.suffix == ".vrt"
     with rasterio.open(next((tmp_path / "project" / "scenes").glob("*.tif"))) as src:
         assert src.res == pytest.approx((0.3, 0.3))  # the download keeps the imagery's own pixels
+
+
+def test_bootstrap_refuses_an_unknown_class_before_downloading(server, tmp_path):
+    import geopandas
+
+    from loop.naip_bootstrap import bootstrap
+    from model.errors import LabelError
+
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=23)
+    labels = geopandas.GeoDataFrame({"class": ["substation"]}, geometry=[_square(LON, LAT, 30)], crs="EPSG:4326")
+    labels.to_file(tmp_path / "labels.geojson", driver="GeoJSON")
+    with pytest.raises(LabelError, match="unknown class.*substation"):
+        bootstrap(tmp_path / "labels.geojson", tmp_path / "project", size_m=120, margin_m=20, retry=FAST)
+    assert server.requests == [] and not (tmp_path / "project").exists()
