@@ -201,3 +201,21 @@ def test_growing_reaches_up_into_the_strip_above(tmp_path, monkeypatch):
     got = _read(tmp_path / "g.tif")
     assert got[:48][roof[:48]].min() >= 128  # the roof's top, in the first strip, was run after all
     assert np.abs(got - _read(exact)).max() <= 1 and grown.grown == grown.full_res - 1
+
+
+def test_specks_at_tile_corners_do_not_grow(tmp_path, monkeypatch):
+    """A U-Net's padding lights a pixel or two at a tile's corners: growing from them would run
+    every tile of the scene in a chain. A real roof still grows (the tests above)."""
+    path, _ = make_scene(tmp_path / "s.tif", (200, 400), seed=9)
+    ckpt, scene = bright_roof_checkpoint(), open_scene(path)
+    _one_tile_gate(monkeypatch, 1, 0)
+
+    def predict(self, tiles):
+        prob = np.zeros((len(tiles), tiles.shape[-2], tiles.shape[-1]), np.float32)
+        prob[:, -1, 0] = prob[:, -1, -1] = prob[:, -2, -1] = 0.53  # two corner specks
+        return prob
+
+    monkeypatch.setattr(FastModel, "predict", predict)
+    stats = predict_scene_fast(ckpt, scene, tmp_path / "g.tif", 64, 16, 4, "cpu", precision="fp32",
+                               grow_threshold=0.5)
+    assert stats.full_res == 1 and stats.grown == 0
