@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model.config import DetectConfig, TrainConfig
+from model.errors import ConfigError
 
 
 def parse_bands(text: str) -> tuple[int, ...]:
@@ -213,7 +214,7 @@ def _train_gate(a: argparse.Namespace) -> int:
     from model.scene import open_scene, read_window
 
     if a.max_chips < 1 or a.max_time_s <= 0:
-        raise SystemExit("dclabel train-gate: --max-chips and --max-time must be positive")
+        raise ConfigError(f"--max-chips and --max-time must be positive, got {a.max_chips} and {a.max_time_s}")
     scenes = [open_scene(p, a.bands) for p in a.images]
     ckpt = load_checkpoint(a.checkpoint, len(scenes[0].bands))
     vrt_dir = tempfile.TemporaryDirectory(prefix="dclabel-gate-")  # scenes seen at the model's pixel size
@@ -231,22 +232,24 @@ def _train_gate(a: argparse.Namespace) -> int:
     vrt_dir.cleanup()
     fit = fit_gate(ckpt, chips, min_area=int(a.min_area), max_seconds=a.max_time_s, seed=a.seed, device=a.device)
     if fit is None:
-        raise SystemExit(f"dclabel train-gate: {a.checkpoint} detects nothing on {len(chips)} chips of "
+        raise ConfigError(f"{a.checkpoint} detects nothing on {len(chips)} chips of "
                          f"{', '.join(str(p) for p in a.images)}; give imagery with data centers (or look-alikes) "
                          "so the gate has something to learn")
     ckpt.gate = fit.payload
     out = a.output or a.checkpoint.with_name(f"{a.checkpoint.stem}_gated.pt")
     save_checkpoint(ckpt, out)
     print(f"tile gate from {fit.chips} chips ({fit.positive_chips} with detections) in {fit.seconds:.0f} s: "
-          f"threshold {fit.threshold:.3f}, keeps {fit.recall:.0%} of held-out chips with detections and "
-          f"{fit.keep_share:.0%} of those without; wrote {out} (use: dclabel detect --fast)")
+          f"threshold {fit.threshold:.3f}, keeps {fit.recall:.0%} of held-out chips with detections"
+          + (f" and {fit.keep_share:.0%} of those without" if np.isfinite(fit.keep_share)
+             else " (every held-out chip had some)")
+          + f"; wrote {out} (use: dclabel detect --fast)")
     return 0
 
 
 def _detect(a: argparse.Namespace) -> int:
     outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
     if not any(outputs):
-        raise SystemExit("dclabel detect: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
+        raise ConfigError("no output asked for: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
     from model.detect import detect_scene
 
     bar = TqdmProgress("detect", "tile")
@@ -264,7 +267,7 @@ def _batch_detect(a: argparse.Namespace) -> int:
     if a.input_dir:
         images += sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
     if not images:
-        raise SystemExit("dclabel batch-detect: no scenes; give --input-dir or --images")
+        raise ConfigError("no scenes: give --input-dir (a folder of .tif scenes) or --images")
     engine_flags = (a.accelerator, a.devices, a.num_nodes, a.strategy)
     if any(f is not None for f in engine_flags):
         from model.distributed import EngineConfig, batch_detect_distributed

@@ -142,9 +142,9 @@ class TileModel:
         ckpt: Checkpoint to run.
         device: Torch device (default: CUDA/MPS when present, else CPU).
         precision: ``auto`` (bf16 where native, else fp32), ``fp32`` or ``bf16``.
-        coarse_factor: Downsampling of the coarse pass (1 disables the gate).
+        coarse_factor: Downsampling of the coarse pass (1 disables it, and the default gate with it).
         coarse_threshold: A tile runs at full resolution when its coarse probability reaches this.
-        gate: Which gate decides (unless ``coarse_factor`` is 1): ``auto`` the checkpoint's trained
+        gate: Which gate decides: ``auto`` the checkpoint's trained
             tile gate (:mod:`model.gate`) when it has one, else the coarse U-Net pass; ``trained``
             or ``coarse`` force one.
         gate_threshold: The trained gate's threshold (None: the one stored with it).
@@ -174,12 +174,13 @@ class TileModel:
             raise CheckpointError(
                 f"checkpoint {ckpt.version} has no trained tile gate; add one with `dclabel train-gate` "
                 "or use --gate coarse.")
-        self.tile_gate, self.gate_threshold = (
-            build_gate(ckpt.gate, self.device) if gate != "coarse" and ckpt.gate is not None and coarse_factor > 1
-            else (None, 1.0))
+        # the trained gate when asked for, or by default when there is one (coarse_factor 1 turns
+        # the default gate off: it is the coarse pass's factor)
+        use_trained = gate == "trained" or (gate == "auto" and ckpt.gate is not None and coarse_factor > 1)
+        self.tile_gate, self.gate_threshold = build_gate(ckpt.gate, self.device) if use_trained else (None, 1.0)
         if gate_threshold is not None:
             self.gate_threshold = gate_threshold
-        self.gate_kind = "off" if coarse_factor <= 1 else ("trained" if self.tile_gate is not None else "coarse")
+        self.gate_kind = "trained" if self.tile_gate is not None else ("off" if coarse_factor <= 1 else "coarse")
 
     def _normalise(self, tiles: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, torch.float32)

@@ -120,14 +120,17 @@ def test_train_gate_cli_adds_a_gate_that_detect_fast_uses(tmp_path, capsys):
     assert abs(e.to_crs(32618).area.sum() - f.to_crs(32618).area.sum()) < 1.0
 
 
-def test_train_gate_cli_says_when_the_model_finds_nothing_to_learn_from(tmp_path):
+def test_train_gate_cli_says_when_the_model_finds_nothing_to_learn_from(tmp_path, capsys):
     from loop.cli import main as cli_main
 
     scene, _ = make_scene(tmp_path / "s.tif", (256, 256), seed=6)  # no roofs: the U-Net never fires
     plain = save_checkpoint(bright_roof_checkpoint(), tmp_path / "m.pt")
-    with pytest.raises(SystemExit, match="detects nothing"):
-        cli_main(["train-gate", "--checkpoint", str(plain), "--image", str(scene), "--max-chips", "32"])
+    rc = cli_main(["train-gate", "--checkpoint", str(plain), "--image", str(scene), "--max-chips", "32"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("dclabel train-gate: error: ") and "detects nothing" in err
     assert not (tmp_path / "m_gated.pt").exists()
+    rc = cli_main(["train-gate", "--checkpoint", str(plain), "--image", str(scene), "--max-chips", "0"])
+    assert rc == 2 and "--max-chips" in capsys.readouterr().err
 
 
 def test_fast_detection_without_a_gate_warns_and_names_the_remedy(tmp_path):
