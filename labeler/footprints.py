@@ -66,8 +66,10 @@ class FootprintEditor:
         scene: SceneInfo,
         notify: Callable[[str], None] | None = None,
         on_change: Callable[[], None] | None = None,
+        show_scene: Callable[[str], None] | None = None,
     ) -> None:
         self.viewer = viewer
+        self._show_scene = show_scene
         self.store = store
         self.scene = scene
         self.current_class = "datacenter"
@@ -406,17 +408,31 @@ class FootprintEditor:
         return self._history(self.store.redo, "redo")
 
     def _history(self, step: Callable[[], bool], name: str) -> bool:
+        """Undo or redo in the project-wide history. When that step changes another scene only
+        (the last edit was made there), the change is made and that scene is shown, so nothing
+        changes out of sight."""
+        scenes = self.store.history_scenes(undo=name == "undo")
+        elsewhere = sorted(scenes) if scenes and self.scene.scene_id not in scenes else []
         try:
             done = bool(step())
         except DclabelError as exc:
             self._notify(f"Cannot {name}: {exc}")
             return False
-        if done:
-            self.sync_from_store()
-            self._changed()
-        else:
+        if not done:
             self._notify(f"Nothing to {name}.")
-        return done
+            return False
+        if elsewhere and self._show_scene is not None:
+            self._changed()
+            try:
+                self._show_scene(elsewhere[0])
+            except (DclabelError, OSError) as exc:
+                self._notify(f"The {name} changed scene {elsewhere[0]}, which cannot be shown ({exc}).")
+                return True
+            self._notify(f"The {name} changed scene {elsewhere[0]}, now shown.")
+            return True
+        self.sync_from_store()
+        self._changed()
+        return True
 
     def _changed(self) -> None:
         if self._on_change is not None:

@@ -72,6 +72,7 @@ class LabelsWidget(QWidget):
         self.undo_button.clicked.connect(lambda: self.session.editor.undo())
         self.redo_button.clicked.connect(lambda: self.session.editor.redo())
         session.scene_changed.connect(lambda _: self._on_class())
+        session.scene_changed.connect(self.add_scene_item)  # e.g. undo showed the scene it changed
 
     def add_scene_item(self, scene_id: str) -> None:
         """List a scene added while the app runs (e.g. downloaded) and select it."""

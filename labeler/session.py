@@ -78,7 +78,8 @@ class ProjectSession:
             self.viewer, self.project.chip_windows(scene_id), self.reviewed_keys(), self.queued
         )
         self.editor = FootprintEditor(
-            self.viewer, self.project.labels, scene, on_change=self.labels_changed.emit
+            self.viewer, self.project.labels, scene, on_change=self.labels_changed.emit,
+            show_scene=self.show_scene,
         )
         self.viewer.layers.selection.active = self.editor.layer
         self.viewer.reset_view()

@@ -384,6 +384,11 @@ class LabelStore:
         with self.transaction() as cur:
             return history.step(cur, False, lambda: self._edit_txn(cur, clear_redo=False))
 
+    def history_scenes(self, undo: bool = True) -> set[str]:
+        """Scene ids that the next :meth:`undo` (``undo=False``: :meth:`redo`) would change."""
+        with self._lock:
+            return history.next_scenes(self._conn.cursor(), undo)
+
     @property
     def can_undo(self) -> bool:
         """True when :meth:`undo` has something to undo."""

@@ -50,6 +50,20 @@ def _apply(cur: sqlite3.Cursor, op: str, fid: int | None, wkb, attrs: str | None
         gp.write_footprint(cur, table, srs_id, fid, shapely.from_wkb(wkb), ref)
 
 
+def _next_txn(cur: sqlite3.Cursor, undo: bool) -> int | None:
+    pick = "max(txn) FROM dclabel_edit_log WHERE undone=0" if undo else "min(txn) FROM dclabel_edit_log WHERE undone=1"
+    return cur.execute(f"SELECT {pick}").fetchone()[0]
+
+
+def next_scenes(cur: sqlite3.Cursor, undo: bool) -> set[str]:
+    """Scene ids of what the next undo (or redo) would change; empty when there is nothing."""
+    txn = _next_txn(cur, undo)
+    if txn is None:
+        return set()
+    rows = cur.execute("SELECT before_attrs, after_attrs FROM dclabel_edit_log WHERE txn=?", (txn,)).fetchall()
+    return {str(sid) for b, a in rows if (sid := json.loads(a or b or "{}").get("scene_id")) is not None}
+
+
 def step(cur: sqlite3.Cursor, undo: bool, begin: Callable[[], int]) -> bool:
     """Undo the newest not-undone transaction, or redo the oldest undone one.
 
@@ -61,8 +75,7 @@ def step(cur: sqlite3.Cursor, undo: bool, begin: Callable[[], int]) -> bool:
     Returns:
         False when there was nothing to undo (redo).
     """
-    pick = "max(txn) FROM dclabel_edit_log WHERE undone=0" if undo else "min(txn) FROM dclabel_edit_log WHERE undone=1"
-    txn = cur.execute(f"SELECT {pick}").fetchone()[0]
+    txn = _next_txn(cur, undo)
     if txn is None:
         return False
     state = "before" if undo else "after"

@@ -242,6 +242,38 @@ def test_a_scene_that_fails_to_open_leaves_everything_on_the_shown_scene(tiny_pr
         opened.close()
 
 
+def test_undo_of_an_edit_in_another_scene_shows_that_scene(tiny_project, make_napari_viewer, qtbot) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.app import open_project
+    from loop.project import Project
+
+    project = Project.open(tiny_project)
+    first = project.scene_ids[0]
+    second = project.add_scene(write_tiny_scene(tiny_project.parent / "other.tif", seed=5)).scene_id
+    project.labels.close()
+    opened = open_project(make_napari_viewer(), tiny_project)
+    try:
+        wait_ranked(qtbot, opened)
+        session, combo = opened.session, opened.labels.scene
+        store = session.project.labels
+        combo.setCurrentIndex(combo.findData(second))
+        assert session.scene.scene_id == second
+        session.editor.layer.add([np.array([[10.0, 10.0], [10.0, 60.0], [50.0, 60.0], [50.0, 10.0]])],
+                                 shape_type="polygon")
+        assert len(store.footprints(second)) == 1
+        combo.setCurrentIndex(combo.findData(first))
+        assert session.scene.scene_id == first
+        assert session.editor.undo()  # the last edit was in the other scene: undone there, and shown
+        assert len(store.footprints(second)) == 0
+        assert session.scene.scene_id == second and combo.currentData() == second
+        assert session.editor.layer.nshapes == 0
+        assert session.editor.redo()  # redo stays on the scene it changes
+        assert len(store.footprints(second)) == 1 and session.editor.layer.nshapes == 1
+    finally:
+        opened.close()
+
+
 def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     review, store = app.review, app.session.project.labels
