@@ -34,6 +34,8 @@ from model.scene import (
     Chip,
     SceneInfo,
     chip_windows,
+    is_north_up,
+    north_up_scene,
     open_scene,
     pixel_size_m,
     read_chip,
@@ -284,6 +286,8 @@ class Project:
                               "models trained on one scale miss buildings at the other. Re-create the project "
                               f"with `dclabel init --res {others[0]:.2g}` to read every scene at one pixel size.",
                               UserWarning, stacklevel=2)
+        if not is_north_up(info.transform):  # shown, labelled and chipped north-up like every scene
+            source, info = source or path, north_up_scene(info, self.root / "scenes")
         entry = {"id": scene_id_for(path), "path": self._stored(info.path), "bands": list(info.bands)}
         if source is not None:
             entry["source"] = self._stored(source)

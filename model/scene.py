@@ -306,6 +306,40 @@ def warped_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> S
     return open_scene(out, scene.bands)
 
 
+def is_north_up(transform: Affine) -> bool:
+    """Whether a grid's rows run north to south with no rotation (how scenes are shown)."""
+    return transform.b == 0 and transform.d == 0 and transform.e < 0 < transform.a
+
+
+def north_up_scene(scene: SceneInfo, folder: str | os.PathLike) -> SceneInfo:
+    """The scene on a north-up grid, through a GDAL warped VRT in ``folder``: a grid stored
+    south-up (positive y pixel size) is flipped pixel for pixel (nearest: every output pixel
+    centre is a source pixel centre), a rotated one resampled bilinearly onto a north-up grid of
+    the same pixel size. Same CRS; band selection carries over."""
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import calculate_default_transform
+
+    t = scene.transform
+    out = Path(folder) / f"{scene.path.stem}_north_up.vrt"
+    with rasterio.open(scene.path) as src:
+        if t.b == 0 and t.d == 0:  # a flip (and/or a mirror): exact
+            left, right = sorted((t.c, t.c + t.a * scene.width))
+            top = max(t.f, t.f + t.e * scene.height)
+            transform, width, height = Affine(abs(t.a), 0, left, 0, -abs(t.e), top), scene.width, scene.height
+            method = rasterio.enums.Resampling.nearest
+        else:
+            res = math.sqrt(abs(t.a * t.e - t.b * t.d))
+            transform, width, height = calculate_default_transform(src.crs, src.crs, src.width, src.height,
+                                                                   *src.bounds, resolution=res)
+            method = rasterio.enums.Resampling.bilinear
+        with WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height, resampling=method,
+                       tolerance=1e-6,  # near-exact transformer: the default approximation misses rows
+                       add_alpha=(t.b != 0 or t.d != 0) and src.nodata is None
+                       and rasterio.enums.ColorInterp.alpha not in src.colorinterp) as vrt:
+            _write_vrt(vrt, out, f"{scene.path}: could not turn the grid north-up through a VRT")
+    return open_scene(out, scene.bands)
+
+
 def _write_vrt(source, out: Path, what: str) -> None:
     try:
         with atomic_path(out) as tmp:  # atomic: ranks of a distributed run may write the same file

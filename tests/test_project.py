@@ -216,3 +216,19 @@ def test_labels_of_a_moved_scene_still_export(tmp_path, capsys):
     with pytest.warns(UserWarning, match="Going on without scene .*labels stay in the store"):
         assert main(["labels", "export", str(tmp_path / "proj"), "--output", str(tmp_path / "out.geojson")]) == 0
     assert len(json.loads((tmp_path / "out.geojson").read_text())["features"]) == 1
+
+
+def test_a_south_up_scene_is_read_north_up_pixel_for_pixel(tmp_path):
+    # stored south-up (positive y pixel size): the project reads it through a flipping VRT, so the
+    # app shows north at the top and chips, labels and windows are those of a north-up grid
+    from model.scene import read_window
+
+    img = np.random.default_rng(4).integers(1, 256, (4, 300, 260), dtype=np.uint8)  # band 4 is tagged alpha
+    up = write_geotiff(tmp_path / "up.tif", img, UTM, Affine(0.6, 0, 285_000.0, 0, 0.6, 4_319_820.0))
+    project = Project.create(tmp_path / "p", images=[up], chip_size=128)
+    [scene] = project.scenes
+    assert scene.transform == Affine(0.6, 0, 285_000.0, 0, -0.6, 4_320_000.0) and scene.path.suffix == ".vrt"
+    np.testing.assert_array_equal(read_window(scene, Window(0, 0, 260, 300)), img[:, ::-1])
+    reopened = Project.open(tmp_path / "p")
+    assert reopened.scenes[0].transform == scene.transform and reopened.scene_ids == [scene.scene_id]
+    assert Project.create(tmp_path / "p2", images=[up]).scenes[0].scene_id == scene.scene_id  # id of the file
