@@ -102,6 +102,8 @@ def main() -> int:
     ap.add_argument("--output-dir", type=Path, default=Path("bench/out/simulate"))
     ap.add_argument("--quick", action="store_true", help="reduced run: 1024 px, 2 strategies, 1 seed, 3 rounds")
     ap.add_argument("--estimate-only", action="store_true")
+    ap.add_argument("--first-pick", choices=("cold_start", "random"), default="cold_start",
+                    help="first round of the uncertainty strategies: the cold-start queue, or the random chips")
     args = ap.parse_args()
     if args.quick:
         args.size, args.strategies, args.seeds, args.rounds, args.batch = 1024, "random,entropy", 1, 3, 2
@@ -119,7 +121,7 @@ def main() -> int:
             epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, pos_weight=args.pos_weight,
             finetune_lr_factor=args.finetune_lr_factor,
             base_channels=base, depth=args.depth,
-            threads=args.threads,
+            threads=args.threads, first_pick=args.first_pick,
         )
         unet = UNetConfig(base_channels=base, depth=args.depth, dropout=config.dropout)
         fwd, step = time_passes(unet, 256, args.threads)

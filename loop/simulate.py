@@ -26,6 +26,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from loop.ranking import rank_chips
+from loop.ranking_scores import STRATEGIES
 from loop.retrain_worker import FINETUNE_LR_FACTOR, round_lr
 from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
@@ -68,6 +69,11 @@ class SimulationConfig:
         full_label: Also train on every pool chip for the reference line.
         min_object_px: Predicted objects under this size are ignored by object F1.
         threads: Torch CPU threads.
+        first_pick: How the first round's chips are chosen. ``cold_start`` (default): as the app
+            and ``dclabel rank`` do on a project without a model, the uncertainty strategies take
+            the cold-start queue (chips spread over clusters of image features, seeded) and
+            ``random`` takes random chips; so each curve is its strategy's whole loop. ``random``:
+            every strategy starts from the same random chips (isolates the model-based rounds).
     """
 
     strategies: tuple[str, ...] = ("random", "entropy", "tta", "bald")
@@ -91,8 +97,12 @@ class SimulationConfig:
     full_label: bool = True
     min_object_px: int = 100
     threads: int = 1
+    first_pick: str = "cold_start"
 
     def __post_init__(self) -> None:
+        if self.first_pick not in ("cold_start", "random"):
+            raise ConfigError(f"SimulationConfig.first_pick (--first-pick) must be cold_start or random, "
+                              f"got {self.first_pick!r}")
         if self.rounds < 1 or self.batch < 1 or self.seeds < 1 or self.epochs < 1:
             raise ConfigError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
         if not 0.0 < self.finetune_lr_factor <= 1.0:
@@ -279,6 +289,10 @@ def run_simulation(
             oracle = Oracle(project, gt)
             ckpt: Checkpoint | None = None
             pick, rank_s = initial, 0.0
+            if config.first_pick == "cold_start" and not STRATEGIES[strategy].random:
+                t0 = time.perf_counter()
+                queue = rank_chips(project, "cold_start", top=config.batch, seed=seed, device="cpu", cancel=cancel)
+                pick, rank_s = [q.window for q in queue], time.perf_counter() - t0
             for rnd in range(1, config.rounds + 1):
                 if _is_cancelled(cancel):
                     raise Cancelled(f"simulation cancelled after {done} of {total} rounds.")
