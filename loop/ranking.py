@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.errors
 from pyproj import Transformer
 from rasterio.windows import Window
 
@@ -253,7 +252,7 @@ def rank_chips(
             j += 1
         try:
             src = rasterio.open(scene.path)
-        except (rasterio.errors.RasterioIOError, OSError) as exc:
+        except OSError as exc:  # rasterio's RasterioIOError too: the file no longer opens
             _skip_unreadable(scene, range(i, j), exc, unreadable, warned)
             i = j
             continue
