@@ -387,9 +387,10 @@ class FootprintEditor:
         col = self._fids()
         fids = {int(col[i]) for i in selected if 0 <= i < len(col)}
         try:
-            for fid in fids:
-                if fid >= 0:
-                    self.store.update_footprint(fid, cls=cls)
+            with self.store.transaction():  # several shapes re-classed at once are one undo step
+                for fid in fids:
+                    if fid >= 0:
+                        self.store.update_footprint(fid, cls=cls)
         except DclabelError as exc:
             self._notify(f"Class not saved: {exc}")
             self.reload()

@@ -33,7 +33,14 @@ from labeler.chip_layers import (
     show_proposals,
 )
 from labeler.footprints import class_colour
-from labeler.geo import window_centre
+from labeler.geo import (
+    geometry_to_napari,
+    join_parts,
+    napari_to_geometry,
+    polygon_parts,
+    restore_exact,
+    window_centre,
+)
 from labeler.queue_table import QueueTable
 from labeler.session import ProjectSession
 from labeler.workers import ProcessJob, ProgressJob
@@ -63,6 +70,8 @@ class ReviewWidget(QWidget):
         self._rows: list = []
         self._edited = None  # chip accepted with "edit, then accept", still on screen
         self._done: list = []  # chips reviewed in this session (back in the queue if undone)
+        self._undone: list = []  # chips put back by an undo (out of the queue again if redone)
+        self._deciding = False
         self.current = None
         self.rank_job: ProgressJob | None = None
         self.heat_job: ProgressJob | None = None
@@ -223,7 +232,13 @@ class ReviewWidget(QWidget):
             self.table.blockSignals(False)
             self.show_item(rows[keep], move_camera=False)
         elif rows:
-            self.table.selectRow(min(max(select_row, 0), len(rows) - 1))
+            # shown here, not through the selection signal: when the row was already selected
+            # (the table keeps row 0 selected across a refill) no signal fires
+            row = min(max(select_row, 0), len(rows) - 1)
+            self.table.blockSignals(True)
+            self.table.selectRow(row)
+            self.table.blockSignals(False)
+            self.show_item(rows[row])
         else:  # the queue is empty: no chip is under review any more
             self.current = None
             self._clear_chip_layers()
@@ -302,6 +317,40 @@ class ReviewWidget(QWidget):
         owners = {int(layer.features["proposal"].iloc[i]) for i in layer.selected_data}
         return [self.current.proposals[k] for k in sorted(owners)]
 
+    def proposals_on_screen(self, selected_only: bool = False) -> list[tuple]:
+        """The chip's proposals as the proposals layer shows them: ``(geometry, edited)`` per
+        proposal still in the layer. A proposal deleted there is not accepted; one reshaped there
+        is accepted as reshaped (untouched vertices keep their exact position)."""
+        item = self.current
+        if item is None:
+            return []
+        layer = self.viewer.layers[PROPOSALS_LAYER] if PROPOSALS_LAYER in self.viewer.layers else None
+        if layer is None or layer.metadata.get("item") is not item:  # not drawn: as proposed
+            return [] if selected_only else [(p.geometry, False) for p in item.proposals]
+        owners = layer.features["proposal"].to_numpy() if "proposal" in layer.features else np.zeros(0, int)
+        shown = sorted(layer.selected_data) if selected_only else range(layer.nshapes)
+        by_owner: dict[int, list[int]] = {}
+        for i in shown:
+            if i < len(owners):
+                by_owner.setdefault(int(owners[i]), []).append(i)
+        transform = self.session.scene.transform
+        out = []
+        for k, shapes in sorted(by_owner.items()):
+            proposal = item.proposals[k]
+            parts = polygon_parts(proposal.geometry)
+            exact = [geometry_to_napari(part, transform) for part in parts]
+            vertices = [np.asarray(layer.data[i], dtype=np.float64) for i in shapes]
+            if len(vertices) == len(exact) and all(
+                    v.shape == e.shape and np.allclose(v, e, atol=1e-3) for v, e in zip(vertices, exact, strict=True)):
+                out.append((proposal.geometry, False))
+                continue
+            ring = np.concatenate(exact)
+            holes = [list(parts[j].interiors) if len(vertices) == len(parts) else [] for j in range(len(vertices))]
+            edited = [napari_to_geometry(restore_exact(v, ring), transform, [np.asarray(h.coords) for h in hs])
+                      for v, hs in zip(vertices, holes, strict=True)]
+            out.append((join_parts([g for g in edited if not g.is_empty]), True))
+        return out
+
     def _chip_on_screen(self) -> bool:
         """True when a chip is under review; otherwise says why nothing happens."""
         if self.current is None:
@@ -310,25 +359,30 @@ class ReviewWidget(QWidget):
         return self.current is not None
 
     def accept_all(self) -> None:
-        """Store every proposal of the chip and mark it reviewed, then show the next chip."""
+        """Store every proposal of the chip as the proposals layer shows it (reshaped ones as
+        reshaped, deleted ones not) and mark it reviewed, then show the next chip."""
         if self._chip_on_screen():
-            self._accept(list(self.current.proposals), "proposal-accepted")
+            chosen = self.proposals_on_screen()
+            if not chosen:  # every proposal deleted in the layer: a rejection
+                self.reject()
+                return
+            self._accept(chosen)
 
     def accept_selected(self) -> None:
         """Store the proposals selected in the proposals layer and mark the chip reviewed."""
         if self._chip_on_screen():
-            chosen = self.selected_proposals()
+            chosen = self.proposals_on_screen(selected_only=True)
             if not chosen:
                 show_info("Select proposals in the 'proposals' layer first (or use Accept all).")
                 return
-            self._accept(chosen, "proposal-accepted")
+            self._accept(chosen)
 
     def edit_then_accept(self) -> None:
         """Store the selected (or all) proposals as editable footprints; stay on the chip to edit."""
         if not self._chip_on_screen():
             return
-        chosen = self.selected_proposals() or list(self.current.proposals)
-        fids = self._accept(chosen, "proposal-edited", advance=False)
+        chosen = self.proposals_on_screen(selected_only=True) or self.proposals_on_screen()
+        fids = self._accept([(g, True) for g, _ in chosen], advance=False)
         self._edited = self.current  # leaves the queue when the user moves on (N)
         editor = self.session.editor
         if fids and editor is not None:
@@ -340,12 +394,12 @@ class ReviewWidget(QWidget):
     def reject(self) -> None:
         """Discard the proposals; the chip is reviewed (empty unless footprints were drawn in it)."""
         if self._chip_on_screen():
-            self._decide([], "proposal-accepted", empty=not self.session.editor.touches(self.current.window))
+            self._decide([], empty=not self.session.editor.touches(self.current.window))
 
     def mark_empty(self) -> None:
         """Mark the chip reviewed with no data center in it."""
         if self._chip_on_screen():
-            self._decide([], "proposal-accepted", empty=True)
+            self._decide([], empty=True)
 
     def skip(self) -> None:
         """Move the chip to the end of the queue without deciding."""
@@ -370,25 +424,35 @@ class ReviewWidget(QWidget):
         else:
             show_info("End of the queue: rank again for more chips.")
 
-    def _accept(self, proposals: list, source: str, advance: bool = True) -> list[int]:
-        return self._decide(proposals, source, empty=False, advance=advance)
+    def _accept(self, chosen: list[tuple], advance: bool = True) -> list[int]:
+        return self._decide(chosen, empty=False, advance=advance)
 
-    def _decide(self, proposals: list, source: str, empty: bool, advance: bool = True) -> list[int]:
+    def _decide(self, chosen: list[tuple], empty: bool, advance: bool = True) -> list[int]:
+        """Store ``(geometry, edited)`` pairs as footprints (source ``proposal-edited`` or
+        ``proposal-accepted``) and mark the chip reviewed, in one undo step."""
         t0 = time.perf_counter()
         item = self.current
         store = self.session.project.labels
         model = self.session.current_model()
         version = model.version if model is not None else None
         editor = self.session.editor
-        geoms = [p.geometry for p in proposals]
+        self._deciding = True  # the label events of this decision must not resync the queue
         try:
             with store.transaction():
-                fids = editor.add_geometries(geoms, cls="datacenter", source=source, model_version=version)
-                store.mark_reviewed(item.scene_id, item.window, empty=empty and not geoms)
+                fids = []
+                for edited in (False, True):
+                    geoms = [g for g, e in chosen if e is edited]
+                    if geoms:
+                        fids += editor.add_geometries(geoms, cls="datacenter", model_version=version,
+                                                      source="proposal-edited" if edited else "proposal-accepted")
+                store.mark_reviewed(item.scene_id, item.window, empty=empty and not chosen)
         except DclabelError as exc:
             show_error(f"Chip not saved: {exc}")
             editor.reload()
             return []
+        finally:
+            self._deciding = False
+        self._undone = [it for it in self._undone if it is not item]
         self.chip_reviewed.emit()
         self.session.reviewed_changed.emit()
         self._done.append(item)
@@ -406,16 +470,21 @@ class ReviewWidget(QWidget):
         self.populate(self.items, select_row=row, keep_current=False)
 
     def _requeue_undone(self) -> None:
-        """Put chips whose review was undone (Ctrl+Z) back at the front of the queue."""
-        if not self._done:
+        """Keep the queue in step with undo and redo: a chip whose review was undone (Ctrl+Z) goes
+        back to the front of the queue, and leaves it again when the review is redone."""
+        if self._deciding or not (self._done or self._undone):
             return
         reviewed = {(r.scene_id, r.window) for r in self.session.project.labels.reviewed_chips()}
         undone = [it for it in self._done if (it.scene_id, it.window) not in reviewed]
-        if undone:
-            self._done = [it for it in self._done if it not in undone]
-            queued = {(it.scene_id, it.window) for it in self.items}
-            back = [it for it in reversed(undone) if (it.scene_id, it.window) not in queued]
-            self.populate(back + self.items)
+        redone = [it for it in self._undone if (it.scene_id, it.window) in reviewed]
+        if not undone and not redone:
+            return
+        self._done = [it for it in self._done if it not in undone] + redone
+        self._undone = [it for it in self._undone if it not in redone] + undone
+        queued = {(it.scene_id, it.window) for it in self.items}
+        back = [it for it in reversed(undone) if (it.scene_id, it.window) not in queued]
+        gone = {(it.scene_id, it.window) for it in redone}
+        self.populate(back + [it for it in self.items if (it.scene_id, it.window) not in gone])
 
     # ----- counts ------------------------------------------------------------------------------
     def update_counts(self) -> None:

@@ -60,6 +60,68 @@ def test_accept_all_stores_proposals_and_shows_next_chip(app, qtbot) -> None:
     assert review.table.rowCount() == 4 and review.items[0].window == first.window
 
 
+def test_deciding_the_last_row_shows_the_chip_left(app, qtbot) -> None:
+    # next, then accept the chip in the last row: the one chip left must be shown (row 0 was
+    # already selected in the table, so no selection signal fired and the view stayed put)
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    review.accept_all()
+    review.accept_all()
+    assert len(review.items) == 2
+    review.next_chip()
+    second = review.current
+    assert second is review.items[1]
+    review.reject()
+    assert review.current is review.items[0] and len(review.items) == 1
+    left = review.current
+    review.accept_all()
+    assert {(r.window.col_off, r.window.row_off) for r in store.reviewed_chips()} >= {
+        (second.window.col_off, second.window.row_off), (left.window.col_off, left.window.row_off)}
+    assert len(store.reviewed_chips()) == 4 and review.current is None
+
+
+def test_accept_takes_the_proposals_as_the_layer_shows_them(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store, sid = app.review, app.session.project.labels, app.session.scene.scene_id
+    viewer = app.session.viewer
+    layer = viewer.layers["proposals"]
+    first = review.current
+    proposed = first.proposals[0].geometry
+    verts = np.asarray(layer.data[0])
+    centre = verts.mean(axis=0)
+    layer.data = [centre + (verts - centre) * 0.5]  # the user shrinks the proposal to half its size
+    review.accept_all()
+    fp = store.footprints(sid)
+    assert len(fp) == 1 and fp["source"].iloc[0] == "proposal-edited"
+    assert fp.geometry.iloc[0].area == pytest.approx(proposed.area / 4, rel=0.05)
+    # every proposal deleted in the layer: accepting stores nothing, like a rejection
+    second = review.current
+    viewer.layers["proposals"].data = []
+    review.accept_all()
+    assert len(store.footprints(sid)) == 1
+    mark = next(r for r in store.reviewed_chips() if r.window == second.window)
+    assert mark.empty
+    # an untouched proposal is stored exactly as proposed
+    third = review.current
+    review.accept_all()
+    fp = store.footprints(sid)
+    assert len(fp) == 2 and fp["source"].iloc[-1] == "proposal-accepted"
+    assert fp.geometry.iloc[-1].equals_exact(third.proposals[0].geometry, 1e-9)
+
+
+def test_redo_of_a_decision_takes_the_chip_out_of_the_queue_again(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    editor = app.session.editor
+    first = review.current
+    review.accept_all()
+    assert len(review.items) == 3
+    assert editor.undo() and len(review.items) == 4 and review.items[0].window == first.window
+    assert editor.redo() and len(store.reviewed_chips()) == 1
+    assert len(review.items) == 3 and all(it.window != first.window for it in review.items)
+    assert editor.undo() and len(review.items) == 4  # and back once more
+
+
 def test_review_keys_on_canvas(app, qtbot) -> None:
     wait_ranked(qtbot, app)
     viewer = app.session.viewer
@@ -109,6 +171,10 @@ def test_draw_edit_vertex_undo_redo_delete_and_class(app, qtbot) -> None:
     assert editor.undo() and len(store.footprints(sid)) == 1 and len(layer.data) == 1
 
     layer.add(square + 300.0, shape_type="polygon")
+    layer.selected_data = {0, 1}
+    editor.set_class("retail")  # two shapes re-classed at once ...
+    assert set(store.footprints(sid)["class"]) == {"retail"}
+    assert editor.undo() and list(store.footprints(sid)["class"]) == ["warehouse"] * 2  # ... one undo
     layer.selected_data = {0, 1}
     layer.remove_selected()  # two shapes deleted at once ...
     assert len(store.footprints(sid)) == 0
