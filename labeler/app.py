@@ -79,6 +79,7 @@ def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
     export = ExportWidget(session)
     download = DownloadWidget(session)
     download.scene_added.connect(labels.add_scene_item)
+    download.scene_added.connect(lambda _scene_id: review.rank())  # its chips join the queue
 
     session.labels_changed.connect(session.refresh_grid)
     session.labels_changed.connect(review.update_counts)
@@ -100,9 +101,9 @@ def open_project(viewer, root: str | os.PathLike, scene_id: str | None = None,
             win._qt_window.destroyed.connect(opened.close)
         except (AttributeError, RuntimeError):
             pass
-    from loop.ranking import queue_is_stale
+    from loop.ranking_queue import queue_is_stale, unqueued_scenes
 
-    if not review.items or queue_is_stale(project):
+    if not review.items or queue_is_stale(project) or unqueued_scenes(project, review.items):
         review.rank()
     return opened
 

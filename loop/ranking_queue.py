@@ -136,6 +136,17 @@ def queue_is_stale(project) -> bool:
     return not known or version != (current.version if current is not None else None)
 
 
+def unqueued_scenes(project, items: list[QueueItem]) -> list[str]:
+    """Scenes with unreviewed chips of which no chip is in ``items`` (e.g. added after the queue
+    was ranked): the queue should be ranked again to include them."""
+    queued = {it.scene_id for it in items}
+    reviewed: dict[str, int] = {}
+    for r in project.labels.reviewed_chips():
+        reviewed[r.scene_id] = reviewed.get(r.scene_id, 0) + 1
+    return [s.scene_id for s in project.readable_scenes() if s.scene_id not in queued
+            and len(project.chip_windows(s.scene_id)) > reviewed.get(s.scene_id, 0)]
+
+
 def load_queue(project, skip_reviewed: bool = True) -> list[QueueItem]:
     """Read the queue saved by :func:`save_queue`.
 

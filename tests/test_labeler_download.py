@@ -52,6 +52,10 @@ def test_download_adds_the_scene_and_shows_it(app, qtbot, naip_server):
     with rasterio.open(scene.path) as src:
         assert src.tags()["naip_year"] == "2022" and src.crs.to_epsg() == 26918
     assert app.labels.scene.findData(scene.scene_id) >= 0
+    # its chips join the review queue (it is ranked with the others)
+    qtbot.waitUntil(lambda: app.review.rank_job is None and any(it.scene_id == scene.scene_id
+                                                                 for it in app.review.items), timeout=60_000)
+    assert app.review.current is not None and app.review.current.scene_id == scene.scene_id
     # "use current view" points back at (about) the same place
     lat, lon, size = view_area(app.session.viewer, scene)
     assert abs(lat - LAT) < 0.002 and abs(lon - LON) < 0.002 and size >= 60

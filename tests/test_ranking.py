@@ -415,3 +415,14 @@ def test_a_damaged_scene_leaves_the_others_ranked(tmp_path, strategy):
     with pytest.warns(UserWarning, match="cannot be read"):
         queue = rank_chips(project, strategy, batch_size=16)
     assert {q.scene_id for q in queue} == {a} and len(queue) == n_a
+
+
+def test_a_scene_added_after_ranking_makes_the_queue_incomplete(project):
+    from loop.ranking_queue import unqueued_scenes
+
+    a, b = project.scene_ids
+    queue = [q for q in rank_chips(project, "random") if q.scene_id == a]  # ranked before b was added
+    assert unqueued_scenes(project, queue) == [b]
+    for w in project.chip_windows(b):
+        project.labels.mark_reviewed(b, w)
+    assert unqueued_scenes(project, queue) == []  # nothing of b left to review
