@@ -16,8 +16,10 @@ Settings (environment):
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pystac
@@ -50,6 +52,8 @@ STRIP_ROWS = 512
 # The mosaic is assembled in memory: 4 bytes + 1 mask byte per pixel (~25 km side at 0.6 m).
 MAX_PIXELS = 40_000 * 40_000 // 2
 Progress = Callable[[int, int, dict], None]
+
+T = TypeVar("T")
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
@@ -116,6 +120,31 @@ def grid_footprint(grid: OutputGrid, dst_crs: CRS | str = "EPSG:4326") -> BaseGe
     outline = box(left, bottom, right, top).segmentize(max(right - left, top - bottom) / 32)
     to_dst = Transformer.from_crs(grid.crs, dst_crs, always_xy=True)
     return transform_shape(to_dst.transform, outline)
+
+
+def _cancellable(fn: Callable[[], T], cancel: Callable[[], bool] | None, message: str, poll_s: float = 0.1) -> T:
+    """``fn()`` in a daemon thread, given up as soon as ``cancel()`` is true (an HTTP request that
+    waits for a slow server cannot be interrupted; it is left to time out on its own)."""
+    if cancel is None:
+        return fn()
+    done = threading.Event()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="naip-search").start()
+    while not done.wait(poll_s):
+        if cancel():
+            raise Cancelled(message)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _check_size(grid, where: str, res: float) -> None:
@@ -200,7 +229,8 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
              else f"lat, lon {(bbox[1] + bbox[3]) / 2:.5f}, {(bbox[0] + bbox[2]) / 2:.5f} "
                   f"(bbox {tuple(bbox)})")
     _check_size(grid, where, 0.6)  # before any request, at NAIP's usual pixel size
-    items = search_naip(area.bounds, stac_url, year=year, policy=retry)
+    items = _cancellable(lambda: search_naip(area.bounds, stac_url, year=year, policy=retry), cancel,
+                         f"NAIP download to {output} cancelled during the STAC search; nothing was written")
     chosen_year, chosen = choose_year(items, area, where, year)
     anchor, res = _item_grid_anchor(chosen[0], grid.crs)
     for item in chosen[1:]:

@@ -225,6 +225,15 @@ def test_a_server_that_never_answers_times_out_with_a_clear_error(server, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cancel_while_the_stac_search_waits_is_prompt(server, tmp_path):
+    _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=17)
+    server.hang_next(1, prefix="/api/stac/v1/search", seconds=30.0)
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled, match="during the STAC search"):
+        download_naip(LAT, LON, 60, tmp_path / "c.tif", retry=FAST, cancel=lambda: time.perf_counter() - t0 > 0.3)
+    assert time.perf_counter() - t0 < 3 and list(tmp_path.iterdir()) == []
+
+
 def test_outside_the_us_is_a_clear_error(server, tmp_path):
     _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=13)
     with pytest.raises(NaipError, match=r"no NAIP imagery covers lat, lon 48\.85.*United States"):
