@@ -152,7 +152,11 @@ class ExportWidget(QWidget):
             show_warning("No model yet: retrain first, then export.")
             return None
         formats = {f for f, box in self.formats.items() if box.isChecked()}
-        self.paths = export_paths(self.output.text(), formats)
+        if not self.output.text().strip():
+            self.status.setText("not started: give an output name (a folder or a file stem).")
+            show_error("Cannot export: the Output field is empty; give a folder or a file stem.")
+            return None
+        self.paths = export_paths(self.output.text().strip(), formats)
         try:  # before any work: never write over the scene, the model or the project's own files
             check_outputs({f"{fmt} output": p for fmt, p in self.paths.items()},
                           self._protected_files(current))

@@ -74,6 +74,19 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
             fix = "give each output its own path" if what.endswith("output") else "choose another path"
             raise ConfigError(f"{path}: given as the {label}, but it is also the {what}; {fix}. Nothing was written.")
         taken[p] = label
+        _check_writable(path, p, label)
+
+
+def _check_writable(path, resolved: Path, label: str) -> None:
+    """Refuse an output whose folder cannot be written (read-only, no permission), by creating and
+    removing a file in its nearest existing folder: found now, not after the whole detection."""
+    folder = next(a for a in resolved.parents if a.exists())
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dclabel-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the {label} in {folder} ({exc.strerror or exc}); choose a folder "
+                          "you can write to. Nothing was written.") from exc
 
 
 def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, folder: str | os.PathLike) -> SceneInfo:

@@ -179,3 +179,14 @@ def test_export_refuses_to_overwrite_the_project_and_writes_into_a_folder(app, q
         pass
     assert (tmp_path / "outdir" / "detections.geojson").exists()
     assert not (tmp_path / "outdir.geojson").exists()
+
+
+def test_export_with_an_empty_output_field_starts_nothing(app, tmp_path, monkeypatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # it used to write detections.* into the working directory
+    export = app.export
+    export.output.setText("   ")
+    assert export.run() is None and export.job is None
+    assert "output name" in export.status.text()
+    assert list(cwd.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -207,6 +208,7 @@ def test_detect_cli_errors_name_the_file(tmp_path, capsys):
     ("--output-csv", "folder", "is a folder"),
     ("--output-gpkg", "under a file", "is a file, not a folder"),
     ("--output-prob", "the mask output", "give each output its own path"),
+    ("--output-geojson", "unwritable", "cannot write"),  # /proc takes no files, even from root
 ])
 def test_detect_refuses_outputs_that_would_destroy_inputs_before_any_work(tmp_path, capsys, flag, target, message):
     scene, _ = make_scene(tmp_path / "s.tif", (64, 64), [(10, 10, 40, 40)])
@@ -214,7 +216,8 @@ def test_detect_refuses_outputs_that_would_destroy_inputs_before_any_work(tmp_pa
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "note.txt").write_text("a file")
     path = {"scene": scene, "checkpoint": ckpt, "folder": tmp_path / "folder.csv",
-            "under a file": tmp_path / "note.txt" / "o.gpkg", "the mask output": tmp_path / "m.tif"}[target]
+            "under a file": tmp_path / "note.txt" / "o.gpkg", "the mask output": tmp_path / "m.tif",
+            "unwritable": Path("/proc/dclabel-out/o.geojson")}[target]
     before = {p: p.read_bytes() for p in (scene, ckpt)}
     argv = ["detect", "--checkpoint", str(ckpt), "--image", str(scene), "--tile-size", "64", "--overlap", "0",
             flag, str(path)] + (["--output-mask", str(tmp_path / "m.tif")] if flag == "--output-prob" else [])
