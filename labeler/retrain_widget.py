@@ -182,7 +182,9 @@ class RetrainWidget(QWidget):
 
     def _handle(self, e: dict) -> None:
         kind = e.get("type")
-        if kind == "started":
+        if kind == "started":  # a round (a queued follow-up too) draws its own curves
+            self.history, self.steps = [], []
+            self._draw()
             how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
             rate = f" at lr {e['lr']:.2g}" if e.get("lr") is not None else ""
             self.status.setText(f"{how}{rate} on {e.get('n_train')} chips, validating on {e.get('n_val')}")

@@ -32,14 +32,15 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     assert kinds[0] == "started" and kinds[-1] == "done", kinds
     started = retrain.events[0]
     assert started["parent"] == "v1" and started["lr"] == pytest.approx(retrain.lr.value() * FINETUNE_LR_FACTOR)
-    retrain._handle(started)
-    assert f"fine-tuning v1 at lr {started['lr']:.2g}" in retrain.status.text()
     assert "epoch" in kinds and retrain.history  # the plot got its points
     assert len(retrain.loss_line.get_xdata()) == len(retrain.history) >= 1
     assert len(retrain.iou_line.get_ydata()) == len(retrain.history)
     left, right = retrain.ax_loss.get_xlim()  # the points are inside the plot, not off its edge
     assert left <= min(retrain.loss_line.get_xdata()) and max(retrain.loss_line.get_xdata()) <= right
     assert retrain.ax_iou.get_xlim() == (left, right)
+    retrain._handle(started)  # as a queued follow-up round starts: its own curves, not joined on
+    assert f"fine-tuning v1 at lr {started['lr']:.2g}" in retrain.status.text()
+    assert retrain.history == [] and len(retrain.loss_line.get_xdata()) == 0
     registry = app.session.project.registry
     assert [v.version for v in registry.versions()] == ["v1", "v2"]
     assert retrain.versions.count() == 2
