@@ -22,6 +22,7 @@ from loop import labelstore_gpkg as gp
 from loop.project import CLASSES
 from model.atomic import write_json_atomic
 from model.errors import LabelError
+from model.masks import footprint_classes
 from model.scene import SceneInfo, chip_windows
 
 if TYPE_CHECKING:
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
     from loop.labelstore import LabelStore
 
-_ALIASES = {"datacemter": "datacenter", "data center": "datacenter", "data_center": "datacenter",
-            "data-center": "datacenter"}
-_TRUE = {"true", "1", "yes", "t", "y"}
 
 
 def _fmt(b) -> str:
@@ -39,19 +37,12 @@ def _fmt(b) -> str:
 
 
 def label_classes(gdf, path: Path) -> list[str]:
-    """One class per row from ``class`` (or ``label``) properties."""
-    out: list[str] = []
+    """One class per row from ``class`` (or ``label``) properties (:func:`model.masks.footprint_classes`,
+    the rules ``create-masks`` uses too); rows with neither are data centers."""
+    classes, _ = footprint_classes(gdf, path)
     has_class, has_label = "class" in gdf.columns, "label" in gdf.columns
-    unknown: set[str] = set()
-    for _, row in gdf.iterrows():
-        cls = None
-        if has_class and isinstance(row["class"], str) and row["class"].strip():
-            cls = _ALIASES.get(row["class"].strip().lower(), row["class"].strip().lower())
-            if cls not in CLASSES:
-                unknown.add(row["class"])
-        elif has_label and row["label"] is not None and str(row["label"]) not in ("nan", "None"):
-            cls = "datacenter" if str(row["label"]).strip().lower() in _TRUE else "other"
-        out.append(cls or "datacenter")
+    out = [c or "datacenter" for c in classes]
+    unknown = {str(gdf["class"].iloc[i]) for i, c in enumerate(classes) if c is not None and c not in CLASSES}
     if unknown:
         raise LabelError(
             f"{path}: unknown class value(s) {sorted(unknown)}; expected one of {', '.join(CLASSES)} "

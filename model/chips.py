@@ -5,16 +5,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import rasterio
+import rasterio.errors
 from tqdm import tqdm
 
-from model.errors import LabelError, SceneError
+from model.errors import ConfigError, LabelError, SceneError
 from model.masks import load_footprints, rasterize_footprints
-from model.scene import SceneInfo, chip_windows, read_chip, write_geotiff
+from model.scene import (
+    SceneInfo,
+    chip_windows,
+    ground_metres_per_unit,
+    lonlat,
+    read_chip,
+    write_geotiff,
+)
 
 
 def _tifs(folder: Path) -> list[Path]:
@@ -44,11 +53,19 @@ def create_masks(
     Raises:
         LabelError: The labels hold no data-center polygon, or none overlaps any chip.
     """
+    out = Path(output_dir)
+    chips_dir = Path(chips_dir)
+    if out.resolve() == chips_dir.resolve():
+        raise ConfigError(f"--output-dir {out} is the chips folder: the masks (same file names) would "
+                          "overwrite the chips. Give another folder, e.g. masks/. Nothing was written.")
     footprints = load_footprints(geojson)
+    other = sorted(set(footprints["class"]) - {"datacenter", "warehouse", "retail", "other"})
+    if other:
+        warnings.warn(f"{geojson}: class value(s) {other} are not data centers: burned as background.",
+                      UserWarning, stacklevel=2)
     positives = footprints[footprints["class"] == "datacenter"]
     if positives.empty:
         raise LabelError(f"{geojson}: holds no data-center polygons (class 'datacenter' or label true).")
-    out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = {"chips": 0, "with_positives": 0}
     by_crs: dict[str, gpd.GeoDataFrame] = {}
@@ -56,24 +73,35 @@ def create_masks(
     # hold a data center: a failed run leaves no masks behind
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
     try:
-        for chip in tqdm(_tifs(Path(chips_dir)), desc="masks", unit="chip", disable=not progress):
-            with rasterio.open(chip) as src:
+        for chip in tqdm(_tifs(chips_dir), desc="masks", unit="chip", disable=not progress):
+            try:
+                src = rasterio.open(chip)
+            except rasterio.errors.RasterioIOError as exc:
+                raise SceneError(f"{chip}: not a raster GDAL can read ({exc}); the chips folder should hold "
+                                 "only GeoTIFF chips: move this file out. No masks were written.") from exc
+            with src:
                 if src.crs is None:
                     raise SceneError(f"{chip}: the chip has no CRS, so labels cannot be placed on it.")
                 key = src.crs.to_string()
                 if key not in by_crs:
                     by_crs[key] = positives.to_crs(src.crs)
                 local = by_crs[key]
-                hits = local.iloc[local.sindex.query(_bbox(src.bounds))] if len(local) else local
+                # footprints just outside the chip reach into it when grown by the buffer
+                reach = abs(buffer) / ground_metres_per_unit(src.crs, *lonlat(src.crs, *src.xy(src.height // 2,
+                                                                                            src.width // 2)))
+                query = _bbox(src.bounds).buffer(2 * reach) if buffer else _bbox(src.bounds)
+                hits = local.iloc[local.sindex.query(query)] if len(local) else local
                 mask = rasterize_footprints(hits.geometry.values, None, src.crs, src.transform,
                                             (src.height, src.width), buffer)
                 write_geotiff(staging / chip.name, mask, src.crs, src.transform)
             counts["chips"] += 1
             counts["with_positives"] += int(mask.any())
         if counts["with_positives"] == 0:
+            fix = (f"the negative --buffer {buffer:g} m may have shrunk the footprints away: try a smaller one, or "
+                   if buffer < 0 else "")
             raise LabelError(
                 f"{geojson}: no data-center polygon overlaps any of the {counts['chips']} chips in {chips_dir}; "
-                "check that labels and chips cover the same place (no masks were written)."
+                f"{fix}check that labels and chips cover the same place (no masks were written)."
             )
         out.mkdir(parents=True, exist_ok=True)
         for done in staging.iterdir():

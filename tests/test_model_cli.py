@@ -9,11 +9,12 @@ import pytest
 import rasterio
 import torch
 from geodata import make_scene
+from shapely.geometry import box
 
 from loop.cli import main as cli_main
 from model.checkpoint import load_checkpoint
 from model.chips import write_chips
-from model.errors import LabelError
+from model.errors import LabelError, SceneError
 from model.scene import open_scene
 
 torch.set_num_threads(1)
@@ -61,6 +62,52 @@ def test_create_masks_errors_when_labels_miss_the_chips(chips):
     with pytest.raises(LabelError, match="no data-center polygon overlaps"):
         create_masks(tmp / "ds/chips", tmp / "far.geojson", tmp / "m2", progress=False)
     assert not (tmp / "m2").exists() and not list(tmp.glob(".m2.*"))  # nothing written, no scratch left
+
+
+def test_label_classes_mean_the_same_in_create_masks_and_labels_import(tmp_path):
+    from model.masks import load_footprints
+
+    sq = [box(0, 0, 1e-4, 1e-4), box(1, 1, 1.0001, 1.0001), box(2, 2, 2.0001, 2.0001), box(3, 3, 3.0001, 3.0001)]
+    cases = {
+        "bool.geojson": {"label": [True, False, True, False]},
+        "strings.geojson": {"label": ["true", "false", "yes", "0"]},
+        "alias.geojson": {"class": ["data-center", "warehouse", "Data Center", "retail"]},
+    }
+    for name, props in cases.items():
+        gpd.GeoDataFrame(props, geometry=sq, crs=4326).to_file(tmp_path / name)
+        assert list(load_footprints(tmp_path / name)["class"] == "datacenter") == [True, False, True, False], name
+    # a null label in a row without a class cannot be read either way: a clear error, not a guess
+    gpd.GeoDataFrame({"label": [True, None, False, True]}, geometry=sq, crs=4326).to_file(tmp_path / "null.geojson")
+    with pytest.raises(LabelError, match="neither a 'class' nor a true/false 'label'"):
+        load_footprints(tmp_path / "null.geojson")
+
+
+def test_create_masks_keeps_the_chips_and_grows_footprints_into_chips(chips, capsys):
+    tmp, _ = chips
+    chip_dir = tmp / "ds/chips"
+    before = {f.name: f.read_bytes() for f in chip_dir.iterdir()}
+    rc = cli_main(["create-masks", "--chips-dir", str(chip_dir), "--geojson", str(tmp / "labels.geojson"),
+                   "--output-dir", str(chip_dir)])
+    assert rc == 2 and "would overwrite the chips" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in chip_dir.iterdir()} == before
+    # a footprint 2 m west of a chip, grown by 5 m, reaches 3 m (5 px) into it
+    from model.chips import create_masks
+
+    first = sorted(chip_dir.glob("*.tif"))[0]
+    with rasterio.open(first) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    near = gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[box(left - 30, bottom + 20, left - 2, top - 20)], crs=crs)
+    near.to_file(tmp / "near.geojson")
+    create_masks(chip_dir, tmp / "near.geojson", tmp / "m_near", buffer=5.0, progress=False)
+    with rasterio.open(tmp / "m_near" / first.name) as m:
+        mask = m.read(1)
+    assert mask[:, :5].any() and not mask[:, 6:].any()
+    # a file in the chips folder that is not a raster: one clear error, no masks
+    (chip_dir / "zz_notes.tif").write_text("not a raster")
+    with pytest.raises(SceneError, match="zz_notes.tif: not a raster"):
+        create_masks(chip_dir, tmp / "labels.geojson", tmp / "m_bad", progress=False)
+    assert not (tmp / "m_bad").exists()
 
 
 @pytest.mark.parametrize("argv, setting", [
