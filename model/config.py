@@ -5,6 +5,7 @@ Kept free of torch and Lightning imports so the command line starts fast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,7 +91,7 @@ class TrainConfig:
             raise ConfigError(f"gate_seconds must be >= 0, got {self.gate_seconds}")
         if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:
             raise ConfigError(f"resolution_m must be a pixel size in metres (0.01-100), got {self.resolution_m}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"--epochs, --batch-size and --lr must be positive, got {self.epochs}, "
                               f"{self.batch_size} and {self.lr}")
         if self.lr_schedule not in ("cosine", "constant"):

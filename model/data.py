@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
@@ -147,6 +148,51 @@ class ChipFolder(Sequence):
 
     def __len__(self) -> int:
         return len(self.chips)
+
+    def check(self, multiple: int = 1) -> None:
+        """Check every chip and its mask before training (headers and mask pixels; fast).
+
+        Raises:
+            SceneError: A file that is not a raster; chips of different sizes, or a size that is not
+                a multiple of ``multiple`` (the U-Net halves it once per level).
+            LabelError: The masks folder is the chips folder; a mask on another grid than its chip
+                (size, position or CRS); no mask with any data center.
+        """
+        if self.masks_dir.resolve() == self.chips_dir.resolve():
+            raise LabelError(f"--masks-dir {self.masks_dir} is the chips folder; give the folder `dclabel "
+                             "create-masks` wrote the masks to.")
+        sizes: dict[tuple[int, int], str] = {}
+        positive = 0
+        for chip in self.chips:
+            mask_path = self.masks_dir / chip.name
+            grids = []
+            for path in (chip, mask_path):
+                try:
+                    with rasterio.open(path) as src:
+                        grids.append((src.width, src.height, src.transform, src.crs))
+                        if path is mask_path:
+                            positive += bool((src.read(1) > 0).any())
+                except rasterio.errors.RasterioIOError as exc:
+                    raise SceneError(f"{path}: not a raster GDAL can read ({exc}); the folder should hold "
+                                     "only GeoTIFF chips and masks: move this file out.") from exc
+            (w, h, t, crs), (mw, mh, mt, mcrs) = grids
+            if (w, h) != (mw, mh) or not t.almost_equals(mt, precision=1e-3 * abs(t.a)) or (
+                    crs is not None and mcrs is not None and crs != mcrs):
+                raise LabelError(f"{mask_path}: the mask is {mw} x {mh} px at {tuple(mt)[:6]} in {mcrs}, its chip "
+                                 f"{chip} is {w} x {h} px at {tuple(t)[:6]} in {crs}; a mask must lie on its "
+                                 "chip's grid: make the masks with `dclabel create-masks` from these chips.")
+            sizes.setdefault((w, h), chip.name)
+        if len(sizes) > 1:
+            shown = ", ".join(f"{w} x {h} ({name})" for (w, h), name in list(sizes.items())[:3])
+            raise SceneError(f"{self.chips_dir}: chips of different sizes ({shown}); a batch needs one size: cut "
+                             "them again at one size, or train on each size's folder separately.")
+        (w, h), name = next(iter(sizes.items()))
+        if w % multiple or h % multiple:
+            raise SceneError(f"{self.chips_dir / name}: chips are {w} x {h} px; the U-Net needs a multiple of "
+                             f"{multiple} (it halves the size once per level): cut chips of e.g. 256 px.")
+        if not positive:
+            raise LabelError(f"{self.masks_dir}: none of the {len(self.chips)} masks holds a data center; a "
+                             "model cannot learn the class from background alone: add chips with data centers.")
 
     def resolution_m(self) -> float | None:
         """Median pixel size of the georeferenced chips in metres (None when none has a projected CRS)."""

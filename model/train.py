@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from model.checkpoint import Checkpoint, save_checkpoint
 from model.config import TrainConfig
 from model.data import ChipDataset, ChipFolder, ChipPair, compute_normalization
-from model.errors import Cancelled, LabelError
+from model.errors import Cancelled, ConfigError, LabelError
 from model.task import SegmentationTask
 from model.unet import UNetConfig
 
@@ -294,8 +294,11 @@ def train_from_folders(
         Path of the best checkpoint.
     """
     pairs = ChipFolder(chips_dir, masks_dir)
-    tr, va = split_random(len(pairs), val_fraction, config.seed)
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; give a folder for best.pt and logs/.")
+    pairs.check(multiple=2 ** config.depth)  # before anything is written
+    tr, va = split_random(len(pairs), val_fraction, config.seed)
     out.mkdir(parents=True, exist_ok=True)
     if config.log_dir is None:
         config = TrainConfig(**{**asdict(config), "log_dir": out / "logs"})

@@ -110,6 +110,62 @@ def test_create_masks_keeps_the_chips_and_grows_footprints_into_chips(chips, cap
     assert not (tmp / "m_bad").exists()
 
 
+@pytest.mark.parametrize("case, message", [
+    ("shifted mask", "must lie on its chip's grid"),
+    ("mask in another CRS", "must lie on its chip's grid"),
+    ("chips as masks", "is the chips folder"),
+    ("mixed sizes", "chips of different sizes"),
+    ("90 px chips", "multiple of 4"),
+    ("not a raster", "not a raster"),
+    ("empty masks", "none of the"),
+    ("output is a file", "is a file"),
+])
+def test_train_checks_chips_and_masks_before_writing_anything(chips, capsys, case, message):
+    import shutil
+
+    import numpy as np
+    from affine import Affine
+
+    from model.scene import write_geotiff
+
+    tmp, _ = chips
+    chip_dir, mask_dir = tmp / "ds/chips", tmp / "ds/masks"
+    first = sorted(mask_dir.glob("*.tif"))[0]
+    with rasterio.open(first) as m:
+        mask, crs, t = m.read(1), m.crs, m.transform
+    out = tmp / "run"
+    if case == "shifted mask":
+        write_geotiff(first, mask, crs, t * Affine.translation(30, 0))
+    elif case == "mask in another CRS":
+        write_geotiff(first, mask, rasterio.crs.CRS.from_epsg(32617), t)
+    elif case == "chips as masks":
+        mask_dir = chip_dir
+    elif case in ("mixed sizes", "90 px chips"):
+        side = 64 if case == "mixed sizes" else 90
+        for d in (chip_dir, mask_dir):
+            for f in sorted(d.glob("*.tif"))[: 1 if case == "mixed sizes" else 99]:
+                with rasterio.open(f) as src:
+                    arr, crs, t = src.read(window=((0, side), (0, side))), src.crs, src.transform
+                write_geotiff(f, arr, crs, t)
+    elif case == "not a raster":
+        (chip_dir / "zz.tif").write_text("notes")
+        (mask_dir / "zz.tif").write_text("notes")
+    elif case == "empty masks":
+        for f in mask_dir.glob("*.tif"):
+            with rasterio.open(f) as src:
+                crs, t, shape = src.crs, src.transform, (src.height, src.width)
+            write_geotiff(f, np.zeros(shape, np.uint8), crs, t)
+    elif case == "output is a file":
+        out.write_text("a file")
+    argv = ["train", "--chips-dir", str(chip_dir), "--masks-dir", str(mask_dir), "--output-dir", str(out),
+            "--epochs", "1", "--base-channels", "4", "--depth", "2", "--accelerator", "cpu"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (out.is_dir() and any(out.iterdir()))  # nothing written
+    shutil.rmtree(tmp / "ds", ignore_errors=True)
+
+
 @pytest.mark.parametrize("argv, setting", [
     (["detect", "--checkpoint", "m.pt", "--image", "s.tif", "--output-geojson", "o.geojson", "--threshold", "1.5"],
      "threshold"),
