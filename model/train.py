@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -160,7 +162,12 @@ def fit(
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         # Lightning's own use of a torch API torch deprecated; nothing a user can act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-        trainer.fit(task, train_dl, val_dl)
+        try:
+            trainer.fit(task, train_dl, val_dl)
+        except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after its own shutdown
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
     if reporter.cancelled:
         raise Cancelled("training was cancelled; no checkpoint was written.")
     state = reporter.best_state or {k: v.detach().cpu() for k, v in task.model.state_dict().items()}
@@ -299,14 +306,27 @@ def train_from_folders(
         raise ConfigError(f"--output-dir {out} is a file; give a folder for best.pt and logs/.")
     pairs.check(multiple=2 ** config.depth)  # before anything is written
     tr, va = split_random(len(pairs), val_fraction, config.seed)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if config.log_dir is None:
-        config = TrainConfig(**{**asdict(config), "log_dir": out / "logs"})
+    staging = None
+    if config.log_dir is None:  # the log moves in beside best.pt when training ends, so the two agree
+        staging = Path(tempfile.mkdtemp(prefix=".logs.", suffix=".part", dir=out))
+        config = TrainConfig(**{**asdict(config), "log_dir": staging})
     if config.resolution_m is None:
         config = TrainConfig(**{**asdict(config), "resolution_m": pairs.resolution_m()})
-    ckpt = fit(_Subset(pairs, tr), _Subset(pairs, va), config, init=init, progress=progress)
-    ckpt.train["chips_dir"] = str(Path(chips_dir).resolve())
-    path = out / "best.pt"
-    if rank_zero_only.rank == 0:  # under DDP every rank returns the same weights; one writes them
-        save_checkpoint(ckpt, path)
+    try:
+        ckpt = fit(_Subset(pairs, tr), _Subset(pairs, va), config, init=init, progress=progress)
+        ckpt.train["chips_dir"] = str(Path(chips_dir).resolve())
+        ckpt.train["log_dir"] = str(out / "logs")
+        path = out / "best.pt"
+        if rank_zero_only.rank == 0:  # under DDP every rank returns the same weights; one writes them
+            save_checkpoint(ckpt, path)
+            if staging is not None:
+                shutil.rmtree(out / "logs", ignore_errors=True)
+                os.replace(staging, out / "logs")
+    finally:  # interrupted or failed: the previous run's best.pt and logs stay as they were
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import pytest
@@ -179,3 +180,33 @@ def test_out_of_range_flags_get_one_line_naming_the_setting(argv, setting, tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f"dclabel {argv[0]}: error:") and setting in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_ctrl_c_during_train_exits_130_and_leaves_the_previous_run_intact(chips):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp, _ = chips
+    out = tmp / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"previous run")
+    (out / "logs").mkdir()
+    (out / "logs" / "metrics.csv").write_text("previous log\n")
+    argv = [sys.executable, "-m", "labeler.cli", "train", "--chips-dir", str(tmp / "ds/chips"), "--masks-dir",
+            str(tmp / "ds/masks"), "--output-dir", str(out), "--epochs", "100000", "--base-channels", "4",
+            "--depth", "2", "--gate-seconds", "0", "--accelerator", "cpu"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parents[1])
+    t0 = time.monotonic()
+    while not any(p.name.startswith(".logs.") for p in out.iterdir()) and time.monotonic() - t0 < 60:
+        time.sleep(0.2)  # training has started: its log is being written
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output[-2000:]
+    assert (out / "best.pt").read_bytes() == b"previous run"
+    assert (out / "logs" / "metrics.csv").read_text() == "previous log\n"
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "logs"]
