@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import rasterio
+import rasterio.errors
 from rasterio.windows import Window
 
 from loop.errors import ProjectError
@@ -124,10 +125,31 @@ def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
                     f"{p}: folder holds no GeoTIFFs (*.tif). Expected chip images such as "
                     "data/chips/*.tif; point --image at a scene file or a folder of chips."
                 )
+            _refuse_mixed_scales(p, tifs)
             out.extend(tifs)
         else:
             out.append(p)
     return out
+
+
+def _refuse_mixed_scales(folder: Path, tifs: list[Path]) -> None:
+    """A folder of chips that are not 8-bit is refused: each would be scaled to 0-255 from its own
+    values (the bit depth its brightest pixel needs), so one roof would look 4x brighter in one chip
+    than in the next. ``train`` refuses such chips too."""
+    if len(tifs) < 2:
+        return
+    for tif in tifs:
+        try:
+            with rasterio.open(tif) as src:
+                dtype = src.dtypes[0]
+        except rasterio.errors.RasterioIOError:
+            continue  # reported when the scene is added
+        if dtype != "uint8":
+            raise ProjectError(
+                f"{tif}: a chip of {folder} is {dtype}, not 8-bit; chips would each be scaled from their own "
+                "values, so their brightness would differ chip to chip. Convert the folder with one scale "
+                "first, e.g. `gdal_translate -ot Byte -scale 0 4095 0 255 IN OUT` per chip (12-bit data)."
+            )
 
 
 class Project:

@@ -232,3 +232,15 @@ def test_a_south_up_scene_is_read_north_up_pixel_for_pixel(tmp_path):
     reopened = Project.open(tmp_path / "p")
     assert reopened.scenes[0].transform == scene.transform and reopened.scene_ids == [scene.scene_id]
     assert Project.create(tmp_path / "p2", images=[up]).scenes[0].scene_id == scene.scene_id  # id of the file
+
+
+def test_a_folder_of_16_bit_chips_is_refused_not_scaled_chip_by_chip(tmp_path):
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    for i, peak in enumerate((900, 4000)):  # one 12-bit sensor: each chip alone would look 8- or 12-bit
+        img = np.full((4, 64, 64), 100, np.uint16)
+        img[:, :8, :8] = peak
+        write_geotiff(folder / f"c{i}.tif", img, UTM, Affine(0.6, 0, 500_000.0 + i * 100, 0, -0.6, 4_300_000.0))
+    with pytest.raises(ProjectError, match="not 8-bit.*one scale"):
+        Project.create(tmp_path / "p", images=[folder])
+    assert not (tmp_path / "p").exists()
