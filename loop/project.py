@@ -132,6 +132,11 @@ def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _chip_side(info: SceneInfo) -> int:
+    """The largest multiple of 32 that fits the scene (a chip side the U-Net takes)."""
+    return max(32, min(info.width, info.height) // 32 * 32)
+
+
 def _refuse_mixed_scales(folder: Path, tifs: list[Path]) -> None:
     """A folder of chips that are not 8-bit is refused: each would be scaled to 0-255 from its own
     values (the bit depth its brightest pixel needs), so one roof would look 4x brighter in one chip
@@ -171,6 +176,7 @@ class Project:
         self._entries = scene_entries
         self._scenes: dict[str, SceneInfo] = {}
         self._unreadable: set[str] = set()  # scenes already warned about as unreadable
+        self._warned_small = False  # a folder of small chips warns once, not per chip
         self._labels: LabelStore | None = None
         self._registry: CheckpointRegistry | None = None
 
@@ -308,6 +314,13 @@ class Project:
                               "models trained on one scale miss buildings at the other. Re-create the project "
                               f"with `dclabel init --res {others[0]:.2g}` to read every scene at one pixel size.",
                               UserWarning, stacklevel=2)
+        size = self.settings.chip_size
+        if (info.width < size or info.height < size) and not self._warned_small:
+            self._warned_small = True
+            warnings.warn(f"{path}: {info.width} x {info.height} px, smaller than the project's {size} px chips, so "
+                          f"each chip is mostly zero fill (trained as background); for a folder of small chips like it "
+                          f"create the project with `dclabel init --chip-size {_chip_side(info)}`.",
+                          UserWarning, stacklevel=2)
         if not is_north_up(info.transform):  # shown, labelled and chipped north-up like every scene
             source, info = source or path, north_up_scene(info, self.root / "scenes")
         entry = {"id": scene_id_for(path), "path": self._stored(info.path), "bands": list(info.bands)}

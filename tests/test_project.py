@@ -244,3 +244,13 @@ def test_a_folder_of_16_bit_chips_is_refused_not_scaled_chip_by_chip(tmp_path):
     with pytest.raises(ProjectError, match="not 8-bit.*one scale"):
         Project.create(tmp_path / "p", images=[folder])
     assert not (tmp_path / "p").exists()
+
+
+def test_chips_smaller_than_the_project_chips_warn_once(tmp_path):
+    folder = tmp_path / "chips"
+    folder.mkdir()
+    for i in range(3):
+        make_scene(folder / f"c{i}.tif", width=128, height=128, seed=i, origin=(500_000.0 + i * 100, 4_300_000.0))
+    with pytest.warns(UserWarning, match="smaller than the project's 256 px chips.*--chip-size 128") as caught:
+        Project.create(tmp_path / "p", images=[folder])
+    assert sum("smaller than" in str(w.message) for w in caught) == 1
