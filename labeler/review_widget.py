@@ -72,6 +72,7 @@ class ReviewWidget(QWidget):
         self._done: list = []  # chips reviewed in this session (back in the queue if undone)
         self._undone: list = []  # chips put back by an undo (out of the queue again if redone)
         self._deciding = False
+        self._rank_again = False  # asked to rank while ranking: once more when it ends
         self.current = None
         self.rank_job: ProgressJob | None = None
         self.heat_job: ProgressJob | None = None
@@ -155,8 +156,11 @@ class ReviewWidget(QWidget):
     def rank(self) -> ProgressJob | None:
         """Rank the queue in the background with the selected strategy; returns the job."""
         if self.rank_job is not None:
-            show_info("Ranking is already running.")
+            # a new model or a new scene while ranking: that ranking may not see it, so rank once
+            # more when it ends (requests in between are coalesced into that one)
+            self._rank_again = True
             return None
+        self._rank_again = False
         from loop.ranking import rank_project
 
         # its own process: proposals are vectorized in pure Python, which in a thread of this
@@ -204,6 +208,8 @@ class ReviewWidget(QWidget):
         self.rank_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.progress.setFormat("%p%")
+        if self._rank_again and not self.closed:
+            self.rank()
 
     def populate(self, items: list | None, select_row: int = 0, keep_current: bool = True) -> None:
         """Show a ranked queue (items of every scene are kept; rows show the scene on screen).

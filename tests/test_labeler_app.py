@@ -504,3 +504,19 @@ def test_queue_scored_by_another_model_is_re_ranked_on_open(tiny_project, make_n
     qtbot.waitUntil(lambda: opened.review.rank_job is None, timeout=60_000)
     assert queue_model_version(project) == (True, "v1") and opened.review.items
     opened.close()
+
+
+def test_a_rank_request_during_ranking_ranks_once_more_after(app, qtbot) -> None:
+    # e.g. a model published or a scene downloaded while the queue is being ranked: that ranking
+    # may not see it, so it is not dropped but run again (requests in between coalesce)
+    review = app.review
+    wait_ranked(qtbot, app)
+    first = review.rank()
+    assert first is not None
+    assert review.rank() is None and review.rank() is None  # coalesced while running
+    started = []
+    first.worker.finished.connect(lambda: started.append(review.rank_job))
+    qtbot.waitUntil(lambda: bool(started), timeout=30_000)
+    assert started[0] is not None and started[0] is not first  # one more ranking ...
+    wait_ranked(qtbot, app)
+    assert review.rank_job is None  # ... and only one
