@@ -22,6 +22,7 @@ import multiprocessing as mp
 import pickle
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,16 @@ def ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def one_line_warnings() -> None:
+    """In a background process, print warnings as the command line does (``dclabel: warning: ...``),
+    not with Python's file, line and source text."""
+    def formatted(message, category, filename, lineno, line=None) -> str:
+        kind = "warning" if category is UserWarning else category.__name__
+        return f"dclabel: {kind}: {message}\n"
+
+    warnings.formatwarning = formatted
+
+
 def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict, events: Any, stop: Any, threads: int) -> None:
     """Entry point of a background job's process: call ``fn`` and send its progress and outcome.
 
@@ -104,6 +115,7 @@ def run_job(fn: Callable[..., Any], args: tuple, kwargs: dict, events: Any, stop
     ignore_interrupts()
     tune_allocator()
     torch.set_num_threads(threads)
+    one_line_warnings()
 
     def progress(done: int, total: int, info: dict | None = None) -> None:
         events.put(("progress", int(done), int(total), dict(info or {})))

@@ -230,10 +230,11 @@ def child_main(project_root: str, settings: RetrainSettings, queue: Any, cancel_
     """Entry point of the retraining process: run one round, put every event on ``queue``."""
     import torch
 
-    from loop.background import ignore_interrupts
+    from loop.background import ignore_interrupts, one_line_warnings
     from model.runtime import tune_allocator
 
     ignore_interrupts()  # Ctrl+C reaches the parent too, which cancels the round cleanly
+    one_line_warnings()
     tune_allocator()
     torch.set_num_threads(max(1, settings.threads))
     log = Path(project_root) / "logs" / "retrain.jsonl"

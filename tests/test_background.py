@@ -52,3 +52,16 @@ def _count(n: int, progress, cancel) -> int:
     for i in range(n):
         progress(i + 1, n)
     return sum(range(n + 1))
+
+
+def test_background_processes_print_warnings_on_one_line(monkeypatch):
+    import warnings
+
+    from loop.background import one_line_warnings
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored afterwards
+    one_line_warnings()
+    text = warnings.formatwarning("checkpoint v3 is damaged; using v2", RuntimeWarning, "/x/registry.py", 200,
+                                  "warnings.warn(...)")
+    assert text == "dclabel: RuntimeWarning: checkpoint v3 is damaged; using v2\n"
+    assert warnings.formatwarning("a note", UserWarning, "f.py", 1) == "dclabel: warning: a note\n"
