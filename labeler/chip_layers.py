@@ -95,6 +95,8 @@ def show_proposals(viewer, item, transform, keys: Iterable[tuple[str, Callable[[
             layer.add(data, shape_type="polygon", edge_color=colours, face_color=[0, 0, 0, 0], edge_width=3)
             layer.features = {"proposal": np.asarray(owner, dtype=int),
                               "score": np.asarray([item.proposals[o].score for o in owner])}
+        if "proposal" in layer.features.columns:  # a shape drawn here is no proposal
+            layer.feature_defaults = {"proposal": -1, "score": np.nan}
     layer.metadata["item"] = item
     layer.mode = "select"
     viewer.layers.selection.active = layer

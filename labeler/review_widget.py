@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
@@ -333,14 +334,19 @@ class ReviewWidget(QWidget):
         layer = self.viewer.layers[PROPOSALS_LAYER] if PROPOSALS_LAYER in self.viewer.layers else None
         if layer is None or layer.metadata.get("item") is not item:  # not drawn: as proposed
             return [] if selected_only else [(p.geometry, False) for p in item.proposals]
-        owners = layer.features["proposal"].to_numpy() if "proposal" in layer.features else np.zeros(0, int)
+        owners = (pd.to_numeric(layer.features["proposal"], errors="coerce").to_numpy(dtype=float)
+                  if "proposal" in layer.features else np.zeros(0))
         shown = sorted(layer.selected_data) if selected_only else range(layer.nshapes)
         by_owner: dict[int, list[int]] = {}
+        drawn = []  # shapes the user drew into the proposals layer: stored as drawn
         for i in shown:
-            if i < len(owners):
-                by_owner.setdefault(int(owners[i]), []).append(i)
+            owner = owners[i] if i < len(owners) else np.nan
+            if np.isfinite(owner) and 0 <= int(owner) < len(item.proposals):
+                by_owner.setdefault(int(owner), []).append(i)
+            else:
+                drawn.append(i)
         transform = self.session.scene.transform
-        out = []
+        out = [(napari_to_geometry(np.asarray(layer.data[i], dtype=np.float64), transform), True) for i in drawn]
         for k, shapes in sorted(by_owner.items()):
             proposal = item.proposals[k]
             parts = polygon_parts(proposal.geometry)

@@ -101,12 +101,17 @@ def test_accept_takes_the_proposals_as_the_layer_shows_them(app, qtbot) -> None:
     assert len(store.footprints(sid)) == 1
     mark = next(r for r in store.reviewed_chips() if r.window == second.window)
     assert mark.empty
-    # an untouched proposal is stored exactly as proposed
+    # an untouched proposal is stored exactly as proposed; a shape drawn into the layer, as drawn
     third = review.current
+    layer = viewer.layers["proposals"]
+    w = third.window
+    layer.add([np.array([[w.row_off + 10.0, w.col_off + 10.0], [w.row_off + 10.0, w.col_off + 40.0],
+                         [w.row_off + 30.0, w.col_off + 40.0]])], shape_type="polygon")
     review.accept_all()
     fp = store.footprints(sid)
-    assert len(fp) == 2 and fp["source"].iloc[-1] == "proposal-accepted"
-    assert fp.geometry.iloc[-1].equals_exact(third.proposals[0].geometry, 1e-9)
+    assert len(fp) == 3 and sorted(fp["source"].iloc[-2:]) == ["proposal-accepted", "proposal-edited"]
+    accepted = fp[fp["source"] == "proposal-accepted"]
+    assert accepted.geometry.iloc[-1].equals_exact(third.proposals[0].geometry, 1e-9)
 
 
 def test_redo_of_a_decision_takes_the_chip_out_of_the_queue_again(app, qtbot) -> None:
