@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"dclabel app: demo project {done}/{total}: {info.get('step', '')}", file=sys.stderr)
 
         project = ensure_demo_project(progress=report)
+    else:
+        from loop.project import Project
+
+        Project.open(project)  # a wrong path is one error line, before any window opens
     import napari
 
     from labeler.app import launch

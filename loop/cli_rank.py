@@ -104,9 +104,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: the project's current model)"
     )
-    p.add_argument("--batch-size", type=int, default=8, help="chips per forward pass (default 8)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="chips per forward pass (default 8)")
     p.add_argument(
-        "--mc-samples", type=int, default=8, help="MC-dropout samples for bald (default 8)"
+        "--mc-samples", type=_positive_int, default=8, help="MC-dropout samples for bald (default 8)"
     )
     p.add_argument("--no-diversity", action="store_true", help="do not spread the queue over space")
     p.add_argument("--seed", type=int, default=0, help="seed of random and cold start (default 0)")

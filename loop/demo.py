@@ -12,6 +12,7 @@ import numpy as np
 import rasterio
 
 from loop.demo_config import DemoConfig, default_demo_dir
+from loop.errors import ProjectError
 from loop.project import Project, reviewed_training_chips
 from model.scene import NAIP_RES_M, median_pixel_size_m
 from model.synth import SynthConfig, generate_scene
@@ -38,13 +39,19 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
     root = Path(root) if root is not None else default_demo_dir()
     report = progress or (lambda *_: None)
     tif, truth = root / "scenes" / "demo.tif", root / "truth.geojson"
+    if root.exists() and not root.is_dir():
+        raise ProjectError(f"--output-dir {root} is a file; give a folder for the demo project.")
+    if root.is_dir() and any(root.iterdir()) and not (tif.exists() or truth.exists()):
+        # another project (or any folder in use): the demo would add its scene and mark chips reviewed
+        raise ProjectError(f"--output-dir {root} is not empty and holds no demo project; give a new or "
+                           "empty folder (the demo never writes into another project).")
     if not tif.exists() or not truth.exists():
         report(0, 4, {"step": "drawing the synthetic scene"})
         synth = SynthConfig(width=config.size, height=config.size, seed=config.seed, site=config.site)
         generate_scene(tif, truth, synth)
     # scenes the user adds (e.g. 0.3 m NAIP) are read at the demo model's pixel size
     project = Project.create(root, [tif], resolution_m=NAIP_RES_M)
-    scene = project.scenes[0]
+    scene = project.add_scene(tif)  # the demo scene (a no-op), not whichever scene the user added first
     store = project.labels
     if not store.reviewed_chips(scene.scene_id):
         report(1, 4, {"step": "importing seed labels"})

@@ -182,16 +182,29 @@ def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | N
 
     Args:
         store: The label store.
-        path: Output ``.geojson``.
+        path: Output ``.geojson`` (or ``.gpkg``: a GeoPackage layer ``footprints`` in EPSG:4326).
         scene_id: Only this scene; default every scene.
 
     Returns:
         ``path``.
     """
+    from model.atomic import atomic_path
+    from model.detect import check_outputs
+    from model.errors import ConfigError
+
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".geojson", ".json", ".gpkg"):
+        raise ConfigError(f"{path}: expected a .geojson (or .gpkg) output, found {suffix or 'no suffix'}.")
+    check_outputs({"labels export": path}, {"label store": store.path})  # folder, under a file, unwritable
     gdf = store.footprints(scene_id)
     if len(gdf):
         gdf = gdf.to_crs("EPSG:4326")
+    if suffix == ".gpkg":  # one layer in EPSG:4326, the same columns as the GeoJSON
+        out = gdf.assign(label=gdf["class"] == "datacenter").rename(columns={"fid": "footprint_id"})
+        with atomic_path(path) as tmp:
+            out.to_file(tmp, driver="GPKG", layer="footprints")
+        return path
     features = []
     for row, geom in zip(gdf.drop(columns="geometry").to_dict("records"), gdf.geometry, strict=True):
         props = {k: (None if v is None or v != v else v) for k, v in row.items()}

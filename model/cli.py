@@ -265,7 +265,17 @@ def _detect(a: argparse.Namespace) -> int:
 def _batch_detect(a: argparse.Namespace) -> int:
     images = list(a.images)
     if a.input_dir:
-        images += sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        if not a.input_dir.is_dir():
+            raise ConfigError(f"--input-dir {a.input_dir}: {'not a folder' if a.input_dir.exists() else 'no such folder'}; "
+                              "give the folder that holds the scene GeoTIFFs (or list them with --images).")
+        if a.input_dir.resolve() == a.output_dir.resolve():
+            raise ConfigError(f"--output-dir {a.output_dir} is the input folder: the outputs (masks are GeoTIFFs too) "
+                              "would be read as scenes on the next run; give another folder, e.g. "
+                              f"{a.input_dir / 'detections'}.")
+        found = sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        if not found and not images:
+            raise ConfigError(f"--input-dir {a.input_dir} holds no .tif scenes.")
+        images += found
     if not images:
         raise ConfigError("no scenes: give --input-dir (a folder of .tif scenes) or --images")
     engine_flags = (a.accelerator, a.devices, a.num_nodes, a.strategy)

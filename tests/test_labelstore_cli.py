@@ -72,6 +72,21 @@ def test_labels_import_export_info(project, tmp_path, capsys):
     assert sorted(f["properties"]["class"] for f in doc["features"]) == ["datacenter", "retail"]
     assert main(["labels", "info", str(project.root)]) == 0
     assert "datacenter 1, retail 1; 4 reviewed chip(s) (0 empty)" in capsys.readouterr().out
+    # a GeoPackage is a GeoPackage (it used to be GeoJSON text in a .gpkg file) and re-imports to nothing new
+    import geopandas as gpd
+
+    gpkg = tmp_path / "out.gpkg"
+    assert main(["labels", "export", str(project.root), "--output", str(gpkg)]) == 0
+    back = gpd.read_file(gpkg)
+    assert back.crs.to_epsg() == 4326 and sorted(back["class"]) == ["datacenter", "retail"]
+    assert sorted(back["label"]) == [False, True]
+    assert main(["labels", "import", str(project.root), "--geojson", str(gpkg)]) == 0
+    assert len(Project.open(project.root).labels.footprints(scene_id)) == 2
+    # a folder, an unknown suffix: one clear line each, exit 2
+    capsys.readouterr()
+    assert main(["labels", "export", str(project.root), "--output", str(tmp_path)]) == 2
+    assert main(["labels", "export", str(project.root), "--output", str(tmp_path / "o.txt")]) == 2
+    assert "expected a .geojson (or .gpkg)" in capsys.readouterr().err
 
 
 def test_labels_import_nothing_overlaps_exits_2(project, tmp_path, capsys):

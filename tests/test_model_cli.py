@@ -210,3 +210,30 @@ def test_ctrl_c_during_train_exits_130_and_leaves_the_previous_run_intact(chips)
     assert (out / "best.pt").read_bytes() == b"previous run"
     assert (out / "logs" / "metrics.csv").read_text() == "previous log\n"
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "logs"]
+
+
+def test_first_run_mistakes_are_one_line_errors(chips, capsys):
+    from labeler.cli import main as app_main
+    from loop.demo import ensure_demo_project
+    from loop.errors import ProjectError
+    from loop.project import Project
+
+    tmp, scene = chips
+    ckpt = tmp / "m.pt"
+    ckpt.write_bytes(b"unused")
+    # batch-detect: a missing input folder, and outputs into the input folder (read back as scenes)
+    assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp / "nothere"),
+                     "--output-dir", str(tmp / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp / "ds/chips"),
+                     "--output-dir", str(tmp / "ds/chips")]) == 2
+    assert "is the input folder" in capsys.readouterr().err
+    # app on a folder that is not a project: an error line, no window
+    assert app_main(["app", str(tmp / "ds")]) == 2
+    assert "not a dclabel project" in capsys.readouterr().err
+    # demo never writes into another project
+    other = Project.create(tmp / "mine", images=[scene])
+    before = (tmp / "mine" / "project.json").read_text()
+    with pytest.raises(ProjectError, match="holds no demo project"):
+        ensure_demo_project(other.root)
+    assert (tmp / "mine" / "project.json").read_text() == before
