@@ -15,6 +15,7 @@ import csv
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,13 +25,14 @@ import numpy as np
 import rasterio
 from rasterio.features import rasterize
 from rasterio.windows import Window
+from shapely.geometry import box
 
 from loop.ranking import rank_chips
 from loop.ranking_scores import STRATEGIES
 from loop.retrain_worker import FINETUNE_LR_FACTOR, round_lr
 from model.atomic import atomic_path
 from model.checkpoint import Checkpoint, build_model
-from model.errors import Cancelled, ConfigError
+from model.errors import Cancelled, ConfigError, LabelError
 from model.scene import SceneInfo, open_scene, read_window, write_geotiff
 
 Progress = Callable[[int, int, dict], None]
@@ -103,12 +105,15 @@ class SimulationConfig:
         if self.first_pick not in ("cold_start", "random"):
             raise ConfigError(f"SimulationConfig.first_pick (--first-pick) must be cold_start or random, "
                               f"got {self.first_pick!r}")
-        if self.rounds < 1 or self.batch < 1 or self.seeds < 1 or self.epochs < 1:
-            raise ConfigError(f"SimulationConfig: rounds, batch, seeds and epochs must be >= 1, got {self}")
+        for flag, value in (("--rounds", self.rounds), ("--batch", self.batch), ("--seeds", self.seeds),
+                            ("--epochs", self.epochs)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
         if not 0.0 < self.finetune_lr_factor <= 1.0:
-            raise ConfigError(f"SimulationConfig.finetune_lr_factor must be in (0, 1], got {self.finetune_lr_factor}")
+            raise ConfigError(f"--finetune-lr-factor must be in (0, 1], got {self.finetune_lr_factor}")
         if not 0.05 <= self.holdout_fraction <= 0.5:
-            raise ConfigError(f"SimulationConfig.holdout_fraction must be in 0.05..0.5, got {self.holdout_fraction}")
+            raise ConfigError(f"--holdout (the share of the scene kept for scoring) must be in 0.05..0.5, "
+                              f"got {self.holdout_fraction}")
 
 
 @dataclass(frozen=True)
@@ -263,12 +268,19 @@ def run_simulation(
 
     torch.set_num_threads(max(1, config.threads))
     out = Path(output_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    scene = open_scene(image)
+    scene = open_scene(image)  # inputs are checked before anything is written
     gt = load_footprints(truth).to_crs(scene.crs)
+    inside = gt[(gt["class"] == "datacenter") & gt.intersects(box(*scene.bounds))]
+    if inside.empty:
+        raise LabelError(f"{truth}: no data-center footprint lies inside {image}; the oracle would have nothing "
+                         "to label: give the truth of this scene.")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     pool_tif, holdout = split_scene(scene, gt, out, config.holdout_fraction, config.chip_size)
     pool = open_scene(pool_tif)
     n_pool = len(_pool_windows(pool, config.chip_size))
+    if config.batch * config.rounds > n_pool:
+        warnings.warn(f"--batch {config.batch} x --rounds {config.rounds} chips is more than the {n_pool} chips of "
+                      "the pool: the last rounds have fewer (or no) chips left to review.", UserWarning, stacklevel=2)
     rows: list[dict] = []
     total = len(config.strategies) * config.seeds * config.rounds + int(config.full_label)
     done = 0

@@ -172,7 +172,7 @@ def test_train_checks_chips_and_masks_before_writing_anything(chips, capsys, cas
      "threshold"),
     (["train", "--chips-dir", "c", "--masks-dir", "m", "--output-dir", "o", "--lr", "0"], "lr"),
     (["simulate", "--image", "s.tif", "--truth", "t.geojson", "--output-dir", "o", "--finetune-lr-factor", "2"],
-     "finetune_lr_factor"),
+     "--finetune-lr-factor"),
 ])
 def test_out_of_range_flags_get_one_line_naming_the_setting(argv, setting, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

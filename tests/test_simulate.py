@@ -15,6 +15,7 @@ from shapely.geometry import box
 
 from loop.project import Project
 from loop.simulate import Oracle, SimulationConfig, label_efficiency, run_simulation, split_scene
+from model.errors import ConfigError
 from model.scene import open_scene, write_geotiff
 
 torch.set_num_threads(1)
@@ -117,3 +118,19 @@ def test_first_round_is_the_cold_start_queue_or_shared_random_chips(tmp_path, fi
         assert picked["entropy"] == cold  # as the app's queue of a project without a model
     else:
         assert picked["entropy"] == picked["random"]
+
+
+def test_simulate_refuses_a_truth_that_misses_the_image_before_writing(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from model.errors import LabelError
+
+    tif, _, _ = make_scene(tmp_path)
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[box(-120.0, 36.0, -119.999, 36.001)], crs=4326).to_file(far)
+    with pytest.raises(LabelError, match="no data-center footprint lies inside"):
+        run_simulation(tif, far, tmp_path / "out", SimulationConfig(rounds=1, batch=1, seeds=1, chip_size=32))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="--rounds must be at least 1"):
+        SimulationConfig(rounds=0)
