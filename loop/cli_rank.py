@@ -80,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dclabel rank: note: no model yet, so the queue is a cold start (chips spread over clusters of "
               f"image features), not {args.strategy}; retrain once some chips are reviewed.", file=sys.stderr)
     if not items:
-        print("dclabel rank: note: every chip of the project is reviewed; add a scene to label more.", file=sys.stderr)
+        why = ("every chip of the project is reviewed" if project.scene_ids else "the project has no scenes yet")
+        print(f"dclabel rank: note: {why}; add a scene to label more (`dclabel init {args.project} --image "
+              "SCENE.tif`).", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.errors import ConfigError
+
 DEMO_DIR_ENV = "DCLABEL_DEMO_DIR"
 
 
@@ -29,6 +31,12 @@ class DemoConfig:
     seed_fraction: float = 0.375
     initial_epochs: int = 25
     base_channels: int = 16
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.seed_fraction <= 1.0:
+            raise ConfigError(f"--seed-fraction must be in 0..1 (a share of the chips), got {self.seed_fraction}")
+        if self.initial_epochs < 0:
+            raise ConfigError(f"--epochs must be 0 (no first model) or more, got {self.initial_epochs}")
 
 
 def default_demo_dir() -> Path:

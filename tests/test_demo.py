@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import geopandas as gpd
+import pytest
 import torch
 from shapely.geometry import box
 
@@ -48,3 +49,13 @@ def test_demo_project_is_complete_and_resumable(tmp_path):
     again = Project.open(root)
     assert [v.version for v in again.registry.versions()] == ["v1"] and again.labels.version == version
     assert "training the first model" in steps
+
+
+def test_demo_options_out_of_range_are_refused():
+    from loop.demo_config import DemoConfig
+    from model.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--seed-fraction"):
+        DemoConfig(seed_fraction=2.0)
+    with pytest.raises(ConfigError, match="--epochs"):
+        DemoConfig(initial_epochs=-1)
