@@ -104,8 +104,14 @@ def create_masks(
                 f"{fix}check that labels and chips cover the same place (no masks were written)."
             )
         out.mkdir(parents=True, exist_ok=True)
+        names = set()
         for done in staging.iterdir():
+            names.add(done.name)
             os.replace(done, out / done.name)
+        stale = sorted(f.name for f in _tifs(out) if f.name not in names)
+        if stale:  # train ignores them, but a user reading the folder would not know
+            warnings.warn(f"{out}: {len(stale)} mask(s) have no chip in {chips_dir} (from an earlier run?), e.g. "
+                          f"{stale[0]}; they were left as they are.", UserWarning, stacklevel=2)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return counts

@@ -162,6 +162,8 @@ def fit(
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         # Lightning's own use of a torch API torch deprecated; nothing a user can act on
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+        # training without validation chips (simulate's rounds, --val-fraction 0) is on purpose
+        warnings.filterwarnings("ignore", message=".*validation_step.*but have no `val_dataloader`.*")
         try:
             trainer.fit(task, train_dl, val_dl)
         except SystemExit:  # Lightning turns Ctrl+C into sys.exit(1) after its own shutdown

@@ -237,3 +237,25 @@ def test_first_run_mistakes_are_one_line_errors(chips, capsys):
     with pytest.raises(ProjectError, match="holds no demo project"):
         ensure_demo_project(other.root)
     assert (tmp / "mine" / "project.json").read_text() == before
+
+
+def test_create_masks_rerun_names_masks_left_from_an_earlier_run(chips):
+    from model.chips import create_masks
+
+    tmp, _ = chips
+    create_masks(tmp / "ds/chips", tmp / "labels.geojson", tmp / "m", progress=False)
+    (tmp / "m" / "gone_chip.tif").write_bytes((tmp / "m" / sorted(p.name for p in (tmp / "m").iterdir())[0]).read_bytes())
+    with pytest.warns(UserWarning, match="1 mask.* have no chip.*gone_chip.tif"):
+        create_masks(tmp / "ds/chips", tmp / "labels.geojson", tmp / "m", progress=False)
+
+
+def test_training_without_validation_chips_does_not_warn_about_it(recwarn):
+    import numpy as np
+
+    from model.config import TrainConfig
+    from model.train import fit
+
+    pairs = [(np.full((4, 32, 32), 100, np.uint8), np.pad(np.ones((8, 8), np.uint8), 12))] * 2
+    fit(pairs, [], TrainConfig(epochs=1, batch_size=2, base_channels=4, depth=2, accelerator="cpu", gate_seconds=0,
+                               progress_bar=False))
+    assert not [w for w in recwarn if "val_dataloader" in str(w.message)]
