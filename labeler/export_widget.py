@@ -142,7 +142,8 @@ class ExportWidget(QWidget):
 
     def run(self) -> ProcessJob | None:
         """Start detection in the background; returns the job (None if it could not start)."""
-        from model.detect import DetectConfig, check_outputs
+        from model.atomic import check_outputs
+        from model.detect import DetectConfig
 
         if self.job is not None:
             show_info("Detection is already running.")

@@ -20,8 +20,8 @@ from rasterio.windows import bounds as window_bounds
 
 from loop import labelstore_gpkg as gp
 from loop.project import CLASSES
-from model.atomic import write_json_atomic
-from model.errors import LabelError
+from model.atomic import atomic_path, check_outputs, write_json_atomic
+from model.errors import ConfigError, LabelError
 from model.masks import footprint_classes
 from model.scene import SceneInfo, chip_windows
 
@@ -188,10 +188,6 @@ def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | N
     Returns:
         ``path``.
     """
-    from model.atomic import atomic_path
-    from model.detect import check_outputs
-    from model.errors import ConfigError
-
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".geojson", ".json", ".gpkg"):

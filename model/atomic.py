@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from model.errors import ConfigError
 
 
 def _default_mode() -> int:
@@ -73,3 +75,50 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, indent: int | None 
         fh.flush()
         os.fsync(fh.fileno())
     return Path(path)
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
+                  inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse, before any work, output paths that would destroy an input or each other.
+
+    Args:
+        outputs: ``{"GeoJSON output": path or None, ...}``.
+        inputs: ``{"input scene": path, "checkpoint": path, ...}`` (None entries are ignored).
+
+    Raises:
+        ConfigError: An output is an existing folder or sits under a file, names the same file as
+            an input, or as another output.
+    """
+    def key(path) -> Path:
+        return Path(path).expanduser().resolve()
+
+    taken = {key(p): label for label, p in inputs.items() if p is not None}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        p = key(path)
+        if p.is_dir():
+            raise ConfigError(f"{path}: is a folder; the {label} needs a file path, e.g. "
+                              f"{Path(path) / ('detections' + Path(path).suffix)}. Nothing was written.")
+        blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"{path}: {blocker} is a file, not a folder, so the {label} cannot be written there. "
+                              "Nothing was written.")
+        if p in taken:
+            what = taken[p]
+            fix = "give each output its own path" if what.endswith("output") else "choose another path"
+            raise ConfigError(f"{path}: given as the {label}, but it is also the {what}; {fix}. Nothing was written.")
+        taken[p] = label
+        _check_writable(path, p, label)
+
+
+def _check_writable(path, resolved: Path, label: str) -> None:
+    """Refuse an output whose folder cannot be written (read-only, no permission), by creating and
+    removing a file in its nearest existing folder: found now, not after the whole detection."""
+    folder = next(a for a in resolved.parents if a.exists())
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dclabel-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the {label} in {folder} ({exc.strerror or exc}); choose a folder "
+                          "you can write to. Nothing was written.") from exc

@@ -86,10 +86,10 @@ def create_masks(
                 if key not in by_crs:
                     by_crs[key] = positives.to_crs(src.crs)
                 local = by_crs[key]
-                # footprints just outside the chip reach into it when grown by the buffer
-                reach = abs(buffer) / ground_metres_per_unit(src.crs, *lonlat(src.crs, *src.xy(src.height // 2,
-                                                                                            src.width // 2)))
-                query = _bbox(src.bounds).buffer(2 * reach) if buffer else _bbox(src.bounds)
+                query = _bbox(src.bounds)
+                if buffer:  # footprints just outside the chip reach into it when grown by the buffer
+                    centre = lonlat(src.crs, *src.xy(src.height // 2, src.width // 2))
+                    query = query.buffer(2 * abs(buffer) / ground_metres_per_unit(src.crs, *centre))
                 hits = local.iloc[local.sindex.query(query)] if len(local) else local
                 mask = rasterize_footprints(hits.geometry.values, None, src.crs, src.transform,
                                             (src.height, src.width), buffer)
