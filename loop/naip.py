@@ -35,6 +35,7 @@ from tqdm import tqdm
 from loop.errors import NaipError
 from loop.naip_assets import DEFAULT_RETRY, OutputGrid, RetryPolicy, read_asset_window
 from loop.naip_search import (
+    ASSET_KEY,
     DEFAULT_STAC_URL,
     STAC_URL_ENV,
     choose_year,
@@ -47,7 +48,6 @@ from model.errors import Cancelled
 __all__ = ["DEFAULT_STAC_URL", "STAC_URL_ENV", "RetryPolicy", "area_grid", "download_naip",
            "search_naip", "utm_crs"]
 
-ASSET_KEY = "image"
 STRIP_ROWS = 512
 # The mosaic is assembled in memory: 4 bytes + 1 mask byte per pixel (~25 km side at 0.6 m).
 MAX_PIXELS = 40_000 * 40_000 // 2
@@ -238,11 +238,6 @@ def download_naip(lat: float, lon: float, size_m: float, output: str | Path,
             anchor, res = _item_grid_anchor(item, grid.crs)
     grid = area_grid(lat, lon, size_m, bbox, res=res, anchor=anchor)
     _check_size(grid, where, res)  # again at the chosen year's own (0.3 m years: 4x the pixels)
-    missing = [i.id for i in chosen if ASSET_KEY not in i.assets]
-    if missing:
-        raise NaipError(f"STAC items {missing} from {stac_url} have no '{ASSET_KEY}' asset; "
-                        "expected NAIP items (4-band COG under 'image'): check the endpoint")
-
     image = np.zeros((4, grid.height, grid.width), dtype=np.uint8)
     filled = np.zeros((grid.height, grid.width), dtype=bool)
     plan = []

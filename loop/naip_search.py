@@ -21,6 +21,7 @@ from loop.naip_assets import CONNECT_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy, http
 DEFAULT_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 STAC_URL_ENV = "DCLABEL_STAC_URL"
 COLLECTION = "naip"
+ASSET_KEY = "image"  # the 4-band COG of a NAIP item
 # Footprints are compared in degrees; 1e-7 deg is about 1 cm.
 COVER_TOLERANCE_DEG = 1e-7
 
@@ -92,14 +93,18 @@ def search_naip(bbox: tuple[float, float, float, float], stac_url: str | None = 
 
 
 def choose_year(items: list[pystac.Item], area: BaseGeometry, where: str,
-                year: int | None = None) -> tuple[int, list[pystac.Item]]:
+                year: int | None = None, asset: str = ASSET_KEY) -> tuple[int, list[pystac.Item]]:
     """The newest year (or ``year``) whose items together cover ``area``, and those items.
+
+    Items without the ``asset`` to read are left out (an incomplete item of the newest year
+    falls back to an older year that covers the area).
 
     Args:
         items: Candidate items (any years).
         area: The area's outline in degrees (lon, lat).
         where: Human description of the area for messages.
         year: Only consider this year.
+        asset: Key of the image asset an item must have.
 
     Returns:
         ``(year, items)``: the items of that year intersecting the area, newest first.
@@ -108,12 +113,21 @@ def choose_year(items: list[pystac.Item], area: BaseGeometry, where: str,
         NaipError: No item (or no year's items) covers the area.
     """
     by_year: dict[int, list[pystac.Item]] = defaultdict(list)
+    lacking = []
     for item in items:
         footprint = shape(item.geometry)
-        if footprint.intersects(area):
+        if not footprint.intersects(area) or (year is not None and item_year(item) != year):
+            continue
+        if asset not in item.assets:
+            lacking.append(item.id)
+        else:
             by_year[item_year(item)].append(item)
-    if year is not None:
-        by_year = {y: v for y, v in by_year.items() if y == year}
+    left_out = (f" ({len(lacking)} STAC item(s) without an '{asset}' asset were left out: "
+                f"{', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''})") if lacking else ""
+    if not by_year and lacking:
+        raise NaipError(f"the STAC items that cover {where} have no '{asset}' asset: "
+                        f"{', '.join(lacking[:5])}{', ...' if len(lacking) > 5 else ''}; expected NAIP "
+                        f"items (4-band COG under '{asset}'): check the endpoint (--stac-url / {STAC_URL_ENV})")
     if not by_year:
         asked = f" in {year}" if year is not None else ""
         raise NaipError(
@@ -130,5 +144,5 @@ def choose_year(items: list[pystac.Item], area: BaseGeometry, where: str,
         partial.append(f"{candidate} ({100 * union.intersection(area).area / area.area:.0f}%)")
     raise NaipError(
         f"no single NAIP year fully covers {where}; years found with partial coverage: "
-        f"{', '.join(partial)}. Use a smaller area, move it, or pick a --year"
+        f"{', '.join(partial)}{left_out}. Use a smaller area, move it, or pick a --year"
     )

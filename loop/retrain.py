@@ -4,7 +4,7 @@ The GUI (or the CLI) owns a :class:`RetrainJob`, calls :meth:`RetrainJob.request
 user asks for a new model, and calls :meth:`RetrainJob.poll` from a timer to receive events::
 
     {"type": "started", "n_train": 40, "n_val": 10, "parent": "v3", ...}
-    {"type": "step", "done": 12, "total": 50, "epoch": 0, "loss": 0.61}
+    {"type": "step", "done": 12, "total": 50, "epoch": 1, "loss": 0.61}   # epochs count from 1
     {"type": "epoch", "done": 1, "total": 5, "epoch": 1, "loss": 0.58, "val_iou": 0.42, ...}
     {"type": "published", "version": "v4", "promoted": True, "reason": "val IoU 0.45 >= ..."}
     {"type": "rejected", "version": "v4", "promoted": False, "reason": "val IoU 0.31 < ..."}

@@ -45,7 +45,7 @@ class _Reporter(L.Callback):
         if self.progress is not None:
             loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
             self.progress(
-                trainer.global_step, self.total_steps, {"event": "step", "epoch": trainer.current_epoch, "loss": loss}
+                trainer.global_step, self.total_steps, {"event": "step", "epoch": trainer.current_epoch + 1, "loss": loss}
             )
         if self.cancel is not None and self.cancel():
             self.cancelled = True

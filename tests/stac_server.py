@@ -82,6 +82,7 @@ class NaipItem:
     blob_path: str = ""
     cog: bytes = b""
     geometry: dict = field(default_factory=dict)
+    asset_key: str = "image"  # another key publishes an item the downloader cannot read
 
     @property
     def href(self) -> str:
@@ -118,7 +119,7 @@ class NaipItem:
                 {"rel": "root", "href": f"{root}/"},
             ],
             "assets": {
-                "image": {
+                self.asset_key: {
                     "href": self.href,
                     "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                     "roles": ["data"],

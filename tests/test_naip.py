@@ -166,6 +166,26 @@ def test_newest_full_year_is_chosen_and_year_argument_overrides(server, tmp_path
         download_naip(LAT, LON, 60, tmp_path / "y2015.tif", year=2015, retry=FAST)
 
 
+def test_an_item_without_the_image_asset_falls_back_to_an_older_year(server, tmp_path):
+    tf = _corner(LON, LAT, 26918, dx_px=-256, dy_px=256)
+    old = _add(server, "q", 2019, tf, seed=6)
+    _add(server, "q", 2021, tf, seed=7)
+    server.items[-1].asset_key = "rendered_preview"  # the newest year's item lacks the COG
+    path = download_naip(LAT, LON, 60, tmp_path / "fallback.tif", retry=FAST)
+    with rasterio.open(path) as src:
+        assert src.tags()["naip_year"] == "2019" and src.tags()["stac_items"] == "m_q_2019"
+        col, row = ~tf @ (src.transform.c, src.transform.f)
+        r, c = int(round(row)), int(round(col))
+        np.testing.assert_array_equal(src.read(), array_window(old, r, c, src.height, src.width))
+    with pytest.raises(NaipError, match="no .image. asset: m_q_2021; expected NAIP items"):
+        download_naip(LAT, LON, 60, tmp_path / "y2021.tif", year=2021, retry=FAST)
+    assert not (tmp_path / "y2021.tif").exists()
+
+
+def array_window(array, row, col, height, width):
+    return array[:, row:row + height, col:col + width]
+
+
 def test_token_born_expired_is_re_signed(server, tmp_path):
     _add(server, "q", 2021, _corner(LON, LAT, 26918, dx_px=-256, dy_px=256), seed=9)
     server.expire_tokens(next_issued=1)  # the first SAS token is already past msft:expiry

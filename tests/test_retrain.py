@@ -106,6 +106,10 @@ def test_round_in_subprocess_publishes_and_coalesces_requests(tmp_path):
     assert first["n_train"] + first["n_val"] == 6 and first["n_val"] >= 1 and first["parent"] is None
     epoch = next(e for e in events if e["type"] == "epoch")
     assert {"epoch", "loss"} <= set(epoch)
+    first_round = events[: types.index("done")]
+    step_epochs = {e["epoch"] for e in first_round if e["type"] == "step"}
+    epoch_numbers = [e["epoch"] for e in first_round if e["type"] == "epoch"]
+    assert epoch_numbers[0] == 1 and step_epochs == set(epoch_numbers)  # one count, from 1, in both events
     results = [e for e in events if e["type"] in ("published", "rejected")]
     assert [r["version"] for r in results] == ["v1", "v2"]
     assert results[0]["promoted"] and results[0]["reason"] == "first model"
