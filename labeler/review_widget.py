@@ -70,6 +70,7 @@ class ReviewWidget(QWidget):
         self.items: list = []
         self._rows: list = []
         self._edited = None  # chip accepted with "edit, then accept", still on screen
+        self._edited_row = 0  # its row, where N goes on
         self._done: list = []  # chips reviewed in this session (back in the queue if undone)
         self._undone: list = []  # chips put back by an undo (out of the queue again if redone)
         self._deciding = False
@@ -231,6 +232,8 @@ class ReviewWidget(QWidget):
         self.session.set_queued([it.window for it in rows])
         self.update_counts()
         prev = self.current
+        if prev is not None and prev is self._edited:
+            return  # the user is editing a chip accepted with "edit, then accept": the view stays
         keep = next((r for r, it in enumerate(rows) if keep_current and prev is not None
                      and it.scene_id == prev.scene_id and it.window == prev.window), None)
         if keep is not None:
@@ -368,6 +371,10 @@ class ReviewWidget(QWidget):
         if self.current is None:
             show_info("End of the queue: rank again for more chips." if not self.items
                       else "Select a chip in the queue first.")
+        elif self.current is self._edited:
+            show_info("This chip is already accepted: edit its footprints, then press N for the next chip "
+                      "(Ctrl+Z undoes the acceptance).")
+            return False
         return self.current is not None
 
     def accept_all(self) -> None:
@@ -393,9 +400,16 @@ class ReviewWidget(QWidget):
         """Store the selected (or all) proposals as editable footprints; stay on the chip to edit."""
         if not self._chip_on_screen():
             return
+        item = self.current
         chosen = self.proposals_on_screen(selected_only=True) or self.proposals_on_screen()
         fids = self._accept([(g, True) for g, _ in chosen], advance=False)
-        self._edited = self.current  # leaves the queue when the user moves on (N)
+        if not self._done or self._done[-1] is not item:
+            return  # not saved (the error is shown)
+        # reviewed now: out of the queue at once (a row click, a scene switch or a re-rank never
+        # offers it again), while the view stays on it for editing until N
+        self._edited_row = next((r for r, it in enumerate(self._rows) if it is item), 0)
+        self._edited = item
+        self.populate([it for it in self.items if it is not item])
         editor = self.session.editor
         if fids and editor is not None:
             self.viewer.layers.selection.active = editor.layer
@@ -426,8 +440,7 @@ class ReviewWidget(QWidget):
         item = self.current
         if item is not None and self._edited is item:
             self._edited = None
-            self.items = [it for it in self.items if it is not item]
-            self._advance_from(item)
+            self.populate(self.items, select_row=self._edited_row, keep_current=False)
             return
         rows = self.table.selectionModel().selectedRows()
         row = rows[0].row() + 1 if rows else 0
@@ -491,6 +504,8 @@ class ReviewWidget(QWidget):
         redone = [it for it in self._undone if (it.scene_id, it.window) in reviewed]
         if not undone and not redone:
             return
+        if self._edited is not None and self._edited in undone:
+            self._edited = None  # its acceptance undone: an ordinary queued chip again
         self._done = [it for it in self._done if it not in undone] + redone
         self._undone = [it for it in self._undone if it not in redone] + undone
         queued = {(it.scene_id, it.window) for it in self.items}

@@ -363,10 +363,15 @@ def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     assert review.items[-1] is skipped and review.current is not skipped
 
     chip = review.current
+    rows = review.table.rowCount()
+    after = review._rows[review._rows.index(chip) + 1]
     review.edit_then_accept()
     fp = store.footprints(sid)
     assert len(fp) == 2 and fp["source"].iloc[-1] == "proposal-edited"
     assert review.current is chip  # stays on the chip to edit
+    assert review.table.rowCount() == rows - 1 and chip not in review.items  # out of the queue at once
+    review.accept_all()  # an accepted chip is not decided twice (its proposals stay on screen)
+    assert len(store.footprints(sid)) == 2
     assert viewer.layers.selection.active is editor.layer and editor.layer.mode == "direct"
     (i,) = editor.layer.selected_data
     moved = editor.layer.data[i].copy()
@@ -379,10 +384,39 @@ def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
     y0 = np.asarray(fp.geometry.iloc[-1].exterior.coords)[0, 1]
     assert np.asarray(row.geometry.exterior.coords)[0, 1] == pytest.approx(y0 + 2.4, abs=1e-6)  # 4 rows up
     assert any(r.window == chip.window for r in store.reviewed_chips())
-    rows = review.table.rowCount()
     review.next_chip()
-    assert review.current is not chip and review.table.rowCount() == rows - 1
+    assert review.current is after and review.table.rowCount() == rows - 1
     assert all(it.window != chip.window for it in review.items)
+
+
+def test_a_chip_accepted_for_editing_is_never_offered_again(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, store = app.review, app.session.project.labels
+    sid = app.session.scene.scene_id
+    chip = review.current
+    review.edit_then_accept()
+    assert chip not in review.items
+    review.table.selectRow(1)  # the user clicks another row instead of pressing N
+    assert review.current is not chip and review.current.window != chip.window
+    review.populate(review.items)  # a re-rank or a scene switch refills the table
+    assert all(it.window != chip.window for it in review.items)
+    while review.current is not None:
+        review.accept_all()
+    reviewed = [r.window for r in store.reviewed_chips(sid)]
+    assert len(reviewed) == len(set(reviewed))
+    assert len(store.footprints(sid)) == store.footprints(sid).geometry.normalize().to_wkb().nunique()
+
+
+def test_undoing_an_edit_accept_puts_the_chip_back_in_the_queue(app, qtbot) -> None:
+    wait_ranked(qtbot, app)
+    review, editor = app.review, app.session.editor
+    chip = review.current
+    review.edit_then_accept()
+    assert chip not in review.items
+    assert editor.undo()
+    assert review.items[0].window == chip.window and review.current is chip
+    review.next_chip()  # an ordinary queued chip again: N moves on and leaves it queued
+    assert review.current is not chip and any(it.window == chip.window for it in review.items)
 
 
 def test_ctrl_z_on_the_canvas_undoes_the_last_edit(app, qtbot) -> None:
