@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -151,6 +152,11 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
             )
         if src.transform == Affine.identity():
             raise SceneError(f"{p}: the raster has no geotransform (pixel grid is not georeferenced).")
+        if bands is None and src.count > len(BANDS):
+            warnings.warn(f"{p}: the file has {src.count} bands; reading bands 1-{len(BANDS)} as "
+                          f"{', '.join(BANDS)}. If they are in another order or other bands hold them, give "
+                          "--bands (e.g. --bands 1,2,3,4 to say these are right, which also silences this).",
+                          UserWarning, stacklevel=2)
         return SceneInfo(
             path=p,
             scene_id=scene_id_for(p),
@@ -357,7 +363,9 @@ def to_uint8(arr: np.ndarray, scene: SceneInfo) -> np.ndarray:
 
 
 def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | None = None) -> np.ndarray:
-    """Read a window as uint8 (C, H, W); parts outside the scene are filled with zeros.
+    """Read a window as uint8 (C, H, W); parts outside the scene, and pixels the scene's mask calls
+    no data (its nodata value, alpha or mask band), are filled with zeros, so detections do not
+    depend on the nodata value.
 
     Args:
         scene: The scene.
@@ -372,9 +380,25 @@ def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | 
             return read_window(scene, window, opened)
     try:
         arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
+        invalid = _nodata_pixels(src, scene, window, arr)
     except READ_ERRORS as exc:
         raise unreadable(scene, window, exc) from exc
+    if invalid is not None:
+        arr[invalid] = 0  # no data reads like the zero fill past the edge, whatever the nodata value
     return to_uint8(arr, scene)
+
+
+def _nodata_pixels(src: rasterio.DatasetReader, scene: SceneInfo, window: Window,
+                   arr: np.ndarray) -> np.ndarray | None:
+    """Boolean (C, H, W) of the pixels of ``arr`` each band's mask calls no data (its nodata value,
+    an alpha band or a mask band), or None when the scene has no mask. Nodata values are compared
+    on the values just read; alpha and mask bands are read."""
+    flags = [src.mask_flag_enums[b - 1] for b in scene.bands]
+    if all(rasterio.enums.MaskFlags.all_valid in f for f in flags):
+        return None
+    if src.nodata is not None and all(f == [rasterio.enums.MaskFlags.nodata] for f in flags):
+        return np.isnan(arr) if np.isnan(src.nodata) else arr == src.nodata
+    return src.read_masks(list(scene.bands), window=window, boundless=True) == 0
 
 
 READ_ERRORS = (RasterioIOError, CPLE_BaseError)  # pixels GDAL could not decode

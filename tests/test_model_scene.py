@@ -195,3 +195,37 @@ def test_non_byte_scenes_are_scaled_once_per_scene(tmp_path, dtype, peak, scale)
     whole = read_window(scene, Window(0, 0, 64, 64))
     assert dark.dtype == np.uint8 and np.array_equal(dark, whole[:, :32, :32])
     assert whole.max() == min(255, int(peak * scale)) and dark.max() == int(peak / 30 * scale)
+
+
+def _with_nodata(path, out, value, dtype="uint8", scale=1):
+    """``path``'s pixels (kept off ``value``) times ``scale`` in ``dtype``, a collar (left 20
+    columns, top 10 rows) set to ``value`` and declared nodata."""
+    with rasterio.open(path) as src:
+        arr, profile = src.read().astype(dtype) * scale, src.profile
+    arr[arr == value] = value - 1 if value else 1
+    arr[:, :, :20] = value
+    arr[:, :10, :] = value
+    with rasterio.open(out, "w", **(profile | {"dtype": dtype, "nodata": value})) as dst:
+        dst.write(arr)
+    return out
+
+
+@pytest.mark.parametrize(("value", "dtype", "scale"), [(255, "uint8", 1), (65535, "uint16", 16)])
+def test_nodata_pixels_read_like_the_zero_fill_past_the_edge(tmp_path, value, dtype, scale):
+    path, _ = make_scene(tmp_path / "s.tif", (64, 64), [(30, 30, 50, 50)], seed=4)
+    zero = open_scene(_with_nodata(path, tmp_path / "zero.tif", 0, dtype, scale))
+    other = open_scene(_with_nodata(path, tmp_path / "other.tif", value, dtype, scale))
+    win = Window(-8, -8, 80, 80)  # past the edge too
+    a, b = read_window(zero, win), read_window(other, win)
+    assert (b[:, 8:18, 8:72] == 0).all() and (b[:, :, 8:28] == 0).all()  # the collar reads as zero fill
+    np.testing.assert_array_equal(a, b)  # the nodata value does not change what the model sees
+
+
+def test_five_band_scene_without_bands_warns_naming_the_file_and_the_flag(tmp_path, recwarn):
+    path, _ = make_scene(tmp_path / "five.tif", (32, 32), bands=5, seed=3)
+    with pytest.warns(UserWarning, match=r"five\.tif: the file has 5 bands; reading bands 1-4.*--bands"):
+        assert open_scene(path).bands == (1, 2, 3, 4)
+    recwarn.clear()
+    open_scene(path, bands=(1, 2, 3, 4))  # said explicitly: no warning
+    open_scene(make_scene(tmp_path / "four.tif", (32, 32))[0])
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
