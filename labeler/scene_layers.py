@@ -229,11 +229,22 @@ def _luts(arr: np.ndarray, nodata: float | None) -> np.ndarray:
 def _sample_windows(scene: SceneInfo, n: int = 8, side: int = 128) -> np.ndarray:
     """(4, n*side, n*side) mosaic of n x n small windows spread over the scene."""
     out = np.zeros((4, n * side, n * side), np.uint8)
+    small = scene.width < side or scene.height < side  # windows reach past the edges: zero fill
+    cols = np.linspace(0, max(scene.width - side, 0), n).astype(int)
     with rasterio.open(scene.path) as src:
+        # a stripped file decodes whole rows: read each band of rows once, not once per window
+        stripped = src.block_shapes[0][1] >= scene.width
         for i, r in enumerate(np.linspace(0, max(scene.height - side, 0), n).astype(int)):
-            for j, c in enumerate(np.linspace(0, max(scene.width - side, 0), n).astype(int)):
-                arr = src.read(list(scene.bands), window=Window(c, r, side, side), boundless=True, fill_value=0)
-                out[:, i * side : (i + 1) * side, j * side : (j + 1) * side] = to_uint8(arr, scene)
+            if stripped and not small:
+                band = src.read(list(scene.bands), window=Window(0, r, scene.width, side))
+            for j, c in enumerate(cols):
+                if stripped and not small:
+                    arr = band[:, :, c : c + side]
+                elif small:
+                    arr = src.read(list(scene.bands), window=Window(c, r, side, side), boundless=True, fill_value=0)
+                else:
+                    arr = src.read(list(scene.bands), window=Window(c, r, side, side))
+                out[:, i * side : i * side + arr.shape[1], j * side : j * side + arr.shape[2]] = to_uint8(arr, scene)
     return out
 
 

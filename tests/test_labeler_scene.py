@@ -90,6 +90,28 @@ def test_a_12_bit_scene_displays_like_its_8_bit_values(wide_scene, tmp_path) -> 
     assert b.std() > 20 and np.abs(a.astype(int) - b.astype(int)).max() <= 8  # not a saturated white
 
 
+@pytest.mark.parametrize("layout", ["stripped", "tiled", "smaller than a window"])
+def test_stretch_sample_is_the_same_windows_however_the_file_is_laid_out(tmp_path, layout) -> None:
+    from labeler.scene_layers import _sample_windows
+    from model.scene import open_scene
+
+    side = 100 if layout == "smaller than a window" else 700
+    pixels = np.random.default_rng(3).integers(0, 256, (4, side, side + 37), dtype=np.uint8)
+    layout_kw = {"tiled": True, "blockxsize": 256, "blockysize": 256} if layout == "tiled" else {}
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=side + 37, height=side, count=4, dtype="uint8",
+                       crs=TINY_CRS, transform=TINY_TRANSFORM, **layout_kw) as dst:
+        dst.write(pixels)
+    scene = open_scene(path)
+    mosaic = _sample_windows(scene, n=4, side=128)
+    padded = np.zeros((4, side + 128, side + 37 + 128), np.uint8)  # the pixels, zero beyond the edges
+    padded[:, :side, :side + 37] = pixels
+    for i, r in enumerate(np.linspace(0, max(side - 128, 0), 4).astype(int)):
+        for j, c in enumerate(np.linspace(0, max(side + 37 - 128, 0), 4).astype(int)):
+            np.testing.assert_array_equal(mosaic[:, i * 128:(i + 1) * 128, j * 128:(j + 1) * 128],
+                                          padded[:, r:r + 128, c:c + 128])
+
+
 def test_stretch_maps_2_and_98_percentiles_to_0_and_255(wide_scene) -> None:
     scene, img = wide_scene
     display, _ = build_display(scene)
