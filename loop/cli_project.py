@@ -35,7 +35,8 @@ def run_init(args: argparse.Namespace) -> int:
     for sid in project.scene_ids:
         info = readable.get(sid)
         if info is None:
-            print(f"{sid}: file missing (see the warning; fix with --relink {sid} NEW_PATH)")
+            print(f"{sid}: not used, its file is missing or not the raster it was added with (see the warning; "
+                  f"put the file back, or --relink {sid} FILE)")
             continue
         n = len(project.chip_windows(info.scene_id))
         size = pixel_size_m(info)

@@ -15,6 +15,7 @@ absolute path. Each scene keeps the id it was given when added, so labels stay a
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -28,7 +29,8 @@ import rasterio
 import rasterio.errors
 from rasterio.windows import Window
 
-from loop.errors import ProjectError
+from loop.errors import NoTrainingDataError, ProjectError
+from loop.scene_grid import SceneGrid
 from model.atomic import write_json_atomic
 from model.errors import ConfigError, SceneError, SceneNotFoundError
 from model.scene import (
@@ -210,8 +212,8 @@ class Project:
         root = Path(root)
         if (root / PROJECT_FILE).exists():
             project = cls.open(root)
-            for path in _expand_images(images):
-                project.add_scene(path, bands=bands)
+            project._record_missing_grids()
+            project._add_images(images, bands)
             return project
         settings = ProjectSettings(
             chip_size=chip_size, bands=tuple(bands) if bands is not None else (1, 2, 3, 4),
@@ -223,8 +225,7 @@ class Project:
             for sub in ("checkpoints", "logs", "scenes"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             project._save()
-            for path in _expand_images(images):
-                project.add_scene(path, bands=bands)
+            project._add_images(images, bands)
         except BaseException:  # a scene that cannot be used: leave no half-made project behind
             _remove_new(root, existed)
             raise
@@ -263,9 +264,10 @@ class Project:
             )
             entries = [
                 {"id": str(s["id"]), "path": str(s["path"]), "bands": [int(b) for b in s["bands"]],
-                 **({"source": str(s["source"])} if s.get("source") else {})}
+                 **({"source": str(s["source"])} if s.get("source") else {}),
+                 **{key: SceneGrid.from_json(s[key]).to_json() for key in ("grid", "source_grid") if s.get(key)}}
                 for s in payload["scenes"]
-            ]
+            ]  # projects made before grids were recorded have none: their scenes open unchecked
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ProjectError(
                 f"{path}: expected a dclabel project file (JSON with chip_size, classes, bands, scenes), "
@@ -282,23 +284,30 @@ class Project:
 
     # ----- scenes -------------------------------------------------------------------------------
     def add_scene(self, path: str | os.PathLike, bands: Sequence[int] | None = None) -> SceneInfo:
-        """Add a scene GeoTIFF (validated) to the project; adding it again is a no-op.
+        """Add a scene GeoTIFF (validated) to the project, recording its grid; adding it again is a no-op.
+
+        The same file under another spelling (relative, absolute, through a symlink or hard link)
+        is the same scene; so is a byte-identical copy of a scene's file (with a warning), since its
+        chips would otherwise be queued twice.
 
         Args:
             path: The GeoTIFF.
             bands: 1-based bands read as (R, G, B, NIR); default the project's bands.
 
         Returns:
-            The scene's :class:`SceneInfo`.
+            The scene's :class:`SceneInfo` (the existing scene's when the file is already one).
 
         Raises:
             SceneNotFoundError, SceneError: The file is missing or cannot be used.
         """
         path = Path(path)
         info = open_scene(path, bands if bands is not None else self.settings.bands)
-        for entry in self._entries:
-            if path.resolve() in (self._resolve(entry["path"]), self._resolve(entry.get("source", entry["path"]))):
-                return self.scene(entry["id"])
+        known = self._scene_holding(path)
+        if known is not None:
+            scene_id, same_file = known
+            if not same_file:
+                warnings.warn(self._already_added(path, scene_id, same_file), UserWarning, stacklevel=2)
+            return self.scene(scene_id)
         here, want = pixel_size_m(info), self.settings.resolution_m
         source = None
         if want is not None and (here is None or not same_resolution(here, want)):  # degrees: warped to UTM
@@ -323,9 +332,11 @@ class Project:
                           UserWarning, stacklevel=2)
         if not is_north_up(info.transform):  # shown, labelled and chipped north-up like every scene
             source, info = source or path, north_up_scene(info, self.root / "scenes")
-        entry = {"id": scene_id_for(path), "path": self._stored(info.path), "bands": list(info.bands)}
+        entry = {"id": self._new_scene_id(path), "path": self._stored(info.path), "bands": list(info.bands),
+                 "grid": SceneGrid.of_file(info.path).to_json()}
         if source is not None:
             entry["source"] = self._stored(source)
+            entry["source_grid"] = SceneGrid.of_file(source).to_json()
         self._entries.append(entry)
         self._save()
         info = replace(info, scene_id=entry["id"])
@@ -334,37 +345,157 @@ class Project:
             self._labels.register_scene(info.scene_id, info.crs)
         return info
 
+    def _add_images(self, images: Iterable[str | os.PathLike], bands: Sequence[int] | None) -> None:
+        """Add scene files and chip folders; one that is already a scene is named and left out."""
+        for path in _expand_images(images):
+            known = self._scene_holding(path)
+            if known is not None:
+                warnings.warn(self._already_added(path, *known), UserWarning, stacklevel=3)
+                continue
+            self.add_scene(path, bands=bands)
+
+    def _already_added(self, path: Path, scene_id: str, same_file: bool) -> str:
+        entry = self._entry(scene_id)
+        stored = self._resolve(entry.get("source", entry["path"]))
+        if same_file:
+            return f"{path}: already scene {scene_id} of {self.root} ({stored}); nothing added."
+        return (f"{path}: holds the same pixels as scene {scene_id} of {self.root} ({stored}); not added again "
+                "(its chips would be queued twice). If the scene's file moved here, point the project at it: "
+                f"`dclabel init {self.root} --relink {scene_id} {path}`.")
+
+    def _scene_holding(self, path: Path) -> tuple[str, bool] | None:
+        """(scene id, same file) of the scene whose file ``path`` is, or is a byte-identical copy of.
+
+        The same file: equal resolved paths (any spelling, symlinks) or one inode (hard links). A copy:
+        same grid, same size and same bytes (compared only when grid and size agree).
+        """
+        resolved = Path(path).resolve()
+        files = [(e["id"], self._resolve(e.get("source", e["path"])), e.get("source_grid" if "source" in e else "grid"))
+                 for e in self._entries]
+        files += [(e["id"], self._resolve(e["path"]), e.get("grid")) for e in self._entries if "source" in e]
+        for scene_id, stored, _ in files:
+            if stored == resolved or (stored.exists() and resolved.exists() and os.path.samefile(stored, resolved)):
+                return scene_id, True
+        try:
+            grid, size = SceneGrid.of_file(resolved), resolved.stat().st_size
+        except (OSError, rasterio.errors.RasterioIOError):
+            return None  # not a readable raster: add_scene says why
+        for scene_id, stored, recorded in files:
+            try:
+                if stored.stat().st_size != size:
+                    continue
+                stored_grid = SceneGrid.from_json(recorded) if recorded else SceneGrid.of_file(stored)
+            except (OSError, rasterio.errors.RasterioIOError):
+                continue
+            if stored_grid.same_as(grid) and filecmp.cmp(stored, resolved, shallow=False):
+                return scene_id, False
+        return None
+
+    def _new_scene_id(self, path: Path) -> str:
+        """:func:`scene_id_for` the file, with a suffix when a scene already has that id (a copied project
+        keeps the ids of the files it was made from)."""
+        base = scene_id_for(path)
+        taken = set(self.scene_ids)
+        scene_id, n = base, 1
+        while scene_id in taken:
+            n += 1
+            scene_id = f"{base}-{n}"
+        return scene_id
+
+    def _entry(self, scene_id: str) -> dict:
+        entry = next((e for e in self._entries if e["id"] == scene_id), None)
+        if entry is None:
+            raise ProjectError(f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
+                               f"{', '.join(self.scene_ids) or 'none'}.")
+        return entry
+
+    def _check_grid(self, scene_id: str, key: str, path: Path) -> None:
+        """Refuse a scene file whose grid is not the one recorded when the scene was added."""
+        entry = self._entry(scene_id)
+        if not entry.get(key):
+            return  # added before grids were recorded
+        recorded = SceneGrid.from_json(entry[key])
+        try:
+            found = SceneGrid.of_file(path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise SceneError(f"{path}: not a raster GDAL can read ({exc}); it is scene {scene_id} of {self.root}. "
+                             "Put the original file back.") from exc
+        if found.same_as(recorded):
+            return
+        via = "" if key == "grid" else f" (read through {self._resolve(entry['path'])})"
+        raise SceneError(
+            f"{path}: not the raster scene {scene_id} of {self.root} was added with{via}: recorded "
+            f"{recorded.describe()}; found {found.describe()}. Its reviewed chips are pixel windows of the "
+            f"recorded grid, so the scene is not used. Put the original file back at {path}; if it moved, "
+            f"point the project at it: `dclabel init {self.root} --relink {scene_id} ORIGINAL.tif` (checked against "
+            f"the recorded grid); to label this raster, add it under another file name: "
+            f"`dclabel init {self.root} --image NEW.tif`.")
+
+    def _check_labels_fit(self, scene_id: str, info: SceneInfo, path: Path) -> None:
+        """Refuse a file for a scene whose labels it does not hold: another CRS, footprints or reviewed
+        chips outside it."""
+        from pyproj import CRS as ProjCRS
+        from shapely.geometry import box
+
+        store = self.labels
+        if scene_id not in store.scene_ids():
+            return
+        if ProjCRS.from_user_input(store.scene_crs(scene_id)) != ProjCRS.from_user_input(info.crs):
+            raise SceneError(f"{path}: its CRS ({info.crs.to_string()}) is not the one scene {scene_id}'s labels "
+                             "are stored in; it is not the same scene.")
+        footprints = store.footprints(scene_id)
+        scene_box = box(*info.bounds)
+        outside = int((~footprints.geometry.intersects(scene_box)).sum()) if len(footprints) else 0
+        if outside:
+            raise SceneError(f"{path}: {outside} of scene {scene_id}'s {len(footprints)} footprint(s) lie "
+                             "outside it; it is not the same scene.")
+        chips = store.reviewed_chips(scene_id)
+        off = sum(1 for rc in chips  # a scene smaller than a chip has one chip at (0, 0) reaching past it
+                  if rc.window.col_off + rc.window.width > max(info.width, rc.window.width)
+                  or rc.window.row_off + rc.window.height > max(info.height, rc.window.height))
+        if off:
+            raise SceneError(f"{path}: {off} of scene {scene_id}'s {len(chips)} reviewed chip(s) reach past its "
+                             f"{info.width} x {info.height} px; it is not the same scene.")
+
+    def _record_missing_grids(self) -> None:
+        """Record the grid of scenes added before grids were recorded, when their labels fit the file
+        (:meth:`scene` checks that); one that fails is left unrecorded (the caller reports it)."""
+        changed = False
+        for entry in self._entries:
+            if entry.get("grid") or self.read_only:
+                continue
+            try:
+                info = self.scene(entry["id"])
+            except SceneError:
+                continue
+            entry["grid"] = SceneGrid.of_file(info.path).to_json()
+            if "source" in entry:
+                entry["source_grid"] = SceneGrid.of_file(self._resolve(entry["source"])).to_json()
+            changed = True
+        if changed:
+            self._save()
+
     def relink_scene(self, scene_id: str, path: str | os.PathLike) -> SceneInfo:
         """Point a scene whose file moved at its new location (labels stay attached to the id).
 
         Raises:
             ProjectError: No such scene id, or the scene is a resampled view (re-create it instead).
-            SceneError: The new file cannot be used, is in another CRS than the scene's labels, or
-                the scene's labels fall outside it (then it is not the same scene).
+            SceneError: The new file cannot be used, its grid is not the one recorded for the scene, it
+                is in another CRS than the scene's labels, or the scene's footprints or reviewed chips
+                fall outside it (then it is not the same scene).
         """
-        entry = next((e for e in self._entries if e["id"] == scene_id), None)
-        if entry is None:
-            raise ProjectError(f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
-                               f"{', '.join(self.scene_ids) or 'none'}.")
+        entry = self._entry(scene_id)
         if "source" in entry:
             raise ProjectError(f"scene {scene_id} is read through a resampled VRT; add the moved file again with "
                                f"`dclabel init {self.root} --image FILE` instead.")
-        from pyproj import CRS as ProjCRS
-        from shapely.geometry import box
-
         info = replace(open_scene(path, entry["bands"]), scene_id=scene_id)
-        store = self.labels
-        if scene_id in store.scene_ids():
-            if ProjCRS.from_user_input(store.scene_crs(scene_id)) != ProjCRS.from_user_input(info.crs):
-                raise SceneError(f"{path}: its CRS ({info.crs.to_string()}) is not the one scene {scene_id}'s labels "
-                                 "are stored in; it is not the same scene.")
-            footprints = store.footprints(scene_id)
-            scene_box = box(*info.bounds)
-            outside = int((~footprints.geometry.intersects(scene_box)).sum()) if len(footprints) else 0
-            if outside:
-                raise SceneError(f"{path}: {outside} of scene {scene_id}'s {len(footprints)} footprint(s) lie "
-                                 "outside it; it is not the same scene.")
+        found = SceneGrid.of_file(info.path)
+        if entry.get("grid") and not found.same_as(recorded := SceneGrid.from_json(entry["grid"])):
+            raise SceneError(f"{path}: its grid ({found.describe()}) is not the one recorded for scene {scene_id} "
+                             f"({recorded.describe()}); it is not the same scene.")
+        self._check_labels_fit(scene_id, info, Path(path))
         entry["path"] = self._stored(info.path)
+        entry["grid"] = found.to_json()
         self._save()
         self._scenes[scene_id] = info
         self._unreadable.discard(scene_id)
@@ -414,7 +545,8 @@ class Project:
 
         Raises:
             ProjectError: No scene has this id.
-            SceneError: The scene file is gone or unusable.
+            SceneError: The scene file is gone or unusable, or its grid (size, transform, CRS, band
+                count) is not the one recorded when the scene was added (the file was replaced).
         """
         if scene_id in self._scenes:
             return self._scenes[scene_id]
@@ -432,8 +564,19 @@ class Project:
                         f"{path}: no such file. It is scene {scene_id} of {self.root}; put the file back, or "
                         f"point the project at it: `dclabel init {self.root} --relink {scene_id} NEW_PATH` (its "
                         "labels stay attached to the scene id).")
-                info = open_scene(path, entry["bands"])
-                info = replace(info, scene_id=scene_id)
+                info = replace(open_scene(path, entry["bands"]), scene_id=scene_id)
+                self._check_grid(scene_id, "grid", path)
+                if source is not None:
+                    self._check_grid(scene_id, "source_grid", source)
+                if not entry.get("grid") and (self.root / "labels.gpkg").exists():
+                    try:  # no grid recorded (an older project): its labels must at least fit the file
+                        self._check_labels_fit(scene_id, info, path)
+                    except SceneError as exc:
+                        raise SceneError(
+                            f"{exc} Scene {scene_id} of {self.root} was added before projects recorded scene grids, "
+                            f"so its file was replaced or is another one: put the original file back at {path}, "
+                            f"or point the project at it: `dclabel init {self.root} --relink {scene_id} "
+                            "ORIGINAL.tif`.") from exc
                 self._scenes[scene_id] = info
                 return info
         known = ", ".join(self.scene_ids[:5]) + (" ..." if len(self._entries) > 5 else "")
@@ -441,6 +584,12 @@ class Project:
             f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
             f"{len(self._entries)} scene(s) ({known or 'none'}). Add it with `dclabel init {self.root} --image FILE`."
         )
+
+    def recorded_transform(self, scene_id: str):
+        """The pixel-to-CRS transform recorded for a scene when it was added (None for scenes added
+        before grids were recorded); known without its file, e.g. to place the chips of a missing scene."""
+        grid = self._entry(scene_id).get("grid")
+        return SceneGrid.from_json(grid).affine if grid else None
 
     def chip_windows(self, scene_id: str) -> list[Window]:
         """Chip windows (``settings.chip_size``, edges covered) of a scene."""
@@ -459,12 +608,11 @@ class Project:
             from loop.labelstore import LabelStore
 
             if self.read_only:
-                store = LabelStore(self.root / "labels.gpkg", read_only=True)
+                self._labels = LabelStore(self.root / "labels.gpkg", read_only=True)
             else:
-                store = LabelStore(self.root / "labels.gpkg")
+                self._labels = store = LabelStore(self.root / "labels.gpkg")  # set first: scene() checks labels
                 for info in self.readable_scenes():  # labels need no pixels: a moved scene's still export
                     store.register_scene(info.scene_id, info.crs)
-            self._labels = store
         return self._labels
 
     @property
@@ -532,22 +680,59 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
 
 
 def positive_reviewed_count(project: Project) -> tuple[int, int]:
-    """(reviewed chips, reviewed chips touching a ``datacenter`` footprint), without reading pixels."""
+    """(reviewed chips, reviewed chips touching a ``datacenter`` footprint), without reading pixels.
+
+    Chips on scenes that cannot be read (file missing, replaced, unusable) are counted as reviewed
+    but never as positive: they cannot be trained on.
+
+    Raises:
+        NoTrainingDataError: No chip on a readable scene touches a data center while some reviewed
+            chips lie on scenes that cannot be read: the message names those scenes and why, so
+            their chips are not taken for negatives.
+    """
     store = project.labels
     reviewed = store.reviewed_chips()
     n_pos = 0
     cache: dict[str, list] = {}
+    unreadable: dict[str, list] = {}
+    why: dict[str, str] = {}
     for rc in reviewed:
+        if rc.scene_id in why:
+            unreadable[rc.scene_id].append(rc)
+            continue
         try:
             info = project.scene(rc.scene_id)
-        except (ProjectError, SceneError):
+        except (ProjectError, SceneError) as exc:
+            why[rc.scene_id] = str(exc)
+            unreadable[rc.scene_id] = [rc]
             continue
-        if rc.scene_id not in cache:
-            cache[rc.scene_id] = _positive_geoms(store, rc.scene_id)
-        box = _window_box(info, rc.window)
-        if any(g.intersection(box).area > 0 for g in cache[rc.scene_id] if g.intersects(box)):
+        if _touches_positive(store, cache, rc.scene_id, info.transform, rc.window):
             n_pos += 1
+    if unreadable and n_pos == 0:
+        n_off = sum(len(chips) for chips in unreadable.values())
+        parts = []
+        for sid, chips in unreadable.items():
+            transform = project.recorded_transform(sid)
+            pos = "" if transform is None else (
+                f", {sum(_touches_positive(store, cache, sid, transform, rc.window) for rc in chips)} with a data center")
+            parts.append(f"scene {sid}: {len(chips)} chip(s){pos} ({why[sid]})")
+        rest = len(reviewed) - n_off
+        raise NoTrainingDataError(
+            f"{n_off} of the {len(reviewed)} reviewed chips in {project.root} are on scenes that cannot be read, "
+            f"so they cannot be trained on; " + "; ".join(parts) + ". "
+            + (f"The other {rest} hold no data center. " if rest else "")
+            + "Fix the scene files as said, or review chips with a data center on the readable scenes.")
     return len(reviewed), n_pos
+
+
+def _touches_positive(store, cache: dict[str, list], scene_id: str, transform, window: Window) -> bool:
+    if scene_id not in cache:
+        cache[scene_id] = _positive_geoms(store, scene_id)
+    left, bottom, right, top = rasterio.windows.bounds(window, transform)
+    from shapely.geometry import box as shapely_box
+
+    box = shapely_box(left, bottom, right, top)
+    return any(g.intersection(box).area > 0 for g in cache[scene_id] if g.intersects(box))
 
 
 def _positive_geoms(store, scene_id: str) -> list:

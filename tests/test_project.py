@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,9 +195,8 @@ def test_a_moved_scene_is_named_and_relinked(tmp_path, capsys):
     with pytest.raises(SceneError, match=rf"a\.tif: no such file\. It is scene {sid} of .*--relink {sid} NEW_PATH"):
         Project.open(tmp_path / "proj").scene(sid)
     other, _, _ = make_scene(tmp_path / "far.tif", origin=(600_000.0, 4_300_000.0))  # not the same scene
-    with pytest.warns(UserWarning):
-        assert main(["init", str(tmp_path / "proj"), "--relink", sid, str(other)]) == 2
-    assert "footprint(s) lie outside it; it is not the same scene" in capsys.readouterr().err
+    assert main(["init", str(tmp_path / "proj"), "--relink", sid, str(other)]) == 2
+    assert f"is not the one recorded for scene {sid}" in capsys.readouterr().err  # grid checked first
     with pytest.warns(UserWarning):  # the scene is still missing before the relink
         assert main(["init", str(tmp_path / "proj"), "--relink", sid, str(moved)]) == 0
     assert f"{sid}: now reads {moved}" in capsys.readouterr().out
@@ -254,3 +254,150 @@ def test_chips_smaller_than_the_project_chips_warn_once(tmp_path):
     with pytest.warns(UserWarning, match="smaller than the project's 256 px chips.*--chip-size 128") as caught:
         Project.create(tmp_path / "p", images=[folder])
     assert sum("smaller than" in str(w.message) for w in caught) == 1
+
+
+def _labelled_project(tmp_path, chip_size=32):
+    """A 96 x 80 px scene outside the project with a data center in chip (0,0) and three reviewed chips."""
+    scene, _, transform = make_scene(tmp_path / "data" / "a.tif")
+    project = Project.create(tmp_path / "proj", images=[scene], chip_size=chip_size)
+    sid = project.scene_ids[0]
+    x0, y0 = transform @ (0, 0)
+    project.labels.add_footprint(sid, box(x0 + 4 * 0.6, y0 - 12 * 0.6, x0 + 20 * 0.6, y0 - 4 * 0.6), "datacenter")
+    for w in project.chip_windows(sid)[:3]:  # (0,0) holds the data center; (32,0) and (64,0) do not
+        project.labels.mark_reviewed(sid, w)
+    project.labels.close()
+    return scene, project.root, sid
+
+
+def test_a_scene_file_replaced_by_another_raster_is_refused_not_read(tmp_path, capsys):
+    from loop.cli import main
+    from loop.errors import NoTrainingDataError
+    from loop.retrain import check_training_data
+
+    scene, root, sid = _labelled_project(tmp_path)
+    grid = json.loads((root / "project.json").read_text())["scenes"][0]["grid"]
+    assert (grid["width"], grid["height"], grid["count"], grid["crs"]) == (96, 80, 4, "EPSG:32618")
+    original = scene.read_bytes()
+    make_scene(scene, width=64, height=48, seed=5)  # same CRS and origin, smaller: the chip at x=64 is outside
+    project = Project.open(root)
+    with pytest.raises(SceneError, match=rf"a\.tif: not the raster scene {sid} of .* was added with: recorded "
+                       r"96 x 80 px.*found 64 x 48 px.*--relink"):
+        project.scene(sid)
+    with pytest.warns(UserWarning, match=rf"not the raster scene {sid}.*Going on without scene {sid}"):
+        assert reviewed_training_chips(project) == []  # nothing read from the wrong raster
+    with pytest.raises(NoTrainingDataError, match=rf"3 of the 3 reviewed chips in .* are on scenes that cannot "
+                       rf"be read.*scene {sid}: 3 chip\(s\), 1 with a data center \(.*not the raster"):
+        check_training_data(root)  # what `dclabel retrain` says before starting
+    # the same size moved by one pixel is another grid too
+    make_scene(scene, seed=5, origin=(500_000.6, 4_300_000.0))
+    with pytest.raises(SceneError, match=r"origin \(500000, 4300000\).*found.*origin \(500000.6, 4300000\)"):
+        Project.open(root).scene(sid)
+    with pytest.warns(UserWarning, match="not the raster scene"):
+        assert main(["init", str(root)]) == 0
+    assert f"{sid}: not used, its file is missing or not the raster it was added with" in capsys.readouterr().out
+    # --relink to a file of another grid is refused; to the original (moved) it works
+    moved = tmp_path / "moved.tif"
+    moved.write_bytes(original)
+    assert main(["init", str(root), "--relink", sid, str(scene)]) == 2
+    assert f"is not the one recorded for scene {sid}" in capsys.readouterr().err
+    with pytest.warns(UserWarning):  # the replaced file, until relinked
+        assert main(["init", str(root), "--relink", sid, str(moved)]) == 0
+    assert Project.open(root).scene(sid).width == 96
+
+
+def test_a_project_without_recorded_grids_still_opens_and_records_them(tmp_path):
+    scene, root, sid = _labelled_project(tmp_path)
+    payload = json.loads((root / "project.json").read_text())
+    for entry in payload["scenes"]:
+        del entry["grid"]  # a project.json from before grids were recorded
+    (root / "project.json").write_text(json.dumps(payload))
+    original = scene.read_bytes()
+    make_scene(scene, width=64, height=48, seed=5)
+    # no grid to compare with: the labels' check (the one --relink makes) still catches chips past the file
+    with pytest.raises(SceneError, match=r"1 of scene .*'s 3 reviewed chip\(s\) reach past its 64 x 48 px.*"
+                       r"added before projects recorded scene grids.*--relink"):
+        Project.open(root, read_only=True).scene(sid)
+    with pytest.warns(UserWarning, match="reach past"):
+        Project.create(root)  # `dclabel init PROJECT` records grids, but not of a file its labels do not fit
+    assert "grid" not in json.loads((root / "project.json").read_text())["scenes"][0]
+    make_scene(scene, width=128, height=80, seed=5)  # labels fit a larger file: not noticed without a grid
+    assert Project.open(root).scene(sid).width == 128
+    scene.write_bytes(original)
+    Project.create(root)
+    assert json.loads((root / "project.json").read_text())["scenes"][0]["grid"]["width"] == 96
+    make_scene(scene, width=64, height=48, seed=5)
+    with pytest.raises(SceneError, match="not the raster scene"):
+        Project.open(root).scene(sid)
+    # a scene smaller than its project's chips has one chip reaching past it: that one fits
+    small = Project.create(tmp_path / "small", images=[make_scene(tmp_path / "s.tif")[0]], chip_size=128)
+    small.labels.mark_reviewed(small.scene_ids[0], small.chip_windows(small.scene_ids[0])[0])
+    small.labels.close()
+    payload = json.loads((small.root / "project.json").read_text())
+    del payload["scenes"][0]["grid"]
+    (small.root / "project.json").write_text(json.dumps(payload))
+    assert Project.open(small.root).scene(small.scene_ids[0]).width == 96
+
+
+def test_the_same_scene_added_again_is_not_a_second_scene(tmp_path, monkeypatch, capsys):
+    import os
+
+    from loop.cli import main
+
+    scene, root, sid = _labelled_project(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    link = tmp_path / "link.tif"
+    link.symlink_to(scene)
+    hard = tmp_path / "hard.tif"
+    os.link(scene, hard)
+    copy = tmp_path / "copy.tif"
+    copy.write_bytes(scene.read_bytes())
+    for spelling in (scene, "data/../data/a.tif", link, hard):
+        with pytest.warns(UserWarning, match=rf"already scene {sid} of"):
+            Project.create(root, images=[spelling])
+    with pytest.warns(UserWarning, match=rf"copy\.tif: holds the same pixels as scene {sid}.*--relink {sid}"):
+        assert main(["init", str(root), "--image", str(copy)]) == 0
+    assert capsys.readouterr().out.count(" chips") == 1
+    with pytest.warns(UserWarning, match="holds the same pixels"):
+        assert Project.open(root).add_scene(copy).scene_id == sid  # the app's and bootstrap's way in
+    with pytest.warns(UserWarning, match="already scene"):  # one command naming the file twice
+        fresh = Project.create(tmp_path / "fresh", images=[scene, "data/a.tif"])
+    assert len(fresh.scene_ids) == 1
+    stored = json.loads((root / "project.json").read_text())["scenes"]
+    assert [s["id"] for s in stored] == [sid]
+
+
+def test_a_copied_project_keeps_scene_ids_unique(tmp_path):
+    import shutil
+
+    root = tmp_path / "proj"
+    make_scene(root / "scenes" / "a.tif")
+    sid = Project.create(root, images=[root / "scenes" / "a.tif"]).scene_ids[0]
+    copy = Path(shutil.copytree(root, tmp_path / "copy"))
+    with pytest.warns(UserWarning, match=f"holds the same pixels as scene {sid}"):  # the original's file
+        Project.create(copy, images=[root / "scenes" / "a.tif"])
+    assert Project.open(copy).scene_ids == [sid]
+    make_scene(root / "scenes" / "a.tif", seed=9)  # another raster where the copy's scene came from
+    ids = Project.create(copy, images=[root / "scenes" / "a.tif"]).scene_ids
+    assert ids == [sid, f"{sid}-2"]  # scene_id_for gives both the same id
+
+
+def test_chips_of_a_missing_scene_are_not_called_negatives(tmp_path):
+    from loop.errors import NoTrainingDataError
+    from loop.retrain import check_training_data
+
+    scene, root, sid = _labelled_project(tmp_path)
+    other, _, _ = make_scene(tmp_path / "data" / "b.tif", seed=2, origin=(501_000.0, 4_300_000.0))
+    project = Project.create(root, images=[other])
+    bid = project.scene_ids[1]
+    project.labels.mark_reviewed(bid, project.chip_windows(bid)[0])  # a negative chip on a readable scene
+    project.labels.close()
+    scene.unlink()
+    with pytest.raises(NoTrainingDataError, match=rf"3 of the 4 reviewed chips .* cannot be read.*scene {sid}: "
+                       r"3 chip\(s\), 1 with a data center \(.*a\.tif: no such file.*The other 1 hold no data center"):
+        check_training_data(root)
+    # with a data center on a readable scene, training goes on without the missing scene (warned)
+    project = Project.open(root)
+    b = project.scene(bid)
+    x0, y0 = b.transform @ (0, 0)
+    project.labels.add_footprint(bid, box(x0 + 1, y0 - 5, x0 + 6, y0 - 1), "datacenter")
+    assert positive_reviewed_count(project) == (4, 1)
