@@ -28,7 +28,7 @@ UTM = CRS.from_epsg(32618)
 
 def make_scene(path, width=96, height=80, seed=0, origin=(500_000.0, 4_300_000.0), bands=4, res=0.6):
     rng = np.random.default_rng(seed)
-    img = rng.integers(0, 255, (bands, height, width), dtype=np.uint8)
+    img = rng.integers(1, 256, (bands, height, width), dtype=np.uint8)  # no 0: band 4 is tagged alpha
     transform = Affine(res, 0, origin[0], 0, -res, origin[1])
     write_geotiff(path, img, UTM, transform)
     return path, img, transform
