@@ -94,7 +94,11 @@ def merge_nearby(polys: Sequence[Polygon], distance: float) -> list[Polygon]:
 
 
 def clean(geom, min_area: float, simplify: float) -> Polygon | MultiPolygon | None:
-    """Drop parts and holes smaller than ``min_area``, simplify by ``simplify``; None if nothing is left."""
+    """Drop parts and holes smaller than ``min_area``, simplify by ``simplify``; None if nothing is left.
+
+    The result is always valid (OGC): 8-connected pixel outlines touch themselves at a corner
+    (a ring self-intersection) whether or not they are simplified, so they are made valid too.
+    """
     parts = []
     for p in getattr(geom, "geoms", [geom]):
         if p.geom_type != "Polygon" or p.area < min_area:
@@ -105,9 +109,11 @@ def clean(geom, min_area: float, simplify: float) -> Polygon | MultiPolygon | No
         return None
     g = parts[0] if len(parts) == 1 else MultiPolygon(parts)
     if simplify > 0:
-        g = shapely.make_valid(g.simplify(simplify, preserve_topology=True))
-        if g.geom_type not in ("Polygon", "MultiPolygon"):
-            g = shapely.union_all([p for p in getattr(g, "geoms", []) if p.geom_type == "Polygon"])
+        g = g.simplify(simplify, preserve_topology=True)
+    if not g.is_valid:
+        g = shapely.make_valid(g)
+        if g.geom_type not in ("Polygon", "MultiPolygon"):  # a collection: keep its areas
+            g = shapely.union_all([p for p in getattr(g, "geoms", []) if p.geom_type in ("Polygon", "MultiPolygon")])
     return g if not g.is_empty and g.area >= min_area else None
 
 
