@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -95,21 +95,33 @@ def write_detections(
 
 
 def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, threshold: float = 0.5,
-               block_rows: int = 2048, grid: Grid | None = None) -> Path:
+               block_rows: int = 2048, grid: Grid | None = None, source: str | os.PathLike | None = None,
+               valid: str | os.PathLike | None = None) -> Path:
     """Threshold a probability GeoTIFF into a 0/1 uint8 mask GeoTIFF, block by block.
 
     ``grid`` (anything with ``crs``, ``transform``, ``width``, ``height``, e.g. a SceneInfo): write
     the mask on that grid instead, the probabilities resampled bilinearly onto it before the
-    threshold (detection on a resampled scene gives its mask on the scene's own pixels)."""
+    threshold (detection on a resampled scene gives its mask on the scene's own pixels).
+    ``source``: the probability GeoTIFF the user keeps, named in the ``source`` tag (no tag when
+    the probabilities were a temporary file). ``valid``: the scene (on the output's grid); where
+    it has no data the mask stays 0 and its GDAL mask band says "no data" (see :func:`_write_blocks`).
+    """
     cut = max(int(np.ceil(threshold * PROB_SCALE - 1e-9)), 1)
     return _write_blocks(prob_path, mask_path, lambda p: (p >= cut).astype(np.uint8), {"nodata": None},
-                         {"threshold": str(threshold)}, block_rows, grid)
+                         {"threshold": str(threshold)}, block_rows, grid, source, valid)
 
 
 def write_probability(prob_path: str | os.PathLike, out_path: str | os.PathLike, grid: Grid | None = None,
-                      block_rows: int = 2048) -> Path:
-    """Copy a probability GeoTIFF (uint8, p * 255), resampled bilinearly onto ``grid`` when given."""
-    return _write_blocks(prob_path, out_path, lambda p: p, {}, {}, block_rows, grid)
+                      block_rows: int = 2048, valid: str | os.PathLike | None = None) -> Path:
+    """Copy a probability GeoTIFF (uint8, p * 255), resampled bilinearly onto ``grid`` when given;
+    ``valid`` as in :func:`write_mask`."""
+    return _write_blocks(prob_path, out_path, lambda p: p, {"nodata": None}, {}, block_rows, grid, None, valid)
+
+
+def scene_has_nodata(path: str | os.PathLike) -> bool:
+    """Whether a scene marks some pixels as no data (a nodata value, an alpha or a mask band)."""
+    with rasterio.open(path) as src:
+        return any(MaskFlags.all_valid not in f for f in src.mask_flag_enums)
 
 
 class Grid(Protocol):
@@ -120,9 +132,22 @@ class Grid(Protocol):
 
 
 def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, block_rows: int,
-                  grid: Grid | None) -> Path:
+                  grid: Grid | None, source: str | os.PathLike | None = None,
+                  valid: str | os.PathLike | None = None) -> Path:
+    """Write ``fn`` of the probabilities block by block (atomically).
+
+    Where the scene ``valid`` has no data (band 1's mask, as the probabilities are zeroed there),
+    the output gets a GDAL mask band (an internal per-dataset mask, 0 = no data) rather than a
+    nodata value: every uint8 value is taken (probabilities use 0..255, and a 0/1 mask with a
+    nodata value of, say, 255 would no longer be a 0/1 mask), so the pixel values stay 0 there
+    and readers that honour GDAL masks (QGIS, ``rasterio``'s ``masked=True``) show no data.
+    """
     def write(tmp: str) -> None:
-        with rasterio.open(prob_path) as prob, _on_grid(prob, grid) as src:
+        with rasterio.open(prob_path) as prob, _on_grid(prob, grid) as src, \
+                (rasterio.open(valid) if valid is not None else nullcontext()) as scene:
+            masked = scene is not None and any(MaskFlags.all_valid not in f for f in scene.mask_flag_enums)
+            if masked and (scene.width, scene.height) != (src.width, src.height):
+                raise ValueError(f"{valid} is not on the grid of {out_path}")
             profile = prob.profile | {"dtype": "uint8", "compress": "deflate", "crs": src.crs,
                                       "transform": src.transform, "width": src.width, "height": src.height,
                                       **profile_extra}
@@ -130,7 +155,9 @@ def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, bloc
                 for r in range(0, src.height, block_rows):
                     win = Window(0, r, src.width, min(block_rows, src.height - r))
                     dst.write(fn(src.read(1, window=win))[None], window=win)
-                dst.update_tags(source=str(prob_path), **tags)
+                    if masked:
+                        dst.write_mask(scene.read_masks(1, window=win), window=win)
+                dst.update_tags(**tags, **({"source": str(source)} if source is not None else {}))
 
     return _atomic(out_path, write)
 
