@@ -12,11 +12,18 @@ from pathlib import Path
 import geopandas as gpd
 import pandas as pd
 
+from model import resume
 from model.atomic import all_or_none, check_outputs
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.config import DetectConfig
 from model.errors import Cancelled, ConfigError, DclabelError, SceneError
-from model.export import detection_table, write_detections, write_mask, write_probability
+from model.export import (
+    detection_table,
+    scene_has_nodata,
+    write_detections,
+    write_mask,
+    write_probability,
+)
 from model.predict_scene import predict_scene
 from model.scene import (
     SceneInfo,
@@ -111,7 +118,10 @@ def detect_scene(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, len(scene.bands))
     with tempfile.TemporaryDirectory(prefix="dclabel-detect-") as tmp:
         grid, scene = scene, scene_for_model(scene, ckpt, config, tmp)
-        prob = Path(output_prob) if output_prob and scene is grid else Path(tmp) / "prob.tif"
+        # the probabilities go straight to --output-prob unless they must be resampled onto the scene's
+        # grid or given a no-data mask (export.write_probability)
+        direct = output_prob and scene is grid and not scene_has_nodata(grid.path)
+        prob = Path(output_prob) if direct else Path(tmp) / "prob.tif"
         if config.mode == "fast":
             from model.fastpath import predict_scene_fast
 
@@ -131,9 +141,9 @@ def detect_scene(
             if output_prob:
                 written.append(Path(output_prob))
                 if prob != Path(output_prob):
-                    write_probability(prob, output_prob, grid)
+                    write_probability(prob, output_prob, grid, valid=grid.path)
             return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
-                                output_gpkg, output_csv, output_mask, grid)
+                                output_gpkg, output_csv, output_mask, grid, output_prob)
 
 
 def with_threshold(config: DetectConfig, ckpt: Checkpoint) -> DetectConfig:
@@ -151,10 +161,13 @@ def export_scene(
     output_csv: str | os.PathLike | None = None,
     output_mask: str | os.PathLike | None = None,
     grid: SceneInfo | None = None,
+    prob_output: str | os.PathLike | None = None,
 ) -> gpd.GeoDataFrame:
     """Vectorize a probability GeoTIFF of a scene and write the requested outputs.
 
-    ``grid``: the scene's own grid when ``scene`` is a resampled view of it (the mask is written there).
+    ``grid``: the scene's own grid when ``scene`` is a resampled view of it (the mask is written
+    there, with a no-data mask where the scene has none). ``prob_output``: the probability GeoTIFF
+    kept for the user, if any (named in the mask's ``source`` tag).
 
     Returns:
         The detection table in the scene CRS.
@@ -170,14 +183,27 @@ def export_scene(
     with all_or_none() as written:  # a failed mask takes the vector files with it
         written += write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
         if output_mask:
-            written.append(write_mask(prob_path, output_mask, config.threshold, grid=grid))
+            written.append(write_mask(prob_path, output_mask, config.threshold, grid=grid, source=prob_output,
+                                      valid=(grid or scene).path))
     return table
 
 
+#: Output names of a batch that are not a scene's: a scene with one of these stems is refused.
+RESERVED_STEMS = ("all_detections",)
+
+
 def merge_scene_tables(tables: list[gpd.GeoDataFrame], output_dir: Path) -> gpd.GeoDataFrame:
-    """Concatenate per-scene EPSG:4326 tables, renumber ``id``, write ``all_detections.{geojson,csv}``."""
+    """Concatenate per-scene EPSG:4326 tables and write ``all_detections.{geojson,csv}``.
+
+    ``id`` is renumbered 1..N over the aggregate (unique across scenes); ``scene_detection_id``
+    keeps each row's ``id`` in its ``<scene>.geojson``, so (``scene``, ``scene_detection_id``)
+    finds it there.
+    """
     allt = gpd.GeoDataFrame(pd.concat(tables, ignore_index=True), crs="EPSG:4326") if tables else \
-        gpd.GeoDataFrame({"scene": []}, geometry=[], crs="EPSG:4326")
+        gpd.GeoDataFrame({"id": [], "scene": []}, geometry=[], crs="EPSG:4326")
+    if "id" not in allt:  # only scenes without detections (an empty GeoJSON reads back without columns)
+        allt.insert(0, "id", pd.Series(dtype="int64"))
+    allt.insert(allt.columns.get_loc("id") + 1, "scene_detection_id", allt["id"].astype("int64"))
     allt["id"] = range(1, len(allt) + 1)
     write_detections(allt, geojson=output_dir / "all_detections.geojson", csv=output_dir / "all_detections.csv")
     return allt
@@ -191,11 +217,16 @@ def scene_stems(images: Sequence[str | os.PathLike]) -> list[str]:
     """Output names of a batch's scenes (file stems).
 
     Raises:
-        ConfigError: Two scenes share a stem, so their outputs would overwrite each other.
+        ConfigError: Two scenes share a stem, so their outputs would overwrite each other, or a
+            scene's stem is one of the batch's own outputs (:data:`RESERVED_STEMS`).
     """
     stems: dict[str, str | os.PathLike] = {}
     for img in images:
         stem = Path(img).stem
+        if stem.lower() in RESERVED_STEMS:
+            raise ConfigError(f"{img}: a scene cannot be named {stem}: batch-detect writes {stem}.geojson and "
+                              f"{stem}.csv for all scenes together, which this scene's outputs would overwrite "
+                              "(and a rerun would read back as its detections). Rename the scene file.")
         if stem in stems and Path(stems[stem]).resolve() != Path(img).resolve():
             raise ConfigError(f"{stems[stem]} and {img} would both write {stem}.geojson; rename one of them "
                               "(or run them into different --output-dir folders).")
@@ -214,28 +245,40 @@ def batch_detect(
 ) -> gpd.GeoDataFrame:
     """Detect over many scenes; one GeoJSON (+ mask) per scene and ``all_detections.{geojson,csv}``.
 
-    Scenes whose outputs already exist are skipped, so an interrupted run resumes. A scene that
-    cannot be read or used (:data:`SCENE_FAILURES`) does not stop the others: it is left out and
-    reported in ``table.attrs["failed"]`` (``{scene path: message}``), and a rerun tries it again.
+    A scene is skipped when its outputs were made from the same input file, checkpoint and
+    settings and all outputs asked for exist (:mod:`model.resume`: ``<scene>.detect.json``), so an
+    interrupted run resumes; otherwise it is detected again. A scene that cannot be read or used
+    (:data:`SCENE_FAILURES`) does not stop the others: it is left out and reported in
+    ``table.attrs["failed"]`` (``{scene path: message}``), and a rerun tries it again.
 
     Returns:
-        All detections in EPSG:4326 with a ``scene`` column.
+        All detections in EPSG:4326 with a ``scene`` column; ``attrs["skipped"]`` lists the scenes
+        already done, ``attrs["redone"]`` says why scenes with earlier outputs were detected again.
     """
     config = config or DetectConfig()
     stems = scene_stems(images)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    tables, failed = [], {}
+    identity = resume.checkpoint_identity(checkpoint, ckpt.version)
+    settings = resume.detection_settings(with_threshold(config, ckpt))
+    tables, failed, skipped, redone = [], {}, [], {}
     for i, (img, stem) in enumerate(zip(images, stems, strict=True)):
         gj = out / f"{stem}.geojson"
         try:
-            if gj.exists():
+            decision = resume.decide(out, stem, img, identity, settings, masks)
+            if decision.skip:
                 t = gpd.read_file(gj)
+                skipped.append(stem)
             else:
+                if decision.reason:
+                    redone[stem] = decision.reason
+                resume.forget(out, stem, masks)
+                source = resume.input_identity(img)
                 t = detect_scene(ckpt, img, config, output_geojson=gj,
                                  output_mask=out / f"{stem}_mask.tif" if masks else None,
                                  cancel=cancel).to_crs("EPSG:4326")
+                resume.remember(out, stem, source, identity, settings, masks)
         except Cancelled:
             raise
         except SCENE_FAILURES as exc:
@@ -248,5 +291,5 @@ def batch_detect(
         if progress is not None:
             progress(i + 1, len(images), {"scene": stem, "detections": n, "failed": len(failed)})
     table = merge_scene_tables(tables, out)
-    table.attrs["failed"] = failed
+    table.attrs.update(failed=failed, skipped=skipped, redone=redone)
     return table

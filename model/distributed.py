@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
+from model import resume
 from model.blend import (
     StripBlender,
     has_mask,
@@ -247,7 +248,8 @@ def batch_detect_distributed(
     masks: bool = False,
     progress=None,
 ) -> gpd.GeoDataFrame | None:
-    """:func:`model.detect.batch_detect` on Lightning's engine (same files, same resume rule).
+    """:func:`model.detect.batch_detect` on Lightning's engine (same files, same resume rule:
+    :mod:`model.resume`).
 
     Launched as one command: with ``strategy="ddp"`` Lightning starts the other local ranks by
     re-running the command, and every rank runs this function.
@@ -262,20 +264,28 @@ def batch_detect_distributed(
         progress: Rank 0's ``progress(batches_done, batches_total, info)``.
 
     Returns:
-        On global rank 0: all detections in EPSG:4326 with a ``scene`` column, and scenes that could
-        not be read in ``attrs["failed"]`` (as :func:`model.detect.batch_detect`); elsewhere None.
+        On global rank 0: all detections in EPSG:4326 with a ``scene`` column, scenes that could
+        not be read in ``attrs["failed"]``, ``attrs["skipped"]`` and ``attrs["redone"]`` (as
+        :func:`model.detect.batch_detect`); elsewhere None.
     """
     config, engine = config or DetectConfig(), engine or EngineConfig()
+    stems = scene_stems(images)  # refuses clashing and reserved names before any work
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(checkpoint)
-    stems = scene_stems(images)
+    identity = resume.checkpoint_identity(checkpoint, ckpt.version)
+    settings = resume.detection_settings(with_threshold(config, ckpt))
     parts = out / PARTS
-    todo, grids, scenes, failed = [], [], [], {}
+    todo, grids, scenes, sources, failed, skipped, redone = [], [], [], [], {}, [], {}
     for i, stem in enumerate(stems):
-        if (out / f"{stem}.geojson").exists():
-            continue
         try:  # an unreadable scene is reported, not a reason to detect nothing
+            decision = resume.decide(out, stem, images[i], identity, settings, masks)
+            if decision.skip:  # same input, checkpoint and settings, every output there
+                skipped.append(stem)
+                continue
+            if decision.reason:
+                redone[stem] = decision.reason
+            source = resume.input_identity(images[i])
             grid = open_scene(images[i], config.bands)
             scene = scene_for_model(grid, ckpt, config, parts / "scenes")  # resampled where needed
         except SCENE_FAILURES as exc:
@@ -284,6 +294,7 @@ def batch_detect_distributed(
         todo.append(i)
         grids.append(grid)
         scenes.append(scene)
+        sources.append(source)
     dataset = TileDataset(scenes, config.tile_size, config.overlap)
     writer = TileWriter(parts, dataset.offsets, config.tile_size, progress)
     _quiet_lightning()
@@ -304,11 +315,13 @@ def batch_detect_distributed(
     rank, world = (trainer.global_rank, trainer.world_size) if len(dataset) else (0, 1)
     for k in range(rank, len(scenes), world):
         stem = stems[todo[k]]
+        resume.forget(out, stem, masks)  # this rank owns the scene's outputs and its record
         prob = parts / f"{stem}_prob.tif"
         blend_parts(scenes[k], k, dataset.offsets[k], parts, world, prob, config.tile_size, config.overlap)
         export_scene(prob, scenes[k], ckpt.version, with_threshold(config, ckpt), output_geojson=out / f"{stem}.geojson",
                      output_mask=out / f"{stem}_mask.tif" if masks else None, grid=grids[k])
         prob.unlink()
+        resume.remember(out, stem, sources[k], identity, settings, masks)
     trainer.strategy.barrier("dclabel-scenes-exported")
     if not trainer.is_global_zero:
         return None
@@ -321,5 +334,5 @@ def batch_detect_distributed(
         tables.append(t)
     shutil.rmtree(parts, ignore_errors=True)
     table = merge_scene_tables(tables, out)
-    table.attrs["failed"] = failed
+    table.attrs.update(failed=failed, skipped=skipped, redone=redone)
     return table
