@@ -153,8 +153,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_detect_flags(p)
     p.set_defaults(func=_detect)
 
-    p = sub.add_parser("batch-detect", help="detect over many scenes")
-    p.add_argument("--input-dir", type=Path, help="folder of GeoTIFF scenes")
+    p = sub.add_parser(
+        "batch-detect", help="detect over many scenes",
+        description="Detect over many scenes: OUTPUT_DIR/<scene>.geojson (+ <scene>_mask.tif) per scene and "
+        "all_detections.{geojson,csv} over all (its id is unique across scenes; scene_detection_id is the id in "
+        "<scene>.geojson). A rerun skips a scene only when its outputs were made from the same scene file, "
+        "checkpoint and settings (recorded in <scene>.detect.json) and every output asked for exists; other "
+        "scenes are detected again, and the run says why.")
+    p.add_argument("--input-dir", type=Path,
+                   help="folder of GeoTIFF scenes (.tif/.tiff directly in it: subfolders are not searched, the run "
+                   "says how many it left out; give their scenes with --images, or run batch-detect on each)")
     p.add_argument("--images", type=Path, nargs="*", default=[], help="scene files")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--output-mask", action="store_true", help="also write a mask per scene")
@@ -262,6 +270,17 @@ def _detect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _note_subfolders(input_dir: Path, output_dir: Path) -> None:
+    """Say how many subfolders of ``--input-dir`` (and scenes in them) batch-detect leaves out."""
+    out = output_dir.resolve()
+    subs = [d for d in input_dir.iterdir() if d.is_dir() and d.resolve() != out and not d.name.startswith(".")]
+    if subs:
+        inside = sum(1 for d in subs for f in d.rglob("*") if f.suffix.lower() in (".tif", ".tiff"))
+        print(f"dclabel batch-detect: note: {len(subs)} subfolder(s) of {input_dir} not searched "
+              f"({inside} .tif file(s) in them); give those scenes with --images or run batch-detect on each "
+              "subfolder", file=sys.stderr)
+
+
 def _batch_detect(a: argparse.Namespace) -> int:
     images = list(a.images)
     if a.input_dir:
@@ -272,7 +291,8 @@ def _batch_detect(a: argparse.Namespace) -> int:
             raise ConfigError(f"--output-dir {a.output_dir} is the input folder: the outputs (masks are GeoTIFFs too) "
                               "would be read as scenes on the next run; give another folder, e.g. "
                               f"{a.input_dir / 'detections'}.")
-        found = sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+        found = sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.is_file())
+        _note_subfolders(a.input_dir, a.output_dir)
         if not found and not images:
             raise ConfigError(f"--input-dir {a.input_dir} holds no .tif scenes.")
         images += found
@@ -302,7 +322,11 @@ def _batch_detect(a: argparse.Namespace) -> int:
             table = batch_detect(a.checkpoint, images, a.output_dir, _detect_config(a), a.output_mask, progress=bar)
         finally:
             bar.close()
-    failed = table.attrs.get("failed", {})
+    failed, redone = table.attrs.get("failed", {}), table.attrs.get("redone", {})
+    if table.attrs.get("skipped"):
+        print(f"{len(table.attrs['skipped'])} scene(s) already done with this checkpoint and these settings: skipped")
+    for stem, reason in redone.items():
+        print(f"{stem}: detected again: {reason}")
     for img, message in failed.items():
         print(f"dclabel batch-detect: FAILED {img}: {message}", file=sys.stderr)
     done = len(images) - len(failed)
