@@ -259,3 +259,19 @@ def test_training_without_validation_chips_does_not_warn_about_it(recwarn):
     fit(pairs, [], TrainConfig(epochs=1, batch_size=2, base_channels=4, depth=2, accelerator="cpu", gate_seconds=0,
                                progress_bar=False))
     assert not [w for w in recwarn if "val_dataloader" in str(w.message)]
+
+
+def test_batch_detect_says_which_subfolders_of_the_input_it_did_not_search(tmp_path, capsys):
+    from test_model_detect import constant_checkpoint
+
+    from model.checkpoint import save_checkpoint
+
+    make_scene(tmp_path / "in" / "a.tif", (64, 64), [(10, 10, 40, 40)])
+    make_scene(tmp_path / "in" / "2024" / "b.tif", (64, 64), [(10, 10, 40, 40)])
+    make_scene(tmp_path / "in" / "2025" / "deeper" / "c.tif", (64, 64), [(10, 10, 40, 40)])
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in"),
+                     "--output-dir", str(tmp_path / "in" / "detections"), "--tile-size", "64", "--overlap", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "2 subfolder(s) of" in captured.err and "not searched (2 .tif file(s) in them)" in captured.err
+    assert "over 1 of 1 scenes" in captured.out  # the output folder inside the input is not counted

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from geodata import make_scene, scene_transform
+from geodata import UTM18N, make_scene, scene_transform
 from shapely.geometry import box, shape
 
 from loop.cli import main as cli_main
@@ -20,7 +20,7 @@ from model.errors import Cancelled
 from model.export import detection_table, write_detections
 from model.masks import rasterize_footprints
 from model.predict_scene import predict_scene
-from model.scene import chip_windows, open_scene, read_window
+from model.scene import chip_windows, open_scene, read_window, write_geotiff
 from model.tiling import blend_weights, tile_starts
 from model.train import TrainConfig, fit
 from model.unet import UNet, UNetConfig
@@ -316,3 +316,150 @@ def test_truncated_scene_is_one_clear_error_and_no_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "cut.tif" in err and "truncated or damaged" in err and "Traceback" not in err
     assert not (tmp_path / "o.geojson").exists()
+
+
+def test_simplify_zero_still_writes_valid_polygons(tmp_path):
+    prob = np.zeros((120, 120), np.float32)
+    prob[10:30, 10:30] = prob[30:50, 30:50] = 0.9  # squares touching at one corner: one 8-connected outline
+    prob[60:110, 60:110] = 0.9  # a ring whose hole touches itself at a corner
+    prob[70:80, 70:80] = prob[80:90, 80:90] = 0.0
+    path, _ = _prob_raster(tmp_path, prob)
+    found = vectorize_probability(path, 0.5, 20, 0.0, 0.0)
+    assert len(found) == 2 and found.geometry.is_valid.all()
+    assert sorted(found.geometry.area / 0.36) == pytest.approx([800, 2500 - 200])  # no pixel lost or added
+    write_detections(detection_table(found, "v"), geojson=tmp_path / "d.geojson", gpkg=tmp_path / "d.gpkg")
+    for name in ("d.geojson", "d.gpkg"):
+        assert gpd.read_file(tmp_path / name).geometry.is_valid.all()
+
+
+def _random_checkpoint() -> Checkpoint:
+    """A seeded random U-Net: its output depends on every input pixel (unlike constant_checkpoint)."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(base_channels=4, depth=2)
+    return Checkpoint(UNet(cfg).state_dict(), cfg, Normalization((100.0,) * 4, (40.0,) * 4))
+
+
+def with_nodata_collar(path, out, value):
+    """``path``'s pixels (kept off ``value``) with a collar (top 10 rows, left 20 columns) set to
+    ``value`` and declared nodata."""
+    with rasterio.open(path) as src:
+        arr, profile = src.read(), src.profile
+    arr[arr == value] = value - 1 if value else 1
+    arr[:, :10, :] = value
+    arr[:, :, :20] = value
+    with rasterio.open(out, "w", **(profile | {"nodata": value})) as dst:
+        dst.write(arr)
+    return out
+
+
+def test_detections_and_outputs_do_not_depend_on_the_nodata_value(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (96, 128), [(30, 40, 80, 100)], seed=5)
+    ckpt, cfg = _random_checkpoint(), DetectConfig(tile_size=64, overlap=16, threshold=0.5, min_area=4)
+    probs = {}
+    for value in (0, 255):
+        scene = with_nodata_collar(path, tmp_path / f"nd{value}.tif", value)
+        detect_scene(ckpt, scene, cfg, output_prob=tmp_path / f"p{value}.tif", output_mask=tmp_path / f"m{value}.tif")
+        with rasterio.open(tmp_path / f"p{value}.tif") as p, rasterio.open(tmp_path / f"m{value}.tif") as m:
+            probs[value] = p.read(1)
+            # no data is said by a GDAL mask band; the values stay probabilities and a 0/1 mask
+            for out in (p, m):
+                valid = out.read_masks(1) > 0
+                assert not valid[:10].any() and not valid[:, :20].any() and valid[10:, 20:].all()
+            assert set(np.unique(m.read(1))) <= {0, 1} and m.nodata is None
+            assert (p.read(1)[:10] == 0).all()
+    np.testing.assert_array_equal(probs[0], probs[255])
+
+
+def test_mask_source_tag_names_the_kept_probability_file_or_nothing(tmp_path):
+    scene, _ = make_scene(tmp_path / "s.tif", (64, 64), [(10, 10, 40, 40)])
+    cfg = DetectConfig(tile_size=64, overlap=0)
+    detect_scene(constant_checkpoint(0.9), scene, cfg, output_mask=tmp_path / "m.tif")
+    with rasterio.open(tmp_path / "m.tif") as m:
+        assert "source" not in m.tags()  # was a temporary file, deleted when detect returned
+    detect_scene(constant_checkpoint(0.9), scene, cfg, output_mask=tmp_path / "m2.tif", output_prob=tmp_path / "p.tif")
+    with rasterio.open(tmp_path / "m2.tif") as m:
+        assert m.tags()["source"] == str(tmp_path / "p.tif")
+
+
+def _batch_argv(tmp_path, ckpt, *extra):
+    return ["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in"),
+            "--output-dir", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "0", *extra]
+
+
+@pytest.mark.parametrize("engine", [[], ["--accelerator", "cpu", "--devices", "1"]], ids=["loop", "lightning"])
+def test_batch_detect_rerun_redoes_scenes_whose_checkpoint_settings_input_or_outputs_changed(tmp_path, capsys,
+                                                                                              engine):
+    for n in ("a", "b"):
+        make_scene(tmp_path / "in" / f"{n}.tif", (64, 64), [(10, 10, 40, 40)], seed=ord(n))
+    v1 = constant_checkpoint(0.9)
+    v1.version = "v1"
+    v2 = constant_checkpoint(0.8)
+    v2.version = "v2"
+    ck1, ck2 = save_checkpoint(v1, tmp_path / "v1.pt"), save_checkpoint(v2, tmp_path / "v2.pt")
+    out = tmp_path / "out"
+
+    def run(ckpt, *extra):
+        assert cli_main(_batch_argv(tmp_path, ckpt, *extra, *engine)) == 0
+        summary = gpd.read_file(out / "all_detections.geojson")
+        return capsys.readouterr().out, summary
+
+    text, summary = run(ck1)
+    assert set(summary["model_version"]) == {"v1"} and "skipped" not in text
+    text, _ = run(ck1)
+    assert "2 scene(s) already done with this checkpoint and these settings: skipped" in text
+    text, summary = run(ck2)  # another checkpoint
+    assert set(summary["model_version"]) == {"v2"}
+    assert "a: detected again: another checkpoint (v1 -> v2)" in text
+    text, summary = run(ck2, "--threshold", "0.85")  # 0.8 < 0.85: nothing left
+    assert len(summary) == 0 and "other settings (threshold 0.5 -> 0.85)" in text
+    text, _ = run(ck2, "--threshold", "0.85", "--output-mask")  # a mask newly asked for
+    assert "a_mask.tif missing" in text and (out / "a_mask.tif").exists() and (out / "b_mask.tif").exists()
+    make_scene(tmp_path / "in" / "b.tif", (64, 64), [], seed=9)  # the scene itself changed
+    text, _ = run(ck2, "--threshold", "0.85", "--output-mask")
+    assert "b: detected again: the input scene changed" in text and "1 scene(s) already done" in text
+    text, summary = run(ck2)  # masks no longer asked for: the earlier ones, now stale, are removed
+    assert not (out / "a_mask.tif").exists() and len(summary) == 2
+    record = json.loads((out / "a.detect.json").read_text())
+    assert record["checkpoint"]["version"] == "v2" and record["settings"]["threshold"] == 0.5
+
+
+def test_batch_detect_redoes_outputs_left_without_a_record(tmp_path, capsys):
+    make_scene(tmp_path / "in" / "a.tif", (64, 64), [(10, 10, 40, 40)])
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.geojson").write_text('{"type": "FeatureCollection", "features": []}')  # an older run's
+    assert cli_main(_batch_argv(tmp_path, ckpt)) == 0
+    assert "a: detected again: earlier outputs without a record" in capsys.readouterr().out
+    assert len(gpd.read_file(tmp_path / "out" / "a.geojson")) == 1
+
+
+@pytest.mark.parametrize("engine", [[], ["--accelerator", "cpu", "--devices", "1"]], ids=["loop", "lightning"])
+def test_batch_detect_refuses_a_scene_named_like_the_aggregate_before_any_work(tmp_path, capsys, engine):
+    make_scene(tmp_path / "in" / "x.tif", (64, 64), [(10, 10, 40, 40)])
+    make_scene(tmp_path / "in" / "all_detections.tif", (64, 64), [(10, 10, 40, 40)])
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    assert cli_main(_batch_argv(tmp_path, ckpt, *engine)) == 2
+    err = capsys.readouterr().err
+    assert "all_detections.tif" in err and "cannot be named all_detections" in err and "Rename" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_detections_ids_are_unique_and_lead_back_to_the_scene_files(tmp_path):
+    from model.detect import batch_detect
+
+    scenes = [_dark_scene_with_two_roofs(tmp_path / f"{n}.tif") for n in "ab"]
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    table = batch_detect(ckpt, scenes, tmp_path / "out", DetectConfig(tile_size=64, overlap=0, merge_distance=0))
+    summary = gpd.read_file(tmp_path / "out" / "all_detections.geojson")
+    assert len(summary) == 4 and sorted(summary["id"]) == [1, 2, 3, 4] and list(table["id"]) == [1, 2, 3, 4]
+    for _, row in summary.iterrows():
+        own = gpd.read_file(tmp_path / "out" / f"{row['scene']}.geojson").set_index("id")
+        assert own.loc[row["scene_detection_id"], "area_m2"] == row["area_m2"]
+
+
+def _dark_scene_with_two_roofs(path):
+    """A 128 x 128 scene, zero (empty) except a roof in the top-left and one in the bottom-right
+    64 px tile: with 64 px tiles and a constant model only those two tiles are detected."""
+    arr = np.zeros((4, 128, 128), np.uint8)
+    arr[:, 5:40, 5:40] = arr[:, 70:120, 70:120] = 200
+    return write_geotiff(path, arr, UTM18N, scene_transform())
