@@ -6,7 +6,8 @@ to the layer's data events and writes each change to the store at once:
 
 * ``added``: shapes with ``fid == -1`` are stored (source ``manual``) and get their fid;
 * ``changed``: the footprints of the changed shapes are rebuilt from all their parts and updated
-  (holes of the stored polygon are kept when still inside the edited outline);
+  (holes of the stored polygon move with an outline moved, scaled or rotated as a whole; after a
+  vertex edit those still inside the outline are kept, and each one dropped is reported);
 * ``removing``/``removed``: the fids of removed shapes are deleted (or, for a multi-part
   footprint with parts left, updated).
 
@@ -24,16 +25,24 @@ from napari.layers.base._base_constants import ActionType
 from shapely.geometry.base import BaseGeometry
 
 from labeler.geo import (
+    crs_to_napari,
     geometry_to_napari,
     join_parts,
+    move_rings,
+    napari_to_crs,
     napari_to_geometry,
+    outline_motion,
     polygon_parts,
     restore_exact,
+    split_holes,
 )
 from model.errors import DclabelError
 from model.scene import SceneInfo
 
 LAYER_NAME = "footprints"
+#: Read-only outlines of the footprints' holes (a napari shape has no holes; the footprints layer
+#: shows each polygon's exterior, the one the user edits). Made when the first hole is shown.
+HOLES_LAYER = "footprint holes"
 CLASS_COLOURS: dict[str, str] = {
     "datacenter": "#ff3df5",  # magenta: the positive class stands out on vegetation and roofs
     "warehouse": "#00e5ff",
@@ -78,8 +87,10 @@ class FootprintEditor:
         self._syncing = False
         self._removing: list[int] = []
         self._geoms: dict[int, BaseGeometry] = {}
-        if LAYER_NAME in viewer.layers:
-            viewer.layers.remove(LAYER_NAME)
+        self._holes_key: tuple = ()
+        for name in (LAYER_NAME, HOLES_LAYER):
+            if name in viewer.layers:
+                viewer.layers.remove(name)
         self.layer: Shapes = viewer.add_shapes(
             name=LAYER_NAME,
             ndim=2,
@@ -143,6 +154,7 @@ class FootprintEditor:
             self._set_defaults()  # assigning features resets the defaults napari gives new shapes
         finally:
             self._syncing = False
+        self.show_holes()
 
     def sync_from_store(self, max_changes: int = 200) -> int:
         """Bring the layer in line with the store by replacing only the footprints that differ.
@@ -180,7 +192,52 @@ class FootprintEditor:
             geom, cls = stored[fid]
             self._geoms[fid] = geom
             self._append_shapes(fid, geom, cls)
+        self.show_holes()
         return len(changed) + len(gone)
+
+    def show_holes(self) -> None:
+        """Draw the holes of the footprints on screen in the read-only holes layer.
+
+        Redrawn only when a footprint with holes (or its class) changed; the layer is made when the
+        first hole is shown, so a scene without holes costs nothing.
+        """
+        cls_of = dict(zip(self._fids().tolist(), self.layer.features["class"].tolist(), strict=False))
+        holed = [(fid, str(cls_of.get(fid, "")), geom) for fid, geom in sorted(self._geoms.items())
+                 if any(p.interiors for p in polygon_parts(geom))]
+        key = tuple((fid, cls, geom.wkb) for fid, cls, geom in holed)
+        if key == self._holes_key:
+            return
+        self._holes_key = key
+        rings, colours = [], []
+        for _fid, cls, geom in holed:
+            for part in polygon_parts(geom):
+                for hole in part.interiors:
+                    rings.append(crs_to_napari(np.asarray(hole.coords)[:-1, :2], self.scene.transform))
+                    colours.append(class_colour(cls))
+        layer = self._holes_layer(create=bool(rings))
+        if layer is None:
+            return
+        layer.selected_data = set()
+        layer.data = []
+        if rings:
+            layer.add(rings, shape_type="polygon", edge_color=colours, face_color="transparent", edge_width=2)
+
+    def _holes_layer(self, create: bool) -> Shapes | None:
+        """The holes layer (made when ``create``; the active layer stays the one drawn in)."""
+        if HOLES_LAYER in self.viewer.layers:
+            return self.viewer.layers[HOLES_LAYER]
+        if not create:
+            return None
+        active = self.viewer.layers.selection.active
+        layer = Shapes(name=HOLES_LAYER, ndim=2, face_color="transparent", opacity=0.9)
+        self.viewer.layers.append(layer)
+        # shown, not edited (a hole moves with its footprint's outline); napari makes a layer
+        # editable again whenever it reslices, so it is set back each time
+        layer.editable = False
+        layer.events.editable.connect(lambda _event: setattr(layer, "editable", False))
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        return layer
 
     def add_geometries(
         self, geoms: Iterable[BaseGeometry], cls: str = "datacenter", source: str = "manual",
@@ -299,21 +356,39 @@ class FootprintEditor:
         self.reload()
 
     def _footprint_from_layer(self, fid: int) -> BaseGeometry | None:
-        """Rebuild a footprint from all its shapes (None when it has none left)."""
+        """Rebuild a footprint from all its shapes (None when it has none left).
+
+        A part's holes follow its outline when the outline was moved, scaled or rotated as a
+        whole; after a vertex edit the holes still inside the outline are kept and the user is
+        told about each one dropped.
+        """
         idx = self.indices_of([fid])
         if not idx:
             return None
         old_parts = polygon_parts(self._geoms.get(fid))
         feats = self.layer.features
-        parts = []
+        transform = self.scene.transform
+        parts, dropped = [], 0
         for i in idx:
             k = int(feats["part"].iloc[i])
-            holes = list(old_parts[k].interiors) if k < len(old_parts) else []
-            holes_poly = [np.asarray(h.coords) for h in holes]
             vertices = self._vertices(i)
-            if k < len(old_parts):  # untouched vertices keep their exact position, not napari's float32
-                vertices = restore_exact(vertices, geometry_to_napari(old_parts[k], self.scene.transform))
-            parts.append(napari_to_geometry(vertices, self.scene.transform, holes_poly))
+            if k >= len(old_parts):
+                parts.append(napari_to_geometry(vertices, transform))
+                continue
+            exact = geometry_to_napari(old_parts[k], transform)
+            holes = [np.asarray(h.coords) for h in old_parts[k].interiors]
+            motion = outline_motion(exact, vertices) if holes else None
+            if motion is not None:
+                holes = [napari_to_crs(r, transform)
+                         for r in move_rings([crs_to_napari(h, transform) for h in holes], motion)]
+            # untouched vertices keep their exact position, not napari's float32
+            vertices = restore_exact(vertices, exact)
+            holes, outside = split_holes(vertices, transform, holes)
+            dropped += len(outside)
+            parts.append(napari_to_geometry(vertices, transform, holes))
+        if dropped:
+            self._notify(f"{dropped} hole(s) of footprint {fid} no longer inside its edited outline "
+                         "were dropped (Ctrl+Z brings them back).")
         return join_parts(parts)
 
     def _store_changed(self, indices: Iterable[int]) -> None:
@@ -436,6 +511,7 @@ class FootprintEditor:
         return True
 
     def _changed(self) -> None:
+        self.show_holes()
         if self._on_change is not None:
             self._on_change()
 

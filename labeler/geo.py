@@ -8,7 +8,9 @@ pixel spans ``row - 0.5 .. row + 0.5``. Rasterio's affine maps pixel *corners*: 
 
 and its exact inverse. napari shapes have no holes and no multi-part shapes, so a polygon is
 shown as its exterior ring; :func:`polygon_parts` splits multi-part geometries, and
-:func:`napari_to_geometry` takes the holes to keep back as an argument.
+:func:`napari_to_geometry` takes the holes to keep back as an argument. When an outline was moved,
+rotated or scaled as a whole, :func:`outline_motion` finds that map so its holes can follow
+(:func:`move_rings`); :func:`split_holes` tells which holes still fit an edited outline.
 """
 
 from __future__ import annotations
@@ -122,6 +124,65 @@ def restore_exact(vertices: np.ndarray, exact: np.ndarray) -> np.ndarray:
     return out
 
 
+def outline_motion(before: np.ndarray, after: np.ndarray, tol: float = 1e-3) -> np.ndarray | None:
+    """The affine map that took an outline's vertices from ``before`` to ``after``, if one did.
+
+    napari moves a selected shape (drag), and scales or rotates it (its selection box handles), by
+    one affine map applied to every vertex; a vertex edit moves some vertices only. A triangle's
+    vertices always fit an affine map: moving one of its corners shears it, and its holes with it.
+
+    Args:
+        before: ``(N, 2)`` napari vertices as stored.
+        after: ``(N, 2)`` napari vertices as the layer has them now (float32 precision).
+        tol: Largest residual in pixels, on top of float32 rounding.
+
+    Returns:
+        A ``(3, 2)`` matrix ``M`` with ``[row, col, 1] @ M`` the moved point, or None when the vertex
+        count changed or the vertices did not move by one affine map (or did not move at all).
+    """
+    before = np.asarray(before, dtype=np.float64).reshape(-1, 2)
+    after = np.asarray(after, dtype=np.float64)
+    after = after.reshape(-1, after.shape[-1])[:, -2:]
+    if before.shape != after.shape or len(before) < 3:
+        return None
+    slack = tol + 1e-6 * float(np.abs(np.concatenate([before, after])).max(initial=1.0))
+    if np.abs(after - before).max() <= slack:
+        return None  # not moved
+    lhs = np.column_stack([before, np.ones(len(before))])
+    matrix, _, rank, _ = np.linalg.lstsq(lhs, after, rcond=None)
+    if rank < 3 or np.abs(lhs @ matrix - after).max() > slack:
+        return None
+    return matrix
+
+
+def move_rings(rings: Iterable[np.ndarray], matrix: np.ndarray) -> list[np.ndarray]:
+    """napari rings ``(K, 2)`` moved by an :func:`outline_motion` matrix."""
+    return [np.column_stack([np.asarray(r, dtype=np.float64)[:, -2:], np.ones(len(r))]) @ matrix for r in rings]
+
+
+def split_holes(
+    vertices: np.ndarray, transform: Affine, holes: Iterable[Polygon | Sequence],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Holes (CRS) that still fit inside an outline given as napari vertices, and those that do not.
+
+    Args:
+        vertices: The outline as napari ``(row, col)``.
+        transform: The scene's affine transform.
+        holes: Interior rings as CRS polygons or coordinate sequences.
+
+    Returns:
+        ``(inside, outside)``: lists of CRS ring coordinates ``(K, 2)``.
+    """
+    shell = Polygon(napari_to_crs(vertices, transform))
+    if not shell.is_valid:
+        shell = make_valid(shell)
+    inside, outside = [], []
+    for hole in holes:
+        ring = hole if isinstance(hole, Polygon) else Polygon(hole)
+        (inside if shell.contains(ring) else outside).append(np.asarray(ring.exterior.coords))
+    return inside, outside
+
+
 def napari_to_geometry(
     vertices: np.ndarray,
     transform: Affine,
@@ -133,7 +194,7 @@ def napari_to_geometry(
         vertices: Polygon or rectangle vertices as napari ``(row, col)``.
         transform: The scene's affine transform.
         holes: Interior rings to keep, as CRS polygons or coordinate sequences; those not
-            inside the new exterior are dropped.
+            inside the new exterior are dropped (:func:`split_holes` tells which, to say so).
 
     Returns:
         A Polygon, or a MultiPolygon when a self-intersecting ring had to be split to be valid.

@@ -1,0 +1,164 @@
+"""Holes that follow their footprint, the export panel's output paths, the npe2 reader's claims."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+from napari.layers.base._base_constants import ActionType
+from shapely.geometry import Polygon
+
+from labeler.geo import crs_to_napari, move_rings, outline_motion, split_holes
+
+
+# ----- geometry of holes (no window) ---------------------------------------------------------------
+def test_outline_motion_finds_a_whole_shape_move_and_not_a_vertex_edit() -> None:
+    square = np.array([[10.0, 10.0], [10.0, 50.0], [50.0, 50.0], [50.0, 10.0]])
+    moved = (square + (5.0, -3.0)).astype(np.float32)  # napari keeps float32
+    matrix = outline_motion(square, moved)
+    assert matrix is not None
+    np.testing.assert_allclose(move_rings([np.array([[20.0, 20.0]])], matrix)[0], [[25.0, 17.0]], atol=1e-4)
+    centre = square.mean(axis=0)
+    turned = centre + (square - centre) @ np.array([[0.0, 1.0], [-1.0, 0.0]]) * 1.5  # rotated, scaled
+    matrix = outline_motion(square, turned)
+    np.testing.assert_allclose(move_rings([square], matrix)[0], turned, atol=1e-9)
+    edited = square.copy()
+    edited[2] += (7.0, 4.0)
+    assert outline_motion(square, edited) is None  # one vertex moved
+    assert outline_motion(square, square.astype(np.float32)) is None  # not moved at all
+    assert outline_motion(square, square[:3]) is None  # a vertex removed
+
+
+def test_split_holes_tells_which_holes_still_fit() -> None:
+    from conftest import TINY_TRANSFORM as T
+
+    def ring(r0, r1, c0, c1):
+        return np.array([T * (c, r) for r, c in ((r0, c0), (r0, c1), (r1, c1), (r1, c0), (r0, c0))])
+
+    outline = crs_to_napari(ring(0, 100, 0, 100)[:-1], T)
+    inside, outside = split_holes(outline, T, [ring(10, 20, 10, 20), ring(90, 120, 10, 20)])
+    assert len(inside) == 1 and len(outside) == 1
+    np.testing.assert_allclose(inside[0], ring(10, 20, 10, 20))
+
+
+# ----- holes in the app --------------------------------------------------------------------------
+def _pbox(r0: float, r1: float, c0: float, c1: float) -> Polygon:
+    from conftest import TINY_TRANSFORM as T
+
+    return Polygon([T * (c0, r0), T * (c1, r0), T * (c1, r1), T * (c0, r1)])
+
+
+def _holed_footprint(app):
+    editor, store = app.session.editor, app.session.project.labels
+    holed = Polygon(_pbox(50, 150, 50, 250).exterior.coords, [_pbox(80, 120, 100, 200).exterior.coords])
+    fid = store.add_footprint(app.session.scene.scene_id, holed, "datacenter")
+    editor.reload()
+    return fid, holed
+
+
+def _stored(app, fid):
+    return app.session.project.labels.footprints(app.session.scene.scene_id).set_index("fid").geometry.loc[fid]
+
+
+def _hole_pixels(app, geom) -> list[np.ndarray]:
+    """Holes as pixel-corner (row, col) rings, closing vertex dropped."""
+    inv = ~app.session.scene.transform
+    return [np.array([(inv * p)[::-1] for p in hole.coords])[:-1] for hole in geom.interiors]
+
+
+def _edit(layer, i: int, vertices: np.ndarray) -> None:
+    """Replace shape ``i``'s vertices the way napari's mouse handlers do, with the same events."""
+    indices = tuple(range(len(vertices)))
+    layer.events.data(value=layer.data, action=ActionType.CHANGING, data_indices=(i,), vertex_indices=(indices,))
+    layer._data_view.edit(i, vertices)
+    layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(i,), vertex_indices=(indices,))
+
+
+def _drag(layer, start, end) -> None:
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))
+
+
+@pytest.mark.gui
+def test_a_footprint_dragged_with_the_mouse_takes_its_hole_along(app, qtbot) -> None:
+    fid, holed = _holed_footprint(app)
+    editor = app.session.editor
+    before = _hole_pixels(app, holed)[0]
+    layer = editor.layer
+    layer.mode = "select"
+    layer.selected_data = set(editor.indices_of([fid]))
+    _drag(layer, (60.0, 60.0), (65.0, 70.0))  # 5 rows down, 10 columns right
+    moved = _stored(app, fid)
+    assert len(moved.interiors) == 1
+    np.testing.assert_allclose(_hole_pixels(app, moved)[0], before + (5.0, 10.0), atol=1e-3)
+    assert moved.area == pytest.approx(holed.area, rel=1e-6)
+    assert editor.undo()
+    np.testing.assert_allclose(_hole_pixels(app, _stored(app, fid))[0], before, atol=1e-9)
+
+
+@pytest.mark.gui
+def test_holes_are_drawn_read_only_and_follow_their_footprint(app, qtbot) -> None:
+    from labeler.footprints import HOLES_LAYER
+
+    editor, viewer = app.session.editor, app.session.viewer
+    assert HOLES_LAYER not in viewer.layers  # no hole, no layer
+    fid, holed = _holed_footprint(app)
+    before = _hole_pixels(app, holed)[0]
+    holes_layer = viewer.layers[HOLES_LAYER]
+    assert len(holes_layer.data) == 1 and not holes_layer.editable
+    np.testing.assert_allclose(holes_layer.data[0], before - 0.5, atol=1e-3)  # napari: pixel centres
+    assert viewer.layers.selection.active is editor.layer  # drawing goes on in the footprints layer
+    viewer.dims.ndisplay = 3  # napari makes layers editable again when it reslices
+    viewer.dims.ndisplay = 2
+    assert not holes_layer.editable and editor.layer.editable
+    layer = editor.layer
+    layer.mode = "select"
+    layer.selected_data = set(editor.indices_of([fid]))
+    _drag(layer, (60.0, 60.0), (65.0, 70.0))
+    np.testing.assert_allclose(holes_layer.data[0], before + (5.0, 10.0) - 0.5, atol=1e-3)
+    assert editor.undo()
+    np.testing.assert_allclose(holes_layer.data[0], before - 0.5, atol=1e-3)
+    layer.selected_data = set(editor.indices_of([fid]))
+    layer.remove_selected()
+    assert len(holes_layer.data) == 0
+
+
+@pytest.mark.gui
+def test_a_scaled_footprint_scales_its_hole_and_an_edit_that_cuts_it_says_so(app, qtbot) -> None:
+    fid, holed = _holed_footprint(app)
+    editor = app.session.editor
+    messages: list[str] = []
+    editor._notify = messages.append
+    layer = editor.layer
+    [i] = editor.indices_of([fid])
+    vertices = np.asarray(layer.data[i], dtype=np.float64)
+    centre = vertices.mean(axis=0)
+    _edit(layer, i, centre + (vertices - centre) * 1.5)  # the selection box's corner handle
+    scaled = _stored(app, fid)
+    assert len(scaled.interiors) == 1 and scaled.area == pytest.approx(holed.area * 2.25, rel=1e-4)
+    hole = _hole_pixels(app, scaled)[0]
+    np.testing.assert_allclose(hole.min(axis=0), [100.0 - 20.0 * 1.5, 150.0 - 50.0 * 1.5], atol=1e-3)
+    assert messages == []
+    # one corner dragged across the hole: the outline no longer holds it; dropped, and said so
+    vertices = np.asarray(layer.data[i], dtype=np.float64)
+    corner = int(np.argmax(vertices.sum(axis=1)))  # the bottom-right corner
+    vertices[corner] = (100.0, 150.0)
+    _edit(layer, i, vertices)
+    cut = _stored(app, fid)
+    assert len(cut.interiors) == 0
+    assert len(messages) == 1 and "hole" in messages[0] and str(fid) in messages[0]
+    # a vertex edit that leaves the hole inside keeps it where it was
+    assert editor.undo()
+    vertices = np.asarray(layer.data[i], dtype=np.float64)
+    vertices[corner] += (3.0, 4.0)
+    _edit(layer, i, vertices)
+    np.testing.assert_allclose(_hole_pixels(app, _stored(app, fid))[0], hole, atol=1e-9)
+    assert len(messages) == 1
