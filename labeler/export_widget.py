@@ -8,6 +8,7 @@ the chosen output stem.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -40,17 +42,51 @@ DETECTION_FACE = [1.0, 0.43, 0.0, 0.18]
 FORMATS = {"geojson": ".geojson", "gpkg": ".gpkg", "csv": ".csv", "mask": "_mask.tif"}
 
 
-def export_paths(stem: str | Path, formats: set[str]) -> dict[str, Path]:
+#: Default file stem inside a folder given as the output.
+DEFAULT_STEM = "detections"
+
+
+def export_paths(stem: str | Path, formats: set[str], base: str | Path | None = None) -> dict[str, Path]:
     """Output files for an output stem (``out/detections`` -> ``out/detections.geojson``, ...).
 
-    An existing folder means "in there": ``out/`` -> ``out/detections.geojson``, ...
+    ``~`` is the home folder; a relative stem is relative to ``base`` (the project folder). A folder
+    means "in there", with the stem ``detections``: an existing folder, or any path ending in a
+    slash (``out/new/`` -> ``out/new/detections.geojson``, created on writing). A name ending in one
+    of the outputs' suffixes loses it (``dets_mask.tif``, ``dets.geojson`` -> ``dets``).
+
+    Args:
+        stem: The Output field's text.
+        formats: Formats to write (keys of :data:`FORMATS`).
+        base: Folder a relative stem is relative to (default: the working directory).
+
+    Returns:
+        ``{format: path}`` for the chosen formats, absolute when ``base`` is.
     """
-    stem = Path(stem)
-    if stem.is_dir():
-        stem = stem / "detections"
-    elif stem.suffix.lower() in {".geojson", ".gpkg", ".csv", ".tif"}:
-        stem = stem.with_suffix("")
-    return {f: stem.parent / f"{stem.name}{FORMATS[f]}" for f in FORMATS if f in formats}
+    text = str(stem).strip()
+    folder = text.endswith(("/", os.sep, os.altsep or "/"))
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base).expanduser() / path
+    if folder or path.is_dir():
+        path = path / DEFAULT_STEM
+    else:
+        name = path.name
+        for suffix in sorted({*FORMATS.values(), ".tif", ".tiff", "_mask.tiff"}, key=len, reverse=True):
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                path = path.with_name(name[: -len(suffix)])
+                break
+    return {f: path.parent / f"{path.name}{FORMATS[f]}" for f in FORMATS if f in formats}
+
+
+def confirm_replace(parent: QWidget | None, existing: list[Path]) -> bool:
+    """Ask whether to replace existing output files (the export's one overwrite question)."""
+    names = "\n".join(str(p) for p in existing)
+    answer = QMessageBox.question(
+        parent, "Replace files?",
+        f"{len(existing)} output file(s) already exist and will be replaced:\n{names}",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
 
 
 class ExportWidget(QWidget):
@@ -69,6 +105,9 @@ class ExportWidget(QWidget):
         self.result_scene: str | None = None  # scene id of ``result``
         self._job_scene: SceneInfo | None = None  # the scene the running detection reads
         self.paths: dict[str, Path] = {}
+        #: Asked with the existing files before they are replaced; True goes ahead (tests swap it).
+        self.confirm_replace = lambda existing: confirm_replace(self, existing)
+        self._replacing: list[Path] = []
 
         self.output = QLineEdit(str(Path(session.project.root) / "exports" / "detections"))
         browse = QPushButton("…")
@@ -135,8 +174,11 @@ class ExportWidget(QWidget):
         self.threshold.setSpecialValueText(f"model's ({float(t):.2f})" if t is not None else "model's (0.50)")
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Export detections as", self.output.text(),
-                                              "Output stem (*)")
+        start = export_paths(self.output.text(), {"geojson"}, self.session.project.root)["geojson"]
+        # the files of every format are checked (and asked about) once, when the export starts
+        path, _ = QFileDialog.getSaveFileName(self, "Export detections as", str(start.with_suffix("")),
+                                              "Output stem (*)",
+                                              options=QFileDialog.Option.DontConfirmOverwrite)
         if path:
             self.output.setText(path)
 
@@ -157,7 +199,7 @@ class ExportWidget(QWidget):
             self.status.setText("not started: give an output name (a folder or a file stem).")
             show_error("Cannot export: the Output field is empty; give a folder or a file stem.")
             return None
-        self.paths = export_paths(self.output.text().strip(), formats)
+        self.paths = export_paths(self.output.text().strip(), formats, self.session.project.root)
         try:  # before any work: never write over the scene, the model or the project's own files
             check_outputs({f"{fmt} output": p for fmt, p in self.paths.items()},
                           self._protected_files(current))
@@ -165,6 +207,12 @@ class ExportWidget(QWidget):
             self.status.setText(f"not started: {exc}")
             show_error(f"Cannot export: {exc}")
             return None
+        existing = [p for p in self.paths.values() if p.exists()]
+        if existing and not self.confirm_replace(existing):
+            self.status.setText("not started: " + ", ".join(p.name for p in existing)
+                                + " already exist(s); choose another output name.")
+            return None
+        self._replacing = existing
         try:
             threshold = self.threshold.value() if self.threshold.value() > self.threshold.minimum() else None
             config = DetectConfig(threshold=threshold, min_area=self.min_area.value(),
@@ -218,13 +266,16 @@ class ExportWidget(QWidget):
         self.result, self.result_scene = table, scene.scene_id
         files = ", ".join(p.name for p in self.paths.values())
         area = float(table["area_m2"].sum()) if len(table) else 0.0
-        text = f"{len(table)} detections ({area / 1e4:.1f} ha) written: {files}"
+        folder = next(iter(self.paths.values())).parent
+        text = f"{len(table)} detections ({area / 1e4:.1f} ha) written in {folder}: {files}"
+        if self._replacing:
+            text += f" (replaced: {', '.join(p.name for p in self._replacing)})"
         if scene.scene_id == self.session.scene.scene_id:
             self.show_detections(table)
         else:  # the user moved on to another scene meanwhile: never draw on the wrong grid
             text += f" (scene {scene.scene_id}; not drawn over the scene on screen)"
         self.status.setText(text)
-        show_info(f"Exported {len(table)} detections to {next(iter(self.paths.values())).parent}")
+        show_info(f"Exported {len(table)} detections to {folder}")
 
     def detections_layer(self):
         """The detections Shapes layer, created (empty) if missing.

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from napari.layers.base._base_constants import ActionType
 from shapely.geometry import Polygon
 
+from labeler.export_widget import export_paths
 from labeler.geo import crs_to_napari, move_rings, outline_motion, split_holes
+
+ALL = {"geojson", "gpkg", "csv", "mask"}
 
 
 # ----- geometry of holes (no window) ---------------------------------------------------------------
@@ -162,3 +167,71 @@ def test_a_scaled_footprint_scales_its_hole_and_an_edit_that_cuts_it_says_so(app
     _edit(layer, i, vertices)
     np.testing.assert_allclose(_hole_pixels(app, _stored(app, fid))[0], hole, atol=1e-9)
     assert len(messages) == 1
+
+
+# ----- export paths ------------------------------------------------------------------------------
+def test_export_paths_expand_home_and_resolve_relative_names_in_the_project(tmp_path, monkeypatch) -> None:
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert export_paths("~/dets", ALL, project)["geojson"] == home / "dets.geojson"
+    assert export_paths("relative_dets", {"csv"}, project) == {"csv": project / "relative_dets.csv"}
+    assert export_paths("sub/dets", {"mask"}, project) == {"mask": project / "sub" / "dets_mask.tif"}
+
+
+def test_export_paths_strip_a_known_suffix_and_take_a_trailing_slash_as_a_folder(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    expected = {"geojson": out / "dets.geojson", "gpkg": out / "dets.gpkg", "csv": out / "dets.csv",
+                "mask": out / "dets_mask.tif"}
+    for name in ("dets_mask.tif", "dets.geojson", "dets.GPKG", "dets.csv", "dets.tif", "dets"):
+        assert export_paths(str(out / name), ALL) == expected, name
+    folder = export_paths(str(out / "newfolder") + "/", ALL)  # not there yet: made on writing
+    assert folder["geojson"] == out / "newfolder" / "detections.geojson"
+    assert export_paths(str(out), {"mask"}) == {"mask": out / "detections_mask.tif"}  # an existing folder
+
+
+@pytest.mark.gui
+def test_export_asks_before_replacing_a_typed_existing_file(app, qtbot, tmp_path) -> None:
+    export = app.export
+    out = tmp_path / "out"
+    out.mkdir()
+    report = out / "report.geojson"
+    report.write_text('{"precious": true}')
+    asked: list[list[Path]] = []
+
+    def refuse(existing):
+        asked.append(existing)
+        return False
+
+    export.confirm_replace = refuse
+    export.output.setText(str(report))
+    assert export.run() is None and export.job is None
+    assert asked == [[report]] and "report.geojson" in export.status.text()
+    assert json.loads(report.read_text()) == {"precious": True}
+    export.confirm_replace = lambda existing: asked.append(existing) or True
+    qtbot.waitUntil(lambda: app.review.rank_job is None, timeout=30_000)
+    job = export.run()
+    assert job is not None and len(asked) == 2
+    with qtbot.waitSignal(job.worker.finished, timeout=60_000):
+        pass
+    assert "precious" not in report.read_text() and "replaced: report.geojson" in export.status.text()
+
+
+@pytest.mark.gui
+def test_export_of_a_relative_name_writes_into_the_project_folder(app, qtbot, tmp_path, monkeypatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    export, root = app.export, Path(app.session.project.root)
+    export.output.setText("relative_dets")
+    export.confirm_replace = lambda existing: pytest.fail(f"asked about {existing}")
+    qtbot.waitUntil(lambda: app.review.rank_job is None, timeout=30_000)
+    job = export.run()
+    assert job is not None
+    with qtbot.waitSignal(job.worker.finished, timeout=60_000):
+        pass
+    assert (root / "relative_dets.geojson").exists() and (root / "relative_dets_mask.tif").exists()
+    assert list(cwd.iterdir()) == []
