@@ -181,9 +181,24 @@ labels_widget = session_widget(LabelsWidget)
 download_widget = session_widget(DownloadWidget)
 
 
+#: The file that makes a folder a dclabel project (``loop.project.PROJECT_FILE``; not imported
+#: here, so napari asking the reader about a file costs no geospatial imports).
+PROJECT_FILE = "project.json"
+
+
 def get_reader(path):
-    """npe2 reader: a folder holding ``project.json`` opens as a dclabel project."""
-    if isinstance(path, list) or not (Path(path).is_dir() and (Path(path) / "project.json").exists()):
+    """npe2 reader of a dclabel project: its ``project.json`` (the manifest's one pattern), or the folder.
+
+    The manifest claims no other file and no folder, so napari opens GeoTIFFs and plain folders with
+    its own readers and never asks which plugin to use; a ``project.json`` of another program is
+    refused (None).
+    """
+    if isinstance(path, list):
+        return None
+    root = Path(path)
+    if root.name == PROJECT_FILE and root.is_file():
+        root = root.parent
+    if not _is_project_folder(root):
         return None
 
     def read_project(p):
@@ -193,9 +208,22 @@ def get_reader(path):
         if viewer is None:
             return [(None,)]
         try:
-            open_project(viewer, p)
-        except DclabelError as exc:
-            show_error(f"Cannot open project {p}: {exc}")
+            open_project(viewer, root)
+        except (DclabelError, OSError) as exc:
+            show_error(f"Cannot open project {root}: {exc}")
         return [(None,)]
 
     return read_project
+
+
+def _is_project_folder(root: Path) -> bool:
+    """A folder whose ``project.json`` is a dclabel project file (read, not trusted by its name)."""
+    import json
+
+    try:
+        payload = json.loads((root / PROJECT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and (
+        str(payload.get("format", "")).startswith("dclabel-project") or {"chip_size", "scenes"} <= payload.keys()
+    )

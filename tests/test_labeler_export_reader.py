@@ -235,3 +235,64 @@ def test_export_of_a_relative_name_writes_into_the_project_folder(app, qtbot, tm
         pass
     assert (root / "relative_dets.geojson").exists() and (root / "relative_dets_mask.tif").exists()
     assert list(cwd.iterdir()) == []
+
+
+# ----- the npe2 reader -----------------------------------------------------------------------------
+def _plugin_manager():
+    from npe2 import PluginManager, PluginManifest
+
+    import labeler
+
+    manifest = PluginManifest.from_file(Path(labeler.__file__).parent / "napari.yaml")
+    pm = PluginManager.instance()
+    if manifest.name not in pm._manifests:  # installed packages register it via the entry point
+        pm.register(manifest)
+    return pm
+
+
+def _readers(path: Path) -> set[str]:
+    return {r.plugin_name for r in _plugin_manager().iter_compatible_readers([str(path)])}
+
+
+def test_the_reader_claims_only_a_project_file(tmp_path) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.app import get_reader
+
+    scene = write_tiny_scene(tmp_path / "scene.tif", size=512)
+    (tmp_path / "notes.txt").write_text("x")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "project.json").write_text(json.dumps({"format": "dclabel-project/1", "scenes": []}))
+    assert "dclabel" not in _readers(scene)  # napari's own reader, and no choose-a-reader dialog
+    assert "dclabel" not in _readers(folder)
+    assert "dclabel" not in _readers(tmp_path / "notes.txt")
+    assert "dclabel" in _readers(tmp_path / "project.json")
+    for path in (scene, folder, tmp_path / "notes.txt", [str(tmp_path / "project.json")]):
+        assert get_reader(path if isinstance(path, list) else str(path)) is None, path
+    assert callable(get_reader(str(tmp_path / "project.json")))
+    assert callable(get_reader(str(tmp_path)))  # the folder itself, when asked directly
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "project.json").write_text('{"name": "some other program"}')
+    assert get_reader(str(other / "project.json")) is None
+
+
+@pytest.mark.gui
+def test_a_project_opens_from_its_project_json_and_a_tif_without_asking(make_napari_viewer, tiny_project,
+                                                                      qtbot, tmp_path) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.session import find_session
+
+    _plugin_manager()
+    viewer = make_napari_viewer()
+    tif = write_tiny_scene(tmp_path / "plain.tif")
+    # plugin=None: chosen as napari's File > Open does (dclabel used to make this ambiguous)
+    assert len(viewer.open(str(tif), plugin=None)) >= 1
+    viewer.open(str(Path(tiny_project) / "project.json"), plugin=None)
+    session = find_session(viewer)
+    assert session is not None and Path(session.project.root) == Path(tiny_project)
+    review = viewer.window.dock_widgets["Review queue"]
+    qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
+    review.close_jobs()

@@ -151,15 +151,16 @@ def test_manifest_declares_widgets_and_project_reader(tmp_path) -> None:
     manifest = PluginManifest.from_file(Path(labeler.__file__).parent / "napari.yaml")
     assert {w.display_name for w in manifest.contributions.widgets} == {
         "Labels", "Review queue", "Retrain", "Export detections", "Download NAIP"}
-    assert manifest.contributions.readers[0].accepts_directories
+    [reader] = manifest.contributions.readers  # a project's own file only (see test_labeler_export_reader)
+    assert reader.filename_patterns == ["project.json"] and not reader.accepts_directories
     import importlib
 
     for command in manifest.contributions.commands:
         module, name = command.python_name.split(":")
         assert callable(getattr(importlib.import_module(module), name))
     assert get_reader(str(tmp_path)) is None  # not a project folder
-    (tmp_path / "project.json").write_text("{}")
-    assert callable(get_reader(str(tmp_path)))
+    (tmp_path / "project.json").write_text('{"format": "dclabel-project/1", "scenes": []}')
+    assert callable(get_reader(str(tmp_path))) and callable(get_reader(str(tmp_path / "project.json")))
 
 
 @pytest.mark.gui
@@ -204,7 +205,7 @@ def test_project_folder_opens_through_the_npe2_reader(make_napari_viewer, tiny_p
     if manifest.name not in pm._manifests:  # installed packages register it via the entry point
         pm.register(manifest)
     viewer = make_napari_viewer()
-    viewer.open(str(tiny_project), plugin="dclabel")
+    viewer.open(str(tiny_project / "project.json"), plugin="dclabel")
     session = find_session(viewer)
     assert session is not None and session.scene.width == 512
     assert {"scene", "chip grid", "footprints"} <= {layer.name for layer in viewer.layers}
