@@ -55,8 +55,9 @@ def write_cog(path: Path, image: np.ndarray, crs: CRS, transform: Affine,
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.tif", dir=path.parent)
     os.close(fd)
     try:
+        # plain bands (GDAL's default for 4 uint8 bands is RGB + alpha: NIR would mask its own zeros)
         profile = dict(driver="GTiff", count=count, height=height, width=width, dtype="uint8",
-                       crs=crs, transform=transform)
+                       crs=crs, transform=transform, photometric="minisblack")
         with MemoryFile() as memory:
             with memory.open(**profile) as dst:
                 dst.write(image)

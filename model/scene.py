@@ -508,9 +508,17 @@ def write_geotiff(
         prof.update(tiled=True, blockxsize=256, blockysize=256)
     if nodata is not None:
         prof["nodata"] = nodata
+    # GDAL writes 4 uint8 bands as RGB + alpha, so NIR would mask its own zeros (and show as
+    # transparency in QGIS): store them as plain bands labelled R, G, B and undefined, as NAIP is
+    rgbn = arr.shape[0] == 4 and arr.dtype == np.uint8 and "photometric" not in profile
+    if rgbn:
+        prof["photometric"] = "minisblack"
     prof.update(profile)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **prof) as dst:
         dst.write(arr)
+        if rgbn:
+            ci = rasterio.enums.ColorInterp
+            dst.colorinterp = [ci.red, ci.green, ci.blue, ci.undefined]
         if tags:
             dst.update_tags(**tags)
     return path

@@ -229,3 +229,18 @@ def test_five_band_scene_without_bands_warns_naming_the_file_and_the_flag(tmp_pa
     open_scene(path, bands=(1, 2, 3, 4))  # said explicitly: no warning
     open_scene(make_scene(tmp_path / "four.tif", (32, 32))[0])
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+def test_four_band_files_we_write_keep_nir_a_band_not_an_alpha_mask(tmp_path):
+    from rasterio.enums import ColorInterp
+    from rasterio.windows import Window
+
+    from model.scene import open_scene, read_window, write_geotiff
+
+    img = np.full((4, 300, 300), 120, np.uint8)
+    img[3, 10:20, 10:20] = 0  # dark NIR (water, shadow) is data, not "transparent"
+    path = write_geotiff(tmp_path / "chip.tif", img, CRS.from_epsg(32618), Affine(0.6, 0, 5e5, 0, -0.6, 4e6))
+    with rasterio.open(path) as src:
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
+        assert all(f == [rasterio.enums.MaskFlags.all_valid] for f in src.mask_flag_enums)
+    np.testing.assert_array_equal(read_window(open_scene(path), Window(0, 0, 300, 300)), img)

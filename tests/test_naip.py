@@ -89,6 +89,9 @@ def test_one_quarter_quad_matches_source_and_is_tagged(server, tmp_path):
         assert src.tags()["stac_items"] == "m_3807701_ne_2021"
         assert src.tags()["naip_year"] == "2021"
         assert src.tags()["source"] == server.stac_url
+        # NIR is the fourth band, not an alpha mask (GDAL's default for 4 uint8 bands)
+        assert [c.name for c in src.colorinterp] == ["red", "green", "blue", "undefined"]
+        assert all(f == [rasterio.enums.MaskFlags.all_valid] for f in src.mask_flag_enums)
         col, row = ~tf @ (src.transform.c, src.transform.f)
         r, c = int(round(row)), int(round(col))
         np.testing.assert_array_equal(src.read(), array[:, r:r + src.height, c:c + src.width])
