@@ -167,7 +167,7 @@ def session_widget(widget_cls):
     def factory(napari_viewer):
         session = find_session(napari_viewer)
         if session is None:
-            return QLabel("Open a dclabel project folder first (File ▸ Open Folder…, "
+            return QLabel("Open a dclabel project first (File ▸ Open… its project.json, "
                           "or `dclabel app PROJECT`).")
         return widget_cls(session)
 

@@ -28,13 +28,10 @@ from labeler.geo import (
     crs_to_napari,
     geometry_to_napari,
     join_parts,
-    move_rings,
     napari_to_crs,
     napari_to_geometry,
-    outline_motion,
     polygon_parts,
-    restore_exact,
-    split_holes,
+    reshape_part,
 )
 from model.errors import DclabelError
 from model.scene import SceneInfo
@@ -281,7 +278,7 @@ class FootprintEditor:
         """True when a footprint on screen intersects a chip window."""
         from shapely.geometry import box
 
-        from labeler.geo import napari_to_crs, window_to_napari
+        from labeler.geo import window_to_napari
 
         xy = napari_to_crs(window_to_napari(window), self.scene.transform)
         chip = box(*xy.min(axis=0), *xy.max(axis=0))
@@ -375,17 +372,9 @@ class FootprintEditor:
             if k >= len(old_parts):
                 parts.append(napari_to_geometry(vertices, transform))
                 continue
-            exact = geometry_to_napari(old_parts[k], transform)
-            holes = [np.asarray(h.coords) for h in old_parts[k].interiors]
-            motion = outline_motion(exact, vertices) if holes else None
-            if motion is not None:
-                holes = [napari_to_crs(r, transform)
-                         for r in move_rings([crs_to_napari(h, transform) for h in holes], motion)]
-            # untouched vertices keep their exact position, not napari's float32
-            vertices = restore_exact(vertices, exact)
-            holes, outside = split_holes(vertices, transform, holes)
-            dropped += len(outside)
-            parts.append(napari_to_geometry(vertices, transform, holes))
+            part, lost = reshape_part(vertices, old_parts[k], transform)
+            dropped += lost
+            parts.append(part)
         if dropped:
             self._notify(f"{dropped} hole(s) of footprint {fid} no longer inside its edited outline "
                          "were dropped (Ctrl+Z brings them back).")

@@ -222,6 +222,31 @@ def napari_to_geometry(
     return poly
 
 
+def reshape_part(vertices: np.ndarray, part: Polygon, transform: Affine) -> tuple[Polygon | MultiPolygon, int]:
+    """A stored polygon part as reshaped in napari, with its holes.
+
+    Holes follow a move, scale or rotation of the outline (:func:`outline_motion`); after a vertex
+    edit they stay where they were, and those no longer inside the outline are dropped. Vertices
+    napari did not move keep their exact stored position (:func:`restore_exact`).
+
+    Args:
+        vertices: The outline as the layer has it, napari ``(row, col)``.
+        part: The part as stored (scene CRS).
+        transform: The scene's affine transform.
+
+    Returns:
+        ``(geometry, dropped)``: the reshaped part and the number of holes dropped (to say so).
+    """
+    exact = geometry_to_napari(part, transform)
+    holes = [np.asarray(h.coords) for h in part.interiors]
+    motion = outline_motion(exact, vertices) if holes else None
+    if motion is not None:
+        holes = [napari_to_crs(r, transform) for r in move_rings([crs_to_napari(h, transform) for h in holes], motion)]
+    vertices = restore_exact(vertices, exact)
+    holes, outside = split_holes(vertices, transform, holes)
+    return napari_to_geometry(vertices, transform, holes), len(outside)
+
+
 def join_parts(parts: Sequence[Polygon]) -> Polygon | MultiPolygon:
     """One geometry from polygon parts: the polygon itself, or a MultiPolygon."""
     flat = [p for part in parts for p in polygon_parts(part)]

@@ -39,6 +39,7 @@ from labeler.geo import (
     join_parts,
     napari_to_geometry,
     polygon_parts,
+    reshape_part,
     restore_exact,
     window_centre,
 )
@@ -360,9 +361,16 @@ class ReviewWidget(QWidget):
                 out.append((proposal.geometry, False))
                 continue
             ring = np.concatenate(exact)
-            holes = [list(parts[j].interiors) if len(vertices) == len(parts) else [] for j in range(len(vertices))]
-            edited = [napari_to_geometry(restore_exact(v, ring), transform, [np.asarray(h.coords) for h in hs])
-                      for v, hs in zip(vertices, holes, strict=True)]
+            edited, dropped = [], 0
+            for j, v in enumerate(vertices):
+                if len(vertices) == len(parts):  # part j reshaped: its holes follow or are dropped
+                    geom, lost = reshape_part(v, parts[j], transform)
+                    dropped += lost
+                else:  # parts added or deleted: outlines only
+                    geom = napari_to_geometry(restore_exact(v, ring), transform)
+                edited.append(geom)
+            if dropped:
+                show_info(f"{dropped} hole(s) of the proposal no longer inside its edited outline were dropped.")
             out.append((join_parts([g for g in edited if not g.is_empty]), True))
         return out
 

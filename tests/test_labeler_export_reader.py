@@ -296,3 +296,29 @@ def test_a_project_opens_from_its_project_json_and_a_tif_without_asking(make_nap
     review = viewer.window.dock_widgets["Review queue"]
     qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
     review.close_jobs()
+
+
+@pytest.mark.gui
+def test_a_proposal_moved_before_it_is_accepted_takes_its_hole_along(app, qtbot) -> None:
+    import dataclasses
+
+    from labeler.chip_layers import PROPOSALS_LAYER
+    from loop.proposals import Proposal
+
+    qtbot.waitUntil(lambda: app.review.rank_job is None, timeout=30_000)
+    review, store = app.review, app.session.project.labels
+    w = review.current.window
+    r0, c0 = int(w.row_off), int(w.col_off)
+    holed = Polygon(_pbox(r0 + 50, r0 + 150, c0 + 40, c0 + 200).exterior.coords,
+                    [_pbox(r0 + 80, r0 + 120, c0 + 80, c0 + 160).exterior.coords])
+    proposal = Proposal(review.current.scene_id, w, holed, score=0.9, uncertainty=0.2, area_m2=holed.area)
+    item = dataclasses.replace(review.current, proposals=[proposal])  # a courtyard building proposed
+    review.show_item(item)
+    layer = app.session.viewer.layers[PROPOSALS_LAYER]
+    assert layer.nshapes == 1
+    _edit(layer, 0, np.asarray(layer.data[0]) + (5.0, 10.0))  # the whole outline dragged
+    review.accept_all()
+    fp = store.footprints(item.scene_id)
+    (stored,) = [g for g in fp.geometry if g.intersects(holed)]
+    assert fp["source"].iloc[-1] == "proposal-edited" and len(stored.interiors) == 1
+    np.testing.assert_allclose(_hole_pixels(app, stored)[0], _hole_pixels(app, holed)[0] + (5.0, 10.0), atol=1e-3)
