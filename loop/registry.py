@@ -4,13 +4,22 @@ A new version becomes *current* only when it validates at least as well as the c
 the same validation chips (within a tolerance); otherwise it is kept as a *candidate* with the
 reason, and the user may promote it by hand. Two processes share the registry (the GUI reads while
 a retraining job publishes): every write is a temporary file plus ``os.replace``, publishing holds
-a lock file, and every read re-reads ``registry.json``.
+a lock file, and every read re-reads ``registry.json`` and checks every entry (a hand-edited file
+with a bad entry is one clear error, before any training starts). A new version never takes the
+name of a ``vN.pt`` file already in the folder, listed or not.
+
+One retraining round per project runs at a time: the process that trains holds
+:class:`RetrainLock` (an OS lock on ``checkpoints/.retrain.lock``, released by the OS when that
+process ends, however it ends), so a second round is refused at once instead of publishing a model
+compared with a stale current one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -19,14 +28,26 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from loop.errors import ProjectError
+from loop.errors import LoopError, ProjectError
 from model.atomic import write_json_atomic
 from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.errors import CheckpointError
 
+try:  # POSIX; where it is missing (Windows) rounds are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover - not on the platforms dclabel is tested on
+    fcntl = None
+
 REGISTRY_FILE = "registry.json"
+RETRAIN_LOCK_FILE = ".retrain.lock"
 FORMAT = "dclabel-registry/1"
 STATUSES = ("current", "previous", "candidate")
+_VERSION_NAME = re.compile(r"v([1-9][0-9]*)")
+_VERSION_FILE = re.compile(r"v([1-9][0-9]*)\.pt")
+
+
+class RetrainBusyError(LoopError, RuntimeError):
+    """Another process is retraining the same project."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +128,47 @@ class CheckpointRegistry:
                 f"something unreadable ({exc}). Restore it or move it aside; the vN.pt files are intact."
             ) from exc
         payload.setdefault("promotions", [])
+        self._check(payload)
         return payload
+
+    def _check(self, payload: dict) -> None:
+        """Raise one clear error for the first entry a hand edit broke (before anything trusts it)."""
+        def bad(where: str, expected: str, found) -> ProjectError:
+            return ProjectError(f"{self.path}: {where}: expected {expected}, found {found!r}. Fix or remove "
+                                "it (the vN.pt files are intact).")
+
+        seen: set[str] = set()
+        for i, row in enumerate(payload["versions"], start=1):
+            if not isinstance(row, dict):
+                raise bad(f"entry {i} of 'versions'", "an object with 'version' and 'path'", row)
+            name = row.get("version")
+            where = f"entry {i} of 'versions' ({name!r})" if isinstance(name, str) else f"entry {i} of 'versions'"
+            if not isinstance(name, str) or not _VERSION_NAME.fullmatch(name):
+                raise bad(where, "'version' like 'v1', 'v2', ...", name)
+            if name in seen:
+                raise bad(where, "each version listed once", f"{name} again")
+            seen.add(name)
+            path = row.get("path")
+            if not isinstance(path, str) or not path.strip():
+                raise bad(where, "'path' naming its checkpoint file (e.g. 'v1.pt')", path)
+            for key in ("parent", "data_version"):
+                if row.get(key) is not None and not isinstance(row[key], str):
+                    raise bad(where, f"'{key}' as text or null", row[key])
+            status = row.get("status", "candidate")
+            if status not in STATUSES:
+                raise bad(where, f"'status' one of {', '.join(STATUSES)}", status)
+            for key in ("created", "reason"):
+                if not isinstance(row.get(key, ""), str):
+                    raise bad(where, f"'{key}' as text", row[key])
+            metrics = row.get("metrics", {})
+            if not isinstance(metrics, dict):
+                raise bad(where, "'metrics' as an object of numbers", metrics)
+            for key, value in metrics.items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise bad(f"{where}, metric {key!r}", "a number", value)
+        promotions = payload["promotions"]
+        if not isinstance(promotions, list) or not all(isinstance(v, str) for v in promotions):
+            raise bad("'promotions'", "a list of version names", promotions)
 
     def _version(self, row: dict) -> ModelVersion:
         path = Path(row["path"])
@@ -213,12 +274,27 @@ class CheckpointRegistry:
         with self._lock:
             yield self._read()
 
+    def _next_number(self, rows: list[dict]) -> int:
+        """The next version number: above every listed version and every ``vN.pt`` in the folder.
+
+        A file the registry does not list (a registry moved aside, a checkpoint dropped in by hand)
+        is never overwritten.
+        """
+        listed = (int(r["version"].lstrip("v")) for r in rows)
+        on_disk = (int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION_FILE.fullmatch(p.name)))
+        number = max((*listed, *on_disk), default=0) + 1
+        while (self.root / f"v{number}.pt").exists():  # a file that appeared since the listing
+            number += 1
+        return number
+
     def publish(
         self,
         ckpt: Checkpoint,
         tolerance: float = 0.02,
         metric: str = "iou",
         baseline: float | None = None,
+        trained_from: str | None = None,
+        unmeasured: str | None = None,
     ) -> PublishResult:
         """Save a checkpoint as the next version; promote it if it does not regress.
 
@@ -228,22 +304,38 @@ class CheckpointRegistry:
             metric: Validation metric compared (key of ``ckpt.metrics``; higher is better).
             baseline: The current model's ``metric`` on the same validation chips; default the
                 metric recorded when the current model was published.
+            trained_from: The version ``ckpt`` was warm-started from and ``baseline`` was measured
+                on (recorded as its parent). When another version is current by now (promoted by
+                hand meanwhile), the comparison is stale and the new version is kept as a candidate.
+                Default: the current version.
+            unmeasured: Why ``metric`` could not be measured on the validation chips (e.g. they hold
+                no data-center pixel). A first model is still promoted; a later one is kept as a
+                candidate with this reason, since it cannot be shown to be no worse.
 
         Returns:
             The version name, whether it became current, and why.
         """
+        label = f"val {'IoU' if metric == 'iou' else metric}"
         with self._locked() as payload:
             rows = payload["versions"]
-            number = max((int(r["version"].lstrip("v")) for r in rows), default=0) + 1
-            name = f"v{number}"
+            name = f"v{self._next_number(rows)}"
             cur = self.current()
+            parent = trained_from if trained_from is not None else (cur.version if cur is not None else None)
             ckpt.version = name
-            ckpt.parent = cur.version if cur is not None else None
+            ckpt.parent = parent
             new = ckpt.metrics.get(metric)
             ref = baseline if baseline is not None else (cur.metrics.get(metric) if cur else None)
-            label = f"val {metric.upper() if metric == 'iou' else metric}"
+            new = None if new is None or math.isnan(new) else float(new)
+            ref = None if ref is None or math.isnan(ref) else float(ref)
             if cur is None:
-                promoted, reason = True, "first model"
+                promoted, reason = True, "first model" + (f" ({label} not measured: {unmeasured})" if unmeasured else "")
+            elif trained_from is not None and trained_from != cur.version:
+                promoted, reason = False, (f"trained from {trained_from}, but {cur.version} became current "
+                                           "meanwhile; compare them and promote by hand")
+            elif unmeasured:
+                promoted, reason = False, (f"{label} not measured: {unmeasured}, so it cannot be compared with "
+                                           f"current {cur.version}; review a chip with a data center, or promote "
+                                           "it by hand")
             elif new is None:
                 promoted, reason = False, f"no {label} to compare with current {cur.version}"
             elif ref is None:
@@ -260,7 +352,7 @@ class CheckpointRegistry:
                 ModelVersion(
                     version=name,
                     path=Path(path.name),
-                    parent=ckpt.parent,
+                    parent=parent,
                     metrics=metrics,
                     data_version=ckpt.data_version,
                     created=_now(),
@@ -300,3 +392,89 @@ class CheckpointRegistry:
                     r["reason"] = reason
             self._write(payload)
         return self.get(version)
+
+
+class RetrainLock:
+    """One retraining round per project at a time: an OS lock held by the process that trains.
+
+    ``fcntl.flock`` on ``checkpoints/.retrain.lock``: the OS releases it when the holder exits,
+    however it exits (``kill -9`` included), so a crashed round never blocks the next one. The file
+    holds the holder's pid, for the refusal message.
+
+    Args:
+        root: The ``checkpoints/`` folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.path = Path(root) / RETRAIN_LOCK_FILE
+        self._fd: int | None = None
+
+    def _try_lock(self) -> int | None:
+        """A locked descriptor of the lock file, or None when another holder has it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:  # pragma: no cover
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def holder(self) -> int | None:
+        """The pid of the process retraining this project now (0 when unknown), or None."""
+        if self._fd is not None:
+            return os.getpid()
+        fd = self._try_lock()
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+            return None
+        try:
+            return int(self.path.read_text(encoding="utf-8").split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _busy(self, pid: int) -> RetrainBusyError:
+        who = f"pid {pid}" if pid else "another process"
+        project = self.path.parent.parent
+        return RetrainBusyError(f"{project} is already being retrained ({who}, holding {self.path}); wait for "
+                                "that round to finish or stop it, then retry.")
+
+    def check(self) -> None:
+        """Raise at once if another process is retraining the project (without taking the lock).
+
+        Raises:
+            RetrainBusyError: Another round holds the lock.
+        """
+        pid = self.holder()
+        if pid is not None and self._fd is None:
+            raise self._busy(pid)
+
+    def acquire(self) -> None:
+        """Take the lock and record this process's pid in the file.
+
+        Raises:
+            RetrainBusyError: Another round holds the lock (refused at once, never waits).
+        """
+        if self._fd is not None:
+            return
+        fd = self._try_lock()
+        if fd is None:
+            raise self._busy(self.holder() or 0)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (also dropped by the OS when the process ends)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RetrainLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
+import time
 import warnings
 
 import numpy as np
@@ -143,3 +145,106 @@ def test_failed_publish_leaves_registry_and_files_untouched(tmp_path, monkeypatc
     assert (tmp_path / "registry.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["registry.json", "v1.pt"]
     assert reg.current().version == "v1"
+
+
+def test_publish_never_overwrites_a_checkpoint_it_does_not_list(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.3))
+    good = (tmp_path / "v1.pt").read_bytes()
+    # the registry's own advice for an unreadable registry.json: move it aside
+    (tmp_path / "registry.json").rename(tmp_path.parent / "registry_aside.json")
+    res = reg.publish(make_ckpt(0.4, seed=1))
+    assert res.version == "v2" and res.path == tmp_path / "v2.pt"
+    assert (tmp_path / "v1.pt").read_bytes() == good
+    # a user's own checkpoint dropped in under the next name is left alone too
+    (tmp_path / "v3.pt").write_bytes(b"the user's own file")
+    res = reg.publish(make_ckpt(0.5, seed=2))
+    assert res.version == "v4"
+    assert (tmp_path / "v3.pt").read_bytes() == b"the user's own file"
+    assert [v.version for v in reg.versions()] == ["v2", "v4"]
+
+
+def _edit(tmp_path, mutate) -> CheckpointRegistry:
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.3))
+    reg.publish(make_ckpt(0.4, seed=1))
+    payload = json.loads((tmp_path / "registry.json").read_text())
+    mutate(payload)
+    (tmp_path / "registry.json").write_text(json.dumps(payload))
+    return reg
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda p: p["versions"][1].pop("path"), r"entry 2 of 'versions' \('v2'\): expected 'path'"),
+    (lambda p: p["versions"].append("v3"), r"entry 3 of 'versions': expected an object"),
+    (lambda p: p["versions"][1].update(version="V2"), r"entry 2 of 'versions' \('V2'\): expected 'version' like"),
+    (lambda p: p["versions"][1]["metrics"].update(iou="0.9"), r"\('v2'\), metric 'iou': expected a number"),
+    (lambda p: p["versions"][1].update(metrics=[0.9]), r"expected 'metrics' as an object"),
+    (lambda p: p["versions"][1].update(status="best"), r"expected 'status' one of"),
+    (lambda p: p["versions"][1].update(version="v1"), r"expected each version listed once"),
+    (lambda p: p.update(promotions="v2"), r"'promotions': expected a list"),
+])
+def test_hand_edited_registry_entry_is_one_clear_error(tmp_path, mutate, expected):
+    reg = _edit(tmp_path, mutate)
+    for call in (reg.versions, reg.current, lambda: reg.publish(make_ckpt(0.9, seed=3))):
+        with pytest.raises(ProjectError, match=expected) as info:
+            call()
+        message = str(info.value)
+        assert "\n" not in message and str(tmp_path / "registry.json") in message
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["v1.pt", "v2.pt"]  # publish refused before saving
+
+
+def test_stale_comparison_is_kept_as_a_candidate(tmp_path):
+    """A round that warm-started from v1 and measured v1 must not replace v2, made current meanwhile."""
+    reg = CheckpointRegistry(tmp_path)
+    reg.publish(make_ckpt(0.3))
+    reg.publish(make_ckpt(0.9, seed=1))
+    res = reg.publish(make_ckpt(0.5, seed=2), baseline=0.3, trained_from="v1")
+    assert not res.promoted and "trained from v1, but v2 became current" in res.reason
+    assert reg.current().version == "v2" and reg.get("v3").parent == "v1"
+    res = reg.publish(make_ckpt(0.9, seed=3), baseline=0.9, trained_from="v2")
+    assert res.promoted and reg.get("v4").parent == "v2"
+
+
+def test_unmeasured_metric_promotes_only_a_first_model(tmp_path):
+    reg = CheckpointRegistry(tmp_path)
+    why = "the 1 validation chip(s) hold no data-center pixel"
+    first = reg.publish(make_ckpt(None), unmeasured=why)
+    assert first.promoted and first.reason == f"first model (val IoU not measured: {why})"
+    later = reg.publish(make_ckpt(None, seed=1), unmeasured=why)
+    assert not later.promoted and why in later.reason and "current v1" in later.reason
+    assert reg.current().version == "v1"
+
+
+def _hold_lock(root: str, ready) -> None:
+    from loop.registry import RetrainLock
+
+    with RetrainLock(root):
+        ready.set()
+        time.sleep(60)  # until killed
+
+
+def test_retrain_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
+    from loop.registry import RetrainBusyError, RetrainLock
+
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        lock = RetrainLock(tmp_path)
+        assert lock.holder() == holder.pid
+        with pytest.raises(RetrainBusyError, match=f"already being retrained \\(pid {holder.pid}"):
+            lock.check()
+        with pytest.raises(RetrainBusyError, match=f"pid {holder.pid}"):
+            lock.acquire()
+        holder.kill()  # kill -9: the OS drops the lock
+        holder.join(30)
+        assert lock.holder() is None
+        with lock:
+            assert lock.holder() == os.getpid()
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        holder.join(5)
