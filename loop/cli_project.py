@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,47 @@ def _strategies(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown strategy {unknown or text!r}; choose from {', '.join(STRATEGIES)}")
     return names
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    value = _number(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"is an allowed drop of val IoU, between -1 and 1; got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _dropout(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -58,18 +100,30 @@ def format_event(event: dict) -> str | None:
         return f"training on {event['n_train']} chips, validating on {event['n_val']} (from {event['parent'] or 'scratch'})"
     if t == "step":
         return f"\r  {_bar(event.get('done', 0), event.get('total', 0))} loss {event.get('loss', float('nan')):.3f}"
-    if t == "epoch":
+    if t == "epoch":  # Lightning's figures during training; the published ones are measured afterwards
         iou = event.get("val_iou")
-        extra = f", val IoU {iou:.3f}" if isinstance(iou, float) else ""
+        extra = f", val IoU {iou:.3f} (training, at 0.5)" if isinstance(iou, float) else ""
         line = f"epoch {event.get('epoch')}/{event.get('total')}: loss {event.get('loss', float('nan')):.3f}{extra}"
         return f"\r  {line:<60}"
     if t == "published":
-        return f"published {event['version']} as current model ({event['reason']})"
+        return f"published {event['version']} as current model{_final_figures(event)} ({event['reason']})"
     if t == "rejected":
-        return f"kept {event['version']} as a candidate, current model unchanged ({event['reason']})"
+        return (f"kept {event['version']} as a candidate{_final_figures(event)}, current model unchanged "
+                f"({event['reason']})")
     if t in ("error", "cancelled"):
         return f"{t}: {event.get('message', '')}"
     return None
+
+
+def _final_figures(event: dict) -> str:
+    """The published figures: the final weights on the validation chips at their own threshold."""
+    m = event.get("metrics") or {}
+    if not isinstance(m.get("iou"), float):
+        return ""
+    t = m.get("threshold", event.get("threshold"))
+    at = f" at threshold {t:.2f}" if isinstance(t, float) else ""
+    return (f": final val IoU {m['iou']:.3f}, Dice {m.get('dice', float('nan')):.3f}, precision "
+            f"{m.get('precision', float('nan')):.3f}, recall {m.get('recall', float('nan')):.3f}{at}")
 
 
 def run_retrain(args: argparse.Namespace) -> int:
@@ -109,7 +163,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
         job.close()
     if job.last_result is not None and job.last_result["type"] in ("published", "rejected"):
-        print(json.dumps({k: job.last_result.get(k) for k in ("version", "promoted", "reason", "val_iou")}))
+        print(json.dumps({k: job.last_result.get(k) for k in ("version", "promoted", "reason", "val_iou",
+                                                               "threshold")}))
     return status
 
 
@@ -185,18 +240,19 @@ def register(subparsers) -> None:
                               description="Train a new model version in a background process (warm start from "
                               "the current model), publish it, and promote it unless it validates worse. Ctrl+C cancels.")
     p.add_argument("project", type=Path, help="project folder")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--epochs", type=_count, default=5)
+    p.add_argument("--lr", type=_positive_number, default=1e-3,
                    help="learning rate of a first model; later rounds fine-tune the current one at a quarter of it")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--tolerance", type=float, default=0.02, help="allowed val IoU drop before keeping a candidate")
+    p.add_argument("--batch-size", type=_count, default=8)
+    p.add_argument("--tolerance", type=_tolerance, default=0.02,
+                   help="allowed val IoU drop before keeping a candidate (-1..1; negative demands a gain)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-time", type=float, default=None, help="stop training after this many seconds")
-    p.add_argument("--threads", type=int, default=None, help="torch threads of the training process")
-    p.add_argument("--base-channels", type=int, default=16,
+    p.add_argument("--max-time", type=_positive_number, default=None, help="stop training after this many seconds")
+    p.add_argument("--threads", type=_count, default=None, help="torch threads of the training process")
+    p.add_argument("--base-channels", type=_count, default=16,
                    help="U-Net width of a first (cold-start) model (32 = the seed's; 16 trains ~4x faster on a CPU)")
-    p.add_argument("--depth", type=int, default=4, help="U-Net levels of a first model")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout of a first model (BALD needs > 0)")
+    p.add_argument("--depth", type=_count, default=4, help="U-Net levels of a first model")
+    p.add_argument("--dropout", type=_dropout, default=0.1, help="dropout of a first model (BALD needs > 0)")
     p.set_defaults(func=run_retrain)
 
     p = subparsers.add_parser("simulate", help="compare ranking strategies with an oracle reviewer",

@@ -6,7 +6,8 @@ user asks for a new model, and calls :meth:`RetrainJob.poll` from a timer to rec
     {"type": "started", "n_train": 40, "n_val": 10, "parent": "v3", ...}
     {"type": "step", "done": 12, "total": 50, "epoch": 1, "loss": 0.61}   # epochs count from 1
     {"type": "epoch", "done": 1, "total": 5, "epoch": 1, "loss": 0.58, "val_iou": 0.42, ...}
-    {"type": "published", "version": "v4", "promoted": True, "reason": "val IoU 0.45 >= ..."}
+    {"type": "published", "version": "v4", "promoted": True, "reason": "val IoU 0.45 >= ...",
+     "val_iou": 0.45, "threshold": 0.4, "metrics": {...}}   # final weights, measured after training
     {"type": "rejected", "version": "v4", "promoted": False, "reason": "val IoU 0.31 < ..."}
     {"type": "error", "message": "..."} / {"type": "cancelled", "message": "..."}
     {"type": "done"}                                     # always last
@@ -16,7 +17,11 @@ and Lightning (:mod:`loop.background`; ``spawn`` where there is no ``forkserver`
 the GUI process with its Qt state), niced and limited to a few torch threads so the GUI stays
 responsive. The child publishes
 only after training has finished, with atomic writes, so killing it never damages the current
-model or the label store.
+model or the label store. The child holds the project's retraining lock
+(:class:`loop.registry.RetrainLock`), so a second round on the same project, from this process or
+another, is refused at once; and it stops without publishing when the process that started it is
+gone. Events the job makes up itself (a child terminated after a cancel, or one that died) are
+logged to ``logs/retrain.jsonl`` like the child's own.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import time
 from pathlib import Path
 
 from loop import background
-from loop.errors import NoTrainingDataError
-from loop.retrain_worker import RetrainSettings, child_main, with_threads
+from loop.errors import LoopError, NoTrainingDataError
+from loop.registry import CheckpointRegistry, RetrainLock
+from loop.retrain_worker import RetrainSettings, child_main, log_event, with_threads
 from model.runtime import lower_priority
 from model.unet import UNetConfig
 
@@ -122,18 +128,23 @@ class RetrainJob:
 
         Raises:
             NoTrainingDataError: No reviewed chips, or only empty/negative ones; nothing started.
+            RetrainBusyError: Another process is retraining this project; nothing started.
+            ProjectError: ``checkpoints/registry.json`` is unreadable or has a malformed entry.
             RuntimeError: A round is already running (use :meth:`request` to queue one).
         """
         if self.is_running:
             raise RuntimeError("a retraining round is already running; use request() to queue a follow-up.")
         check_training_data(self.project_root)
+        checkpoints = self.project_root / "checkpoints"
+        RetrainLock(checkpoints).check()  # refuse at once; the child takes the lock for the round
+        CheckpointRegistry(checkpoints).versions()  # a hand-edited registry fails here, not after training
         self._ctx = background.context()
         self._queue = self._ctx.Queue()
         self._cancel = self._ctx.Event()
         self._cancel_deadline = None
         self._process = self._ctx.Process(
             target=child_main,
-            args=(str(self.project_root), self.settings, self._queue, self._cancel),
+            args=(str(self.project_root), self.settings, self._queue, self._cancel, os.getpid()),
             name="dclabel-retrain",
             daemon=True,
         )
@@ -151,6 +162,7 @@ class RetrainJob:
 
         Raises:
             NoTrainingDataError: Not running and nothing to learn from.
+            RetrainBusyError: Not running here, and another process is retraining the project.
         """
         if self.is_running:
             self._pending = True
@@ -185,8 +197,9 @@ class RetrainJob:
                 self._pending = False
                 try:
                     self.start()
-                except NoTrainingDataError as exc:
-                    events.extend([{"type": "error", "message": str(exc)}, {"type": "done"}])
+                except LoopError as exc:  # no data, another round running, registry unreadable
+                    events.extend([{"type": "error", "message": str(exc), "kind": type(exc).__name__},
+                                   {"type": "done"}])
         for e in events:
             if e["type"] in ("published", "rejected", "cancelled", "error"):
                 self.last_result = e
@@ -256,15 +269,20 @@ class RetrainJob:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(2)
-                return [{"type": "cancelled", "message": "retraining stopped (terminated after cancel); "
-                         "the current model is unchanged."}, {"type": "done"}]
+                return self._logged({"type": "cancelled", "message": "retraining stopped (terminated after "
+                                     "cancel); the current model is unchanged."})
             return []
         time.sleep(0.05)  # the queue's feeder may still be flushing the last events
         late = self._drain()
         if any(e["type"] == "done" for e in late):
             return late
-        return [*late, {"type": "error", "message": f"the retraining process exited unexpectedly "
-                        f"(exit code {proc.exitcode}); the current model is unchanged."}, {"type": "done"}]
+        return [*late, *self._logged({"type": "error", "message": f"the retraining process exited "
+                                      f"unexpectedly (exit code {proc.exitcode}); the current model is unchanged."})]
+
+    def _logged(self, event: dict) -> list[dict]:
+        """An event the job makes up for its child, logged as the child logs its own, then ``done``."""
+        log_event(self.project_root, {**event, "time": time.time(), "by": "job"})
+        return [event, {"type": "done"}]
 
     def _finish(self) -> None:
         # Never wait here (poll() runs on the GUI thread): a child still tearing down after "done"

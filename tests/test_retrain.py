@@ -13,7 +13,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from loop.errors import NoTrainingDataError
+from loop.errors import NoTrainingDataError, ProjectError
 from loop.project import Project
 from loop.retrain import RetrainJob
 from loop.retrain_worker import (
@@ -24,6 +24,7 @@ from loop.retrain_worker import (
     split_train_val,
 )
 from model.checkpoint import Checkpoint, Normalization, load_checkpoint
+from model.errors import ConfigError
 from model.scene import Chip, write_geotiff
 from model.unet import UNet, UNetConfig
 
@@ -33,12 +34,12 @@ TINY = UNetConfig(base_channels=4, depth=2)
 CHIP = 32
 
 
-def make_project(tmp_path, positives=True, review=True):
-    """A 64x96 scene, 6 chips of 32 px; two bright 'data centers', everything reviewed."""
+def make_project(tmp_path, positives=True, review=True, rects=((4, 4, 20, 16), (40, 60, 56, 80))):
+    """A 64x96 scene, 6 chips of 32 px; two bright 'data centers' (``rects``: row0, col0, row1, col1)
+    over three chips, everything reviewed."""
     rng = np.random.default_rng(3)
     img = rng.integers(40, 90, (4, 64, 96), dtype=np.uint8)
     transform = Affine(0.6, 0, 600_000.0, 0, -0.6, 4_000_000.0)
-    rects = [(4, 4, 20, 16), (40, 60, 56, 80)]  # (row0, col0, row1, col1)
     for r0, c0, r1, c1 in rects:
         img[:, r0:r1, c0:c1] = 220
     write_geotiff(tmp_path / "scene.tif", img, UTM, transform)
@@ -213,3 +214,216 @@ def test_ctrl_c_in_the_terminal_cancels_the_round_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "cancelled" in err and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert (project.root / "checkpoints" / "registry.json").read_bytes() == before
+
+
+def _chip(col: int, row: int, positive: bool) -> Chip:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 4:12] = positive
+    return Chip("s", Window(col, row, 32, 32), UTM, Affine.identity(), np.zeros((4, 32, 32), np.uint8), mask)
+
+
+def test_split_validates_on_a_data_center_chip_when_two_are_reviewed():
+    grid = [(c, r) for r in range(0, 640, 32) for c in range(0, 640, 32)]
+    # two data-center chips whose hashes alone would put both into training
+    high = [w for w in grid if chip_hash(_chip(*w, True)) > 0.6][:2]
+    chips = [_chip(*w, w in high) for w in grid[:10] if w not in high] + [_chip(*w, True) for w in high]
+    train, val = split_train_val(chips, 0.2)
+    assert any(c.mask.any() for c in val) and any(c.mask.any() for c in train)
+    assert len(train) + len(val) == len(chips)
+    again = split_train_val(list(reversed(chips)), 0.2)  # deterministic, whatever the order
+    assert {id(c) for c in again[1]} == {id(c) for c in val}
+    assert all(chip_hash(c) < 0.2 for c in val if not c.mask.any())  # negatives still split by hash alone
+    # a single data-center chip is always trained on, even when its hash says validation
+    low = next(w for w in grid if chip_hash(_chip(*w, True)) < 0.05)
+    lone = [_chip(*low, True)] + [_chip(*w, False) for w in grid[:5] if w != low]
+    train, val = split_train_val(lone, 0.2)
+    assert any(c is lone[0] for c in train) and val and not any(c.mask.any() for c in val)
+
+
+def test_round_without_data_center_pixels_in_validation_says_so(tmp_path):
+    """One data-center chip: it trains, validation holds none, so IoU says nothing; the guard says so."""
+    project = make_project(tmp_path, rects=((4, 4, 20, 16),))
+    settings = RetrainSettings(epochs=1, batch_size=4, unet=TINY, val_fraction=0.3)
+    first = run_round(project.root, settings, lambda e: None)
+    assert first["type"] == "published" and first["reason"].startswith("first model (val IoU not measured: ")
+    assert "hold no data-center pixel" in first["reason"] and first["val_iou"] is None
+    assert "iou" not in project.registry.get("v1").metrics  # no made-up 1.0 or 0.0
+    second = run_round(project.root, settings, lambda e: None)
+    assert second["type"] == "rejected" and "not measured" in second["reason"] and "current v1" in second["reason"]
+    assert project.registry.current().version == "v1"
+
+
+def test_published_metrics_are_measured_together(tmp_path):
+    """iou, dice, precision and recall in the registry come from one evaluation of the final weights."""
+    from model.metrics import counts_to_metrics
+
+    project = make_project(tmp_path)
+    final = run_round(project.root, RetrainSettings(epochs=2, batch_size=4, unet=TINY, val_fraction=0.3),
+                      lambda e: None)
+    mv = project.registry.get(final["version"])
+    iou = mv.metrics["iou"]
+    assert mv.metrics["dice"] == pytest.approx(2 * iou / (1 + iou))  # one confusion matrix, not two
+    ckpt = load_checkpoint(mv.path)
+    counts = ckpt.train["val_pixels"]
+    expected = counts_to_metrics(counts["tp"], counts["fp"], counts["fn"])
+    for key in ("iou", "dice", "precision", "recall"):
+        assert mv.metrics[key] == pytest.approx(expected[key]) == pytest.approx(ckpt.metrics[key])
+    assert mv.metrics["threshold"] == ckpt.threshold == final["threshold"]
+    assert final["val_iou"] == pytest.approx(mv.metrics["iou"])
+    assert "iou" in ckpt.train["best_epoch_metrics"]  # Lightning's training-time figures, kept apart
+    # and they are what the evaluator measures for this checkpoint on the validation chips
+    from loop.project import reviewed_training_chips
+    from loop.retrain_worker import evaluate
+
+    _, val = split_train_val(reviewed_training_chips(project), 0.3)
+    assert evaluate(ckpt, val).metrics["iou"] == pytest.approx(mv.metrics["iou"])
+
+
+def test_log_dirs_of_rounds_started_in_one_second_differ(tmp_path):
+    from loop.retrain_worker import unique_log_dir
+
+    dirs = {unique_log_dir(tmp_path) for _ in range(3)}
+    assert len(dirs) == 3 and all(d.is_dir() and d.name.startswith("train-") for d in dirs)
+
+
+def test_second_round_on_the_same_project_is_refused_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    from loop.registry import RetrainBusyError, RetrainLock
+
+    project = make_project(tmp_path)
+    publish_stand_in(project)
+    with RetrainLock(project.root / "checkpoints"):  # this process is "the other round"
+        with pytest.raises(RetrainBusyError, match=f"pid {os.getpid()}"):
+            tiny_job(project).request()
+        with pytest.raises(RetrainBusyError, match=f"pid {os.getpid()}"):
+            run_round(project.root, RetrainSettings(epochs=1, unet=TINY), lambda e: None)
+        proc = subprocess.run([sys.executable, "-m", "labeler.cli", "retrain", str(project.root), "--epochs", "1"],
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"already being retrained (pid {os.getpid()}" in lines[0], proc.stderr
+    assert [v.version for v in project.registry.versions()] == ["v1"]
+    assert not (project.root / "logs").exists() or not list((project.root / "logs").glob("train-*"))
+
+
+def test_malformed_registry_is_refused_before_training(tmp_path):
+    project = make_project(tmp_path)
+    publish_stand_in(project)
+    registry = project.root / "checkpoints" / "registry.json"
+    registry.write_text(registry.read_text().replace('"path": "v1.pt"', '"file": "v1.pt"'))
+    with pytest.raises(ProjectError, match="entry 1 of 'versions'.*expected 'path'"):
+        tiny_job(project).start()
+    events: list[dict] = []
+    with pytest.raises(ProjectError, match="expected 'path'"):
+        run_round(project.root, RetrainSettings(epochs=1, unet=TINY), events.append)
+    assert events == []  # nothing started
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--max-time", "-5"), ("--max-time", "0"), ("--tolerance", "nan"),
+                                             ("--tolerance", "inf"), ("--lr", "nan"), ("--epochs", "0")])
+def test_retrain_refuses_bad_flag_values(tmp_path, capsys, flag, value):
+    from loop.cli import main
+
+    project = make_project(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["retrain", str(project.root), flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+    assert project.registry.versions() == []
+    with pytest.raises(ConfigError):
+        RetrainSettings(**{{"--max-time": "max_time_s", "--tolerance": "tolerance", "--lr": "lr",
+                            "--epochs": "epochs"}[flag]: float(value)})
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_killed_command_stops_its_training_process_without_publishing(tmp_path):
+    """kill -9 of `dclabel retrain`: the training child (a forkserver's child, so not re-parented
+    in a way it could see) notices its requester is gone and stops without publishing."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from loop.registry import RetrainLock
+
+    project = make_project(tmp_path)
+    publish_stand_in(project)
+    before = (project.root / "checkpoints" / "registry.json").read_bytes()
+    log = project.root / "logs" / "retrain.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "labeler.cli", "retrain", str(project.root), "--epochs", "500", "--batch-size", "4",
+         "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    lock = RetrainLock(project.root / "checkpoints")
+    try:
+        assert _wait_for(lambda: log.exists() and '"started"' in log.read_text(), 120)
+        child = lock.holder()
+        assert child and child != proc.pid
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert _wait_for(lambda: lock.holder() is None, 90), "the training process kept running"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    cancelled = [e for e in events if e["type"] == "cancelled"]
+    assert cancelled and f"(pid {proc.pid}) is gone" in cancelled[-1]["message"], events
+    time.sleep(2)
+    assert (project.root / "checkpoints" / "registry.json").read_bytes() == before
+    assert sorted(p.name for p in (project.root / "checkpoints").glob("*.pt")) == ["v1.pt"]
+
+
+CTRL_C_ON_A_LOADED_MACHINE = """
+import sys
+import loop.retrain
+loop.retrain.CANCEL_GRACE_S = 0.0  # a step outlasts the grace period, as on a loaded machine
+from labeler.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_when_the_child_outstays_its_grace_period(tmp_path):
+    """The job terminates a child that does not stop in time: one line, exit 130, cancel logged,
+    no Lightning SIGTERM notice or child traceback."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from loop.registry import RetrainLock
+
+    project = make_project(tmp_path)
+    publish_stand_in(project)
+    before = (project.root / "checkpoints" / "registry.json").read_bytes()
+    log = project.root / "logs" / "retrain.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_ON_A_LOADED_MACHINE, "retrain", str(project.root), "--epochs", "500",
+         "--batch-size", "4", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    assert _wait_for(lambda: log.exists() and '"started"' in log.read_text(), 120)
+    time.sleep(1.0)  # into the training steps
+    child = RetrainLock(project.root / "checkpoints").holder()
+    assert child and child != proc.pid
+    os.kill(child, signal.SIGSTOP)  # a step that takes longer than the grace period
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)  # the command cancels, finds the grace period over and terminates the child
+    os.kill(child, signal.SIGCONT)  # which gets the SIGTERM mid-step
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    for noise in ("Traceback", "KeyboardInterrupt", "SIGTERM"):
+        assert noise not in err, err
+    assert "cancelled: retraining stopped" in err
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(e["type"] == "cancelled" for e in events), events
+    assert (project.root / "checkpoints" / "registry.json").read_bytes() == before
+    assert _wait_for(lambda: RetrainLock(project.root / "checkpoints").holder() is None, 30)
