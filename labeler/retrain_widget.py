@@ -207,7 +207,9 @@ class RetrainWidget(QWidget):
             self._draw()
         elif kind == "published":
             self.status.setText(f"{e['version']} is the current model: {e.get('reason', '')}")
-            show_info(f"New model {e['version']} (val IoU {float(e.get('val_iou') or 0):.3f}); re-ranking the queue.")
+            iou = e.get("val_iou")
+            measured = f"val IoU {float(iou):.3f}" if iou is not None else "val IoU not measured"
+            show_info(f"New model {e['version']} ({measured}); re-ranking the queue.")
             self.refresh_versions()
             self.session.model_changed.emit(str(e["version"]))
         elif kind == "rejected":

@@ -40,6 +40,7 @@ class _Reporter(L.Callback):
         self.best_state: dict | None = None
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict] = []
+        self.by_loss = False  # pick the best epoch by validation loss, not IoU
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.progress is not None:
@@ -56,7 +57,12 @@ class _Reporter(L.Callback):
         loss = trainer.callback_metrics.get("train_loss_epoch")
         record = {"epoch": trainer.current_epoch + 1, "loss": float(loss) if loss is not None else float("nan"), **m}
         self.history.append(record)
-        score = m.get("val_iou", -float(record["loss"]) if not m else -1.0)
+        if not m:
+            score = -float(record["loss"])
+        elif self.by_loss:
+            score = -m.get("val_loss", float(record["loss"]))
+        else:
+            score = m.get("val_iou", -1.0)
         if self.best_state is None or score > self.best_score:
             self.best_score = score
             self.best_state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
@@ -140,6 +146,9 @@ def fit(
         else None
     )
     reporter = _Reporter(progress, cancel, total_steps=len(train_dl) * config.epochs)
+    # without a data-center pixel in validation, IoU is 1.0 for a model that finds nothing: the
+    # best epoch is then the one with the lowest validation loss
+    reporter.by_loss = not any(np.asarray(val[i][1]).any() for i in range(len(val)))
     logger = CSVLogger(str(config.log_dir), name="", version="") if config.log_dir else False
     trainer = L.Trainer(
         accelerator=config.accelerator,

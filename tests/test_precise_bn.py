@@ -50,3 +50,15 @@ def test_fit_returns_precise_statistics_unless_told_not_to():
     weights = [k for k in plain.state_dict if k.endswith("weight")]
     assert all(torch.equal(plain.state_dict[k], precise.state_dict[k]) for k in weights)  # same training
     assert not torch.allclose(plain.state_dict[key], precise.state_dict[key])  # statistics redone
+
+
+def test_without_a_data_center_in_validation_the_best_epoch_is_the_lowest_validation_loss():
+    train = _pairs(8, seed=2)
+    val = [(image, np.zeros_like(mask)) for image, mask in _pairs(4, seed=3)]  # reviewed-empty chips
+    history = []
+    ckpt = fit(train, val, TrainConfig(epochs=4, batch_size=4, base_channels=4, depth=2, dropout=0.0, lr=3e-2,
+                                       accelerator="cpu", tune_threshold=False),
+               progress=lambda done, total, info: history.append(info) if info.get("event") == "epoch" else None)
+    losses = [h["val_loss"] for h in history]
+    assert len(losses) == 4
+    assert ckpt.metrics["epoch"] == 1 + int(np.argmin(losses))  # not the epoch whose IoU of nothing is 1.0
