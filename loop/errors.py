@@ -23,3 +23,7 @@ class NoTrainingDataError(LoopError, ValueError):
 
 class NaipError(LoopError, RuntimeError):
     """NAIP imagery could not be found or fetched."""
+
+
+class StacUnreachableError(NaipError):
+    """The STAC API did not answer at all (network down, wrong endpoint): no later request will."""

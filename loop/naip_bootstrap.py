@@ -18,7 +18,7 @@ from pyproj import Transformer
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
-from loop.errors import NaipError
+from loop.errors import NaipError, StacUnreachableError
 from loop.labelstore_io import label_classes
 from loop.naip import download_naip, utm_crs
 from loop.naip_assets import DEFAULT_RETRY, RetryPolicy
@@ -157,6 +157,9 @@ def bootstrap(geojson: str | Path, project_root: str | Path, size_m: float = 512
         try:
             tif = download_naip(chip.lat, chip.lon, chip.size_m, scenes_dir / chip.file_name,
                                 year=year, stac_url=stac_url, cancel=cancel, retry=retry)
+        except StacUnreachableError as exc:  # every other chip would wait out the same timeouts
+            raise StacUnreachableError(f"bootstrap of {project.root} stopped at chip {done} of {len(chips)}: "
+                                       f"{exc}; finished chips were kept and a rerun resumes") from exc
         except NaipError as exc:
             skipped.append((chip.lat, chip.lon, str(exc)))
             if progress:

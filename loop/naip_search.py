@@ -15,7 +15,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 from urllib3.util.retry import Retry
 
-from loop.errors import NaipError
+from loop.errors import NaipError, StacUnreachableError
 from loop.naip_assets import CONNECT_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy, http_timeout
 
 DEFAULT_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
@@ -44,8 +44,8 @@ def item_year(item: pystac.Item) -> int:
     return when.year
 
 
-def _unreachable(stac_url: str, exc: BaseException) -> NaipError:
-    return NaipError(
+def _unreachable(stac_url: str, exc: BaseException) -> StacUnreachableError:
+    return StacUnreachableError(
         f"cannot reach the STAC API at {stac_url} ({type(exc).__name__}: {exc}); expected a "
         f"STAC item-search endpoint. Check the network connection, or point {STAC_URL_ENV} "
         f"(or --stac-url) at a reachable STAC API; the default is {DEFAULT_STAC_URL}"

@@ -474,3 +474,21 @@ def test_bootstrap_refuses_an_unknown_class_before_downloading(server, tmp_path)
     with pytest.raises(LabelError, match="unknown class.*substation"):
         bootstrap(tmp_path / "labels.geojson", tmp_path / "project", size_m=120, margin_m=20, retry=FAST)
     assert server.requests == [] and not (tmp_path / "project").exists()
+
+
+def test_bootstrap_stops_at_once_when_the_stac_api_is_unreachable(server, tmp_path):
+    import geopandas
+
+    from loop.errors import StacUnreachableError
+    from loop.naip_bootstrap import bootstrap
+
+    # three chips far apart: without the stop, each would wait out the same dead endpoint
+    geoms = [_square(LON + 0.02 * k, LAT, 30) for k in range(3)]
+    path = tmp_path / "labels.geojson"
+    geopandas.GeoDataFrame({"class": ["datacenter"] * 3}, geometry=geoms, crs="EPSG:4326").to_file(path)
+    server.go_down()
+    seen = []
+    with pytest.raises(StacUnreachableError, match="stopped at chip 1 of 3.*cannot reach the STAC API"):
+        bootstrap(path, tmp_path / "project", stac_url=server.stac_url, retry=FAST,
+                  progress=lambda done, total, info: seen.append(done))
+    assert seen == []  # no chip was tried after the first
