@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "model.cli",
     "loop.cli_labels",
     "loop.cli_rank",
+    "loop.cli_models",
     "loop.cli_naip",
     "loop.cli_project",
     "loop.cli_demo",

@@ -258,7 +258,7 @@ class CheckpointRegistry:
         self._warned.add(key)
         names = ", ".join(f"{mv.version} ({mv.path})" for mv in skipped)
         warnings.warn(f"checkpoint of current model {names} is missing or corrupt; {outcome}. Retrain or "
-                      "promote another version.", RuntimeWarning, stacklevel=3)
+                      "promote another version (`dclabel models PROJECT --promote VERSION`).", RuntimeWarning, stacklevel=3)
 
     def load_current(self) -> Checkpoint | None:
         """The current checkpoint, loaded, or None."""
@@ -331,11 +331,11 @@ class CheckpointRegistry:
                 promoted, reason = True, "first model" + (f" ({label} not measured: {unmeasured})" if unmeasured else "")
             elif trained_from is not None and trained_from != cur.version:
                 promoted, reason = False, (f"trained from {trained_from}, but {cur.version} became current "
-                                           "meanwhile; compare them and promote by hand")
+                                           "meanwhile; compare them (`dclabel models`) and promote by hand")
             elif unmeasured:
                 promoted, reason = False, (f"{label} not measured: {unmeasured}, so it cannot be compared with "
                                            f"current {cur.version}; review a chip with a data center, or promote "
-                                           "it by hand")
+                                           "it by hand (`dclabel models PROJECT --promote VERSION`)")
             elif new is None:
                 promoted, reason = False, f"no {label} to compare with current {cur.version}"
             elif ref is None:

@@ -248,3 +248,24 @@ def test_retrain_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path
         if holder.is_alive():
             holder.kill()
         holder.join(5)
+
+
+def test_models_command_lists_versions_and_promotes_a_candidate(tmp_path, capsys):
+    from loop.cli import main
+    from loop.project import Project
+
+    project = Project.create(tmp_path / "p")
+    assert main(["models", str(project.root)]) == 0
+    assert "no model yet" in capsys.readouterr().out
+    project.registry.publish(make_ckpt(0.5))
+    project.registry.publish(make_ckpt(0.1, seed=1))  # regresses: kept as a candidate
+    assert main(["models", str(project.root)]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["v1"][1] == "current" and rows["v2"][1] == "candidate"
+    assert rows["v2"][3] == "v1" and rows["v2"][4] == "0.100"  # parent, validation IoU
+    assert main(["models", str(project.root), "--promote", "v2"]) == 0
+    out = capsys.readouterr().out
+    assert "v2 is the current model (was v1)" in out
+    assert Project.open(project.root).registry.current().version == "v2"
+    assert main(["models", str(project.root), "--promote", "v9"]) == 2
+    assert "v9" in capsys.readouterr().err
