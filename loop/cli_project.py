@@ -64,11 +64,20 @@ def _dropout(text: str) -> float:
 
 def run_init(args: argparse.Namespace) -> int:
     """Create (or extend) a project with the given scenes."""
-    from loop.project import Project
+    from loop.project import PROJECT_FILE, Project
     from model.scene import pixel_size_m
 
-    project = Project.create(args.project, images=args.image or (), bands=args.bands, chip_size=args.chip_size,
-                             resolution_m=args.res)
+    existed = (args.project / PROJECT_FILE).exists()
+    project = Project.create(args.project, images=args.image or (), bands=args.bands,
+                             chip_size=args.chip_size or 256, resolution_m=args.res)
+    if existed:  # chip size and pixel size are the project's own: changing them would orphan its labels
+        kept = project.settings
+        for flag, asked, has in (("--chip-size", args.chip_size, kept.chip_size), ("--res", args.res, kept.resolution_m)):
+            if asked is not None and asked != has:
+                keeps = "each scene's own pixel size" if has is None else f"{has:g}"
+                print(f"dclabel init: warning: {args.project} exists, so {flag} {asked:g} is ignored (it applies "
+                      f"to a new project; this one keeps {keeps}); create a new project folder to use it",
+                      file=sys.stderr)
     for scene_id, path in args.relink or ():
         info = project.relink_scene(scene_id, path)
         print(f"{scene_id}: now reads {info.path}")
@@ -201,7 +210,8 @@ def print_summary(summary: dict) -> None:
     print(f"{'strategy':<10} {'chips to 95%':>13} {'IoU @' + format(budget, '.0%'):>9} {'final IoU':>10}")
     starred = False
     for s, d in summary["per_strategy"].items():
-        reach = f"{d['fraction_to_95']:.1%}" if d["fraction_to_95"] is not None else "not reached"
+        reach = ("no full-label model" if full is None else
+                 f"{d['fraction_to_95']:.1%}" if d["fraction_to_95"] is not None else "not reached")
         note = "" if d["budget_in_range"] else "*"
         starred = starred or bool(note)
         print(f"{s:<10} {reach:>13} {d['iou_at_budget']:>8.3f}{note} {d['final_iou']:>10.3f}")
@@ -211,7 +221,8 @@ def print_summary(summary: dict) -> None:
     if summary.get("best"):
         reach = summary["best_fraction_to_95"]
         print(f"best strategy: {summary['best']}; chips to reach 95% of full-label IoU: "
-              f"{'not reached' if reach is None else format(reach, '.1%')}")
+              + ("not measured (no full-label model: --no-full-label)" if full is None else
+                 "not reached" if reach is None else format(reach, ".1%")))
     if summary.get("best_minus_random_at_budget") is not None and summary["best"] != "random":
         print(f"{summary['best']} IoU minus random IoU at a {budget:.0%} budget: "
               f"{summary['best_minus_random_at_budget']:+.3f}")
@@ -227,11 +238,12 @@ def register(subparsers) -> None:
     p.add_argument("project", type=Path, help="project folder (created if missing)")
     p.add_argument("--image", action="append", type=Path, metavar="SCENE.tif", help="scene or chip folder (repeat)")
     p.add_argument("--bands", type=parse_bands, default=None, help="1-based bands read as R,G,B,NIR (default 1,2,3,4)")
-    p.add_argument("--chip-size", type=int, default=256, help="review/training chip side in pixels")
+    p.add_argument("--chip-size", type=int, default=None,
+                   help="review/training chip side in pixels (default 256; a new project only)")
     p.add_argument("--res", type=float, default=None, metavar="METRES",
                    help="read every scene at this pixel size, e.g. 0.6 to match NAIP-trained models on 0.3 m "
                    "imagery (scenes at another size are resampled through a VRT in PROJECT/scenes; default: "
-                   "each at its own)")
+                   "each at its own; a new project only)")
     p.add_argument("--relink", nargs=2, action="append", metavar=("SCENE_ID", "NEW_PATH"),
                    help="a scene's file moved: read it from NEW_PATH (checked: same CRS, its labels inside it)")
     p.set_defaults(func=run_init)

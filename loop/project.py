@@ -320,8 +320,9 @@ class Project:
             others = [m for m in (pixel_size_m(s) for s in self.scenes) if m is not None]
             if others and not same_resolution(here, others[0]):
                 warnings.warn(f"{path}: pixels are {here:.2f} m, the project's first scene has {others[0]:.2f} m; "
-                              "models trained on one scale miss buildings at the other. Re-create the project "
-                              f"with `dclabel init --res {others[0]:.2g}` to read every scene at one pixel size.",
+                              "models trained on one scale miss buildings at the other. Create a new project "
+                              f"with `dclabel init NEW_PROJECT --res {others[0]:.2g} --image ...` to read every "
+                              "scene at one pixel size.",
                               UserWarning, stacklevel=2)
         size = self.settings.chip_size
         if (info.width < size or info.height < size) and not self._warned_small:

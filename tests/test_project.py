@@ -169,6 +169,14 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
     assert "96 x 80 px, EPSG:32618, 0.6 m pixels, 9 chips" in out
     project = Project.open(tmp_path / "proj")
     assert len(project.scenes) == 1 and (tmp_path / "proj" / "labels.gpkg").exists()
+    # chip size and pixel size belong to the project: on an existing one they are refused aloud
+    assert main(["init", str(tmp_path / "proj"), "--chip-size", "64", "--res", "0.3"]) == 0
+    err = capsys.readouterr().err
+    assert "--chip-size 64 is ignored" in err and "keeps 32" in err
+    assert "--res 0.3 is ignored" in err and "each scene's own pixel size" in err
+    assert Project.open(tmp_path / "proj").settings.chip_size == 32
+    assert main(["init", str(tmp_path / "proj"), "--chip-size", "32"]) == 0
+    assert "ignored" not in capsys.readouterr().err  # the same value is no change
     assert main(["init", str(tmp_path / "p2"), "--image", str(tmp_path / "missing.tif")]) == 2
     assert "missing.tif: no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "p2").exists()  # no half-made project left behind

@@ -73,6 +73,15 @@ def test_label_efficiency_figures():
     assert s["best_minus_random_at_budget"] == pytest.approx(0.61 - 0.4)
 
 
+def test_summary_without_a_full_label_model_does_not_claim_95_percent_was_missed(capsys):
+    from loop.cli_project import print_summary
+
+    rows = [{"strategy": "random", "seed": 0, "round": r, "fraction": 0.1 * r, "iou": 0.2 * r} for r in (1, 2)]
+    print_summary(label_efficiency(rows, full_iou=None, n_pool=20))
+    out = capsys.readouterr().out
+    assert "not reached" not in out and "no full-label model" in out
+
+
 def test_tiny_simulation_writes_csv_and_png(tmp_path):
     tif, truth, _ = make_scene(tmp_path)
     config = SimulationConfig(strategies=("random", "entropy"), rounds=2, batch=2, seeds=1, chip_size=32,
