@@ -14,6 +14,7 @@ environment:
   PC_SDK_SUBSCRIPTION_KEY   Planetary Computer API key (optional, raises rate limits)
   PC_SDK_SAS_URL            SAS token endpoint (planetary-computer's setting)
   DCLABEL_BLOB_ENDPOINT     read blob assets from this path-style endpoint (Azurite layout)
+  DCLABEL_HTTP_TIMEOUT      seconds to wait for any one HTTP answer (default 60)
 """
 
 

@@ -60,7 +60,8 @@ def _add_detect_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: GPU when present, else CPU)")
     p.add_argument("--bands", type=parse_bands, default=None, help="source bands as R,G,B,NIR, e.g. 3,2,1,4")
     p.add_argument("--fast", dest="mode", action="store_const", const="fast", default=d.mode,
-                   help="fast path: coarse pass gates the full U-Net, bf16 where native (model/fastpath.py)")
+                   help="fast path: a tile gate picks the tiles the full U-Net runs on (the checkpoint's trained "
+                   "gate when it has one, else a coarse pass; see --gate), bf16 where native (model/fastpath.py)")
     p.add_argument("--coarse-factor", type=int, default=d.coarse_factor, help="fast: coarse downsampling")
     p.add_argument("--coarse-threshold", type=float, default=d.coarse_threshold,
                    help="fast: coarse probability a tile needs to run at full resolution")
