@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,7 @@ class LabelStore:
         try:
             uri = f"file:{self.path.resolve()}?mode=ro" if read_only else f"file:{self.path.resolve()}"
             self._conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
+            gp.register_functions(self._conn)  # the SQL a QGIS/GDAL spatial index's triggers call
             self._conn.execute("PRAGMA busy_timeout = 60000")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._init_schema()
@@ -92,6 +94,7 @@ class LabelStore:
         if "dclabel_meta" in tables:
             if not self.read_only:
                 self._conn.execute("PRAGMA journal_mode = WAL")
+            self._repair_fids()
             return
         if tables or self.read_only:
             raise StoreError(
@@ -105,6 +108,52 @@ class LabelStore:
         self._conn.execute("PRAGMA journal_mode = WAL")
         with self.transaction() as cur:
             gp.create_schema(cur)
+
+    def _repair_fids(self) -> None:
+        """Keep fids unique across the footprint tables after edits made outside dclabel.
+
+        A feature QGIS/GDAL added to one table before this version of dclabel synchronised the
+        sequences can share its fid with a footprint of another table. Writable: the row the edit
+        log does not know is given a new fid (the log stays true; nothing else refers to it) and a
+        warning names both. Read-only: a warning only (such a fid is then refused as ambiguous).
+        """
+        with self._lock:
+            cur = self._conn.cursor()
+            clashes = gp.fid_clashes(cur)
+            if self.read_only:
+                if clashes:
+                    warnings.warn(f"{self.path}: footprint fid(s) used in two tables: {_clash_text(clashes)}; "
+                                  "open the store for writing once to renumber them.", UserWarning, stacklevel=4)
+                return
+            if not clashes and gp.fids_in_sync(cur):
+                return  # nothing to write: opening takes no write lock
+            with self.transaction() as cur:
+                for table, _ in gp.feature_tables(cur):
+                    gp.ensure_fid_trigger(cur, table)
+                gp.sync_fid_sequences(cur)
+                moved, left = [], {}
+                for fid, tables in clashes.items():
+                    logged = history.logged_srs_ids(cur, fid)
+                    keep = [t for t in tables if int(t.removeprefix(gp.FEATURE_PREFIX)) in logged] or tables[:1]
+                    if len(keep) > 1:
+                        left[fid] = tables
+                        continue
+                    for table in tables:
+                        if table != keep[0]:
+                            new = gp.sync_fid_sequences(cur) + 1
+                            cur.execute(f'UPDATE "{table}" SET fid=? WHERE fid=?', (new, fid))
+                            moved.append(f"fid {fid} of {table} -> fid {new} (fid {fid} stays in {keep[0]})")
+                if moved:
+                    gp.sync_fid_sequences(cur)
+                    self._edit_txn(cur, clear_redo=False)  # readers see a new version
+                    warnings.warn(
+                        f"{self.path}: features added outside dclabel (QGIS/GDAL) had fids another footprint "
+                        f"table already used; renumbered the ones dclabel's edit history does not know: "
+                        f"{'; '.join(moved)}. Reload the layers in QGIS.", UserWarning, stacklevel=4)
+                if left:
+                    warnings.warn(f"{self.path}: footprint fid(s) used in two tables that both appear in the "
+                                  f"edit history: {_clash_text(left)}; they are refused as ambiguous.",
+                                  UserWarning, stacklevel=4)
 
     # ----- transactions ---------------------------------------------------------------------------
     @contextmanager
@@ -304,10 +353,23 @@ class LabelStore:
                       (gp.to_wkb(geom), {**new, "srs_id": srs_id}))
 
     def footprint(self, fid: int) -> tuple[BaseGeometry, dict]:
-        """One footprint (geometry in its scene CRS, attributes), deleted ones included."""
+        """One footprint (geometry in its scene CRS, attributes), deleted ones included.
+
+        The class is read by the import rules (``Warehouse`` typed in QGIS -> ``warehouse``).
+        """
+        from loop.labelstore_io import normalize_classes
+
         with self._read() as cur:
             _, _, blob, attrs = self._find(cur, fid)
+        attrs["class"] = normalize_classes([attrs["class"]])[0]
         return gp.from_multipolygon(gp.decode_geometry(blob)), {"fid": int(fid), **attrs}
+
+    def unknown_classes(self, scene_id: str | None = None) -> dict[int, object]:
+        """Active footprints whose class (read by the import rules) is not one of
+        :data:`loop.project.CLASSES`, e.g. ``building`` typed in QGIS: fid -> stored value."""
+        gdf = self.footprints(scene_id)
+        bad = gdf[~gdf["class"].isin(CLASSES)]
+        return dict(zip(bad["fid"].astype(int), bad["class"], strict=True))
 
     def footprints(self, scene_id: str | None = None, include_deleted: bool = False) -> geopandas.GeoDataFrame:
         """Footprints as a GeoDataFrame with a stable ``fid`` column.
@@ -319,7 +381,9 @@ class LabelStore:
 
         Returns:
             Columns ``fid, scene_id, class, status, source, model_version, created, updated,
-            geometry``, sorted by fid. One-part shapes are Polygons.
+            geometry``, sorted by fid. One-part shapes are Polygons. Classes are read by the import
+            rules (:func:`loop.labelstore_io.normalize_classes`); unknown ones are returned as stored
+            (:meth:`unknown_classes` lists them).
         """
         frames = []
         with self._read() as cur:
@@ -414,6 +478,14 @@ class LabelStore:
 
         return import_geojson(self, path, scene, reviewed=reviewed, chip_size=chip_size)
 
+    def import_labels(self, path: str | Path, scene: SceneInfo, reviewed: bool = True, chip_size: int = 256,
+                      layer: str | None = None):
+        """Import polygons with counts of what was added, reclassified and dropped; see
+        :func:`loop.labelstore_io.import_labels`."""
+        from loop.labelstore_io import import_labels
+
+        return import_labels(self, path, scene, reviewed=reviewed, chip_size=chip_size, layer=layer)
+
     def export_geojson(self, path: str | Path, scene_id: str | None = None) -> Path:
         """Write active footprints as RFC 7946 GeoJSON; see :func:`loop.labelstore_io.export_geojson`."""
         from loop.labelstore_io import export_geojson
@@ -444,3 +516,7 @@ class LabelStore:
 
 def _q(name: str) -> str:
     return f'"{name}"'
+
+
+def _clash_text(clashes: dict[int, list[str]]) -> str:
+    return "; ".join(f"fid {fid} in {' and '.join(tables)}" for fid, tables in clashes.items())

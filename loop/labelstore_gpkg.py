@@ -8,6 +8,12 @@ Written for Python's ``sqlite3`` (a GeoPackage is a SQLite file) following OGC G
 Footprints live in one feature table per CRS, ``footprints_<srs_id>`` (srs_id = the EPSG code, or
 a custom id >= 100000 for CRSs without one), declared ``MULTIPOLYGON``; single polygons are stored
 promoted to one-part multipolygons (spec requirement: a row's type matches its column type).
+
+Files edited by QGIS/GDAL may carry their SQL: the R-tree spatial index triggers call
+``ST_IsEmpty``/``ST_MinX``/``ST_MaxX``/``ST_MinY``/``ST_MaxY``, which :func:`register_functions` provides
+on every connection. Footprint fids are unique across the per-CRS tables: every footprint table's
+``sqlite_sequence`` is kept at the highest fid of any of them (:func:`sync_fid_sequences`, and a
+trigger per table, ``dclabel_fid_<table>``, for features that QGIS or GDAL insert).
 """
 
 from __future__ import annotations
@@ -75,6 +81,61 @@ _DEFAULT_SRS = [
     ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian coordinate reference system"),
     ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic coordinate reference system"),
 ]
+
+
+def _envelope(blob) -> tuple[float, float, float, float] | None:
+    """(minx, maxx, miny, maxy) of a GeoPackage geometry blob; None for NULL, empty or not a blob.
+
+    The header envelope when it has one (what GDAL writes), else the bounds of the parsed WKB.
+    """
+    if blob is None or len(blob) < 8 or bytes(blob[:2]) != b"GP":
+        return None
+    flags = blob[3]
+    if flags & 0b00010000:  # the empty-geometry flag
+        return None
+    env = _ENVELOPE_BYTES.get((flags >> 1) & 0b111)
+    if env is None:
+        return None
+    if env:
+        minx, maxx, miny, maxy = struct.unpack("<4d" if flags & 1 else ">4d", bytes(blob[8:40]))
+        if minx == minx and maxx == maxx and miny == miny and maxy == maxy:  # NaN = empty (GDAL's way)
+            return minx, maxx, miny, maxy
+        return None
+    try:
+        geom = shapely.from_wkb(bytes(blob[8:]))
+    except shapely.errors.ShapelyError:
+        return None
+    if geom is None or geom.is_empty:
+        return None
+    minx, miny, maxx, maxy = geom.bounds
+    return minx, maxx, miny, maxy
+
+
+def _st_is_empty(blob) -> int | None:
+    if blob is None:
+        return None
+    return int(_envelope(blob) is None)
+
+
+def _st_bound(index: int):
+    def bound(blob) -> float | None:
+        env = _envelope(blob)
+        return None if env is None else env[index]
+
+    return bound
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Register the SQL functions GDAL's GeoPackage triggers call (R-tree spatial index).
+
+    ``ST_IsEmpty(geom)`` (1/0, NULL for NULL) and ``ST_MinX/ST_MaxX/ST_MinY/ST_MaxY(geom)`` (NULL
+    for an empty geometry), computed from the GeoPackage blob, so an index made by QGIS ("Create
+    spatial index") or ``ogrinfo -sql "SELECT CreateSpatialIndex(...)"`` stays correct under dclabel's
+    edits.
+    """
+    conn.create_function("ST_IsEmpty", 1, _st_is_empty, deterministic=True)
+    for index, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        conn.create_function(name, 1, _st_bound(index), deterministic=True)
 
 
 def utc_now() -> str:
@@ -165,7 +226,63 @@ def ensure_feature_table(cur: sqlite3.Cursor, srs_id: int) -> str:
         "INSERT OR IGNORE INTO gpkg_geometry_columns VALUES (?, 'geom', 'MULTIPOLYGON', ?, 0, 0)",
         (table, srs_id),
     )
+    ensure_fid_trigger(cur, table)
+    sync_fid_sequences(cur)
     return table
+
+
+def ensure_fid_trigger(cur: sqlite3.Cursor, table: str) -> None:
+    """A trigger raising every footprint table's sequence to a new fid inserted into ``table``.
+
+    It is plain SQL, so it also runs when QGIS or GDAL add a feature: the next feature added to any
+    footprint table then gets a fid above it, and fids stay unique across tables.
+    """
+    cur.execute(
+        f'CREATE TRIGGER IF NOT EXISTS "dclabel_fid_{table}" AFTER INSERT ON "{table}" BEGIN '
+        "UPDATE sqlite_sequence SET seq = NEW.fid WHERE seq < NEW.fid AND name IN (SELECT table_name "
+        "FROM gpkg_geometry_columns WHERE table_name LIKE 'footprints!_%' ESCAPE '!'); END"
+    )
+
+
+def sync_fid_sequences(cur: sqlite3.Cursor) -> int:
+    """Raise every footprint table's ``sqlite_sequence`` to the highest fid of any; returns it."""
+    tables = [t for t, _ in feature_tables(cur)]
+    if not tables:
+        return 0
+    marks = ",".join("?" * len(tables))
+    top = cur.execute(f"SELECT max(seq) FROM sqlite_sequence WHERE name IN ({marks})", tables).fetchone()[0] or 0
+    for table in tables:
+        top = max(top, cur.execute(f'SELECT max(fid) FROM "{table}"').fetchone()[0] or 0)
+    for table in tables:
+        if cur.execute("UPDATE sqlite_sequence SET seq=? WHERE name=?", (top, table)).rowcount == 0:
+            cur.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, top))
+    return int(top)
+
+
+def fids_in_sync(cur: sqlite3.Cursor) -> bool:
+    """True when every footprint table has its fid trigger and a sequence at the highest fid."""
+    tables = [t for t, _ in feature_tables(cur)]
+    if not tables:
+        return True
+    marks = ",".join("?" * len(tables))
+    triggers = {r[0] for r in cur.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
+    if any(f"dclabel_fid_{t}" not in triggers for t in tables):
+        return False
+    seqs = dict(cur.execute(f"SELECT name, seq FROM sqlite_sequence WHERE name IN ({marks})", tables).fetchall())
+    top = max([*seqs.values(), *(cur.execute(f'SELECT max(fid) FROM "{t}"').fetchone()[0] or 0 for t in tables)])
+    return len(seqs) == len(tables) and all(seqs[t] == top for t in tables)
+
+
+def fid_clashes(cur: sqlite3.Cursor) -> dict[int, list[str]]:
+    """Fids used in more than one footprint table (features added outside dclabel): fid -> tables."""
+    tables = [t for t, _ in feature_tables(cur)]
+    if len(tables) < 2:
+        return {}
+    union = " UNION ALL ".join(f"SELECT fid, '{t}' AS t FROM \"{t}\"" for t in tables)
+    rows = cur.execute(
+        f"SELECT fid, group_concat(t, ' ') FROM ({union}) GROUP BY fid HAVING count(*) > 1 ORDER BY fid"
+    ).fetchall()
+    return {int(fid): sorted(names.split()) for fid, names in rows}
 
 
 def touch_contents(cur: sqlite3.Cursor, table: str, bounds: tuple[float, ...] | None = None) -> None:
@@ -223,6 +340,31 @@ def to_wkb(geom: BaseGeometry) -> bytes:
     return shapely.to_wkb(geom, byte_order=1, flavor="iso", output_dimension=2)
 
 
+def polygon_parts(geom: BaseGeometry) -> tuple[list[Polygon], int]:
+    """The Polygons (with an area) of a geometry at every nesting level, and the other parts' count.
+
+    ``make_valid`` of a self-intersecting ring can return ``GEOMETRYCOLLECTION(MULTIPOLYGON(...),
+    LINESTRING(...))``: the polygons inside the multipolygon are kept, the line is counted.
+    """
+    polys: list[Polygon] = []
+    dropped = 0
+    stack = [geom]
+    while stack:
+        part = stack.pop()
+        if part is None or part.is_empty:
+            continue
+        if isinstance(part, Polygon):
+            if part.area > 0:
+                polys.append(part)
+            else:
+                dropped += 1
+        elif hasattr(part, "geoms"):
+            stack.extend(reversed(list(part.geoms)))
+        else:
+            dropped += 1
+    return polys, dropped
+
+
 def clean_polygon(geometry: BaseGeometry, what: str = "footprint") -> BaseGeometry:
     """Repair a footprint geometry: 2D, ``make_valid``, polygonal parts only.
 
@@ -239,8 +381,7 @@ def clean_polygon(geometry: BaseGeometry, what: str = "footprint") -> BaseGeomet
     geom = shapely.force_2d(geometry)
     if not geom.is_valid:
         geom = shapely.make_valid(geom)
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
-    polys = [q for p in parts for q in shapely.get_parts(p) if not q.is_empty and q.area > 0]
+    polys, _ = polygon_parts(geom)
     if not polys:
         raise LabelError(
             f"{what}: expected a polygon with an area, found {geometry.geom_type} "
@@ -252,25 +393,36 @@ def clean_polygon(geometry: BaseGeometry, what: str = "footprint") -> BaseGeomet
 def write_footprint(cur: sqlite3.Cursor, table: str, srs_id: int, fid: int, geom: BaseGeometry, attrs: dict) -> None:
     """Insert or overwrite footprint ``fid`` of a feature table (geometry in that table's CRS)."""
     blob = encode_geometry(to_multipolygon(geom), srs_id)
-    cols = ", ".join(f'"{c}"' for c in ("fid", "geom", *FOOTPRINT_COLUMNS))
-    sets = ", ".join(f'"{c}"=excluded."{c}"' for c in ("geom", *FOOTPRINT_COLUMNS))
-    cur.execute(
-        f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * (2 + len(FOOTPRINT_COLUMNS)))}) '
-        f"ON CONFLICT(fid) DO UPDATE SET {sets}",
-        (int(fid), blob, *(attrs[c] for c in FOOTPRINT_COLUMNS)),
-    )
+    values = (blob, *(attrs[c] for c in FOOTPRINT_COLUMNS))
+    # a plain UPDATE, then INSERT: an upsert's conflict clause would override the `INSERT OR REPLACE`
+    # of a GDAL R-tree trigger and fail on the index row
+    sets = ", ".join(f'"{c}"=?' for c in ("geom", *FOOTPRINT_COLUMNS))
+    if cur.execute(f'UPDATE "{table}" SET {sets} WHERE fid=?', (*values, int(fid))).rowcount == 0:
+        cols = ", ".join(f'"{c}"' for c in ("fid", "geom", *FOOTPRINT_COLUMNS))
+        cur.execute(f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * (2 + len(FOOTPRINT_COLUMNS)))})',
+                    (int(fid), *values))
     touch_contents(cur, table, geom.bounds)
 
 
 def find_footprint(cur: sqlite3.Cursor, fid: int) -> tuple[str, int, bytes, dict] | None:
-    """(table, srs_id, geometry blob, attributes) of footprint ``fid`` in any feature table, or None."""
-    tables = feature_tables(cur)
+    """(table, srs_id, geometry blob, attributes) of footprint ``fid`` in any feature table, or None.
+
+    Raises:
+        LabelError: Two tables hold this fid (features added outside dclabel); it is ambiguous.
+    """
     cols = ", ".join(f'"{c}"' for c in FOOTPRINT_COLUMNS)
-    for table, srs_id in tables:
+    found = []
+    for table, srs_id in feature_tables(cur):
         row = cur.execute(f'SELECT geom, {cols} FROM "{table}" WHERE fid=?', (int(fid),)).fetchone()
         if row:
-            return table, int(srs_id), row[0], dict(zip(FOOTPRINT_COLUMNS, row[1:], strict=True))
-    return None
+            found.append((table, int(srs_id), row[0], dict(zip(FOOTPRINT_COLUMNS, row[1:], strict=True))))
+    if len(found) > 1:
+        raise LabelError(
+            f"footprint fid {fid} is used in {' and '.join(f[0] for f in found)} (a feature added outside "
+            "dclabel reused it); open the label store for writing once (dclabel renumbers the feature "
+            "its edit history does not know), then try again."
+        )
+    return found[0] if found else None
 
 
 def feature_tables(cur: sqlite3.Cursor) -> list[tuple[str, int]]:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import shapely
 
 from loop import labelstore_gpkg as gp
-from loop.labelstore_chips import CHIP_KEY, write_chip
+from loop.labelstore_chips import CHIP_KEY, read_chip, write_chip
+from model.errors import LabelError
 
 State = tuple[bytes | None, dict] | None  # (WKB or None for chips, attributes) or None
 
@@ -50,6 +51,67 @@ def _apply(cur: sqlite3.Cursor, op: str, fid: int | None, wkb, attrs: str | None
         gp.write_footprint(cur, table, srs_id, fid, shapely.from_wkb(wkb), ref)
 
 
+def logged_srs_ids(cur: sqlite3.Cursor, fid: int) -> set[int]:
+    """srs_ids (feature tables) that the edit log records for footprint ``fid``."""
+    rows = cur.execute("SELECT before_attrs, after_attrs FROM dclabel_edit_log WHERE fid=? AND op NOT IN "
+                       "('mark', 'unmark')", (int(fid),)).fetchall()
+    return {int(json.loads(a)["srs_id"]) for row in rows for a in row if a and "srs_id" in json.loads(a)}
+
+
+def _current(cur: sqlite3.Cursor, op: str, fid: int | None, ref: dict) -> tuple[object, dict] | None:
+    """The stored state of an entry's footprint or chip now (geometry, attributes), or None."""
+    if op in ("mark", "unmark"):
+        chip = read_chip(cur, tuple(ref[k] for k in CHIP_KEY))
+        return None if chip is None else (None, chip)
+    table = gp.feature_table(int(ref["srs_id"]))
+    if not cur.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+        return None
+    cols = ", ".join(f'"{c}"' for c in gp.FOOTPRINT_COLUMNS)
+    row = cur.execute(f'SELECT geom, {cols} FROM "{table}" WHERE fid=?', (fid,)).fetchone()
+    if row is None:
+        return None
+    return gp.decode_geometry(row[0]), dict(zip(gp.FOOTPRINT_COLUMNS, row[1:], strict=True))
+
+
+def _differences(now: tuple | None, wkb, attrs: str | None, op: str) -> list[str]:
+    """How the current state differs from the state an edit left (empty: unchanged since)."""
+    if attrs is None:
+        return [] if now is None else ["it exists again"]
+    if now is None:
+        return ["it no longer exists"]
+    expected = json.loads(attrs)
+    keys = ("empty", "time") if op in ("mark", "unmark") else gp.FOOTPRINT_COLUMNS
+    diff = [f"{k} {expected.get(k)!r} -> {now[1].get(k)!r}" for k in keys if now[1].get(k) != expected.get(k)]
+    if wkb is not None:
+        logged = gp.to_multipolygon(shapely.from_wkb(wkb))
+        if not gp.to_multipolygon(now[0]).equals_exact(logged, 0.0):
+            diff.append("geometry changed")
+    return diff
+
+
+def _check_unchanged(cur: sqlite3.Cursor, entries: list, undo: bool) -> None:
+    """Refuse the step when a row no longer holds the state its edit left (an edit made since by
+    another tool, e.g. QGIS): applying the logged state would silently overwrite that edit."""
+    problems = []
+    seen = set()
+    for _eid, op, fid, _wkb, attrs, other_attrs, other_wkb in entries:
+        ref = json.loads(attrs or other_attrs)
+        key = tuple(ref[k] for k in CHIP_KEY) if op in ("mark", "unmark") else fid
+        if key in seen:  # a later entry of the same row in this step: the log chains them
+            continue
+        seen.add(key)
+        diff = _differences(_current(cur, op, fid, ref), other_wkb, other_attrs, op)
+        if diff:
+            what = f"footprint {fid}" if fid is not None else f"reviewed chip {tuple(ref[k] for k in CHIP_KEY)}"
+            problems.append(f"{what} ({', '.join(diff)})")
+    if problems:
+        raise LabelError(
+            f"cannot {'undo' if undo else 'redo'}: {'; '.join(problems[:5])} changed outside this edit history "
+            "since (e.g. in QGIS); nothing was changed. Edit it back by hand, or keep the current state "
+            "and make new edits."
+        )
+
+
 def _next_txn(cur: sqlite3.Cursor, undo: bool) -> int | None:
     pick = "max(txn) FROM dclabel_edit_log WHERE undone=0" if undo else "min(txn) FROM dclabel_edit_log WHERE undone=1"
     return cur.execute(f"SELECT {pick}").fetchone()[0]
@@ -74,6 +136,10 @@ def step(cur: sqlite3.Cursor, undo: bool, begin: Callable[[], int]) -> bool:
 
     Returns:
         False when there was nothing to undo (redo).
+
+    Raises:
+        LabelError: A footprint or chip of that step was changed since by something outside the
+            edit log (QGIS, GDAL); nothing is changed.
     """
     txn = _next_txn(cur, undo)
     if txn is None:
@@ -81,12 +147,13 @@ def step(cur: sqlite3.Cursor, undo: bool, begin: Callable[[], int]) -> bool:
     state = "before" if undo else "after"
     other = "after" if undo else "before"
     entries = cur.execute(
-        f"SELECT id, op, fid, {state}_wkb, {state}_attrs, {other}_attrs FROM dclabel_edit_log "
+        f"SELECT id, op, fid, {state}_wkb, {state}_attrs, {other}_attrs, {other}_wkb FROM dclabel_edit_log "
         f"WHERE txn=? ORDER BY id {'DESC' if undo else 'ASC'}",
         (txn,),
     ).fetchall()
+    _check_unchanged(cur, entries, undo)
     begin()
-    for eid, op, fid, wkb, attrs, other_attrs in entries:
+    for eid, op, fid, wkb, attrs, other_attrs, _ in entries:
         _apply(cur, op, fid, wkb, attrs, other_attrs)
         cur.execute("UPDATE dclabel_edit_log SET undone=? WHERE id=?", (int(undo), eid))
     return True

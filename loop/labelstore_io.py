@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import shapely
 from rasterio.warp import transform_bounds
 from rasterio.windows import bounds as window_bounds
@@ -54,6 +56,23 @@ def label_classes(gdf, path: Path) -> list[str]:
     return out
 
 
+def normalize_classes(values) -> list:
+    """Class values as stored (e.g. typed in QGIS) read by the import rules
+    (:func:`model.masks.footprint_classes`: ``Warehouse`` -> ``warehouse``, ``datacemter`` ->
+    ``datacenter``); values those rules cannot read (null) are returned unchanged."""
+    import pandas
+
+    values = list(values)
+    classes, _ = footprint_classes(pandas.DataFrame({"class": values}), "label store")
+    return [c if c is not None else v for c, v in zip(classes, values, strict=True)]
+
+
+def unknown_class_text(unknown: dict[int, object]) -> str:
+    """``fid 6 'building', fid 9 'shed'`` (the first 10)."""
+    shown = ", ".join(f"fid {fid} {cls!r}" for fid, cls in list(unknown.items())[:10])
+    return shown + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+
+
 def footprint_frame(parts: list[tuple], target) -> geopandas.GeoDataFrame:
     """GeoDataFrame of footprint rows ``(fid, *FOOTPRINT_COLUMNS, geom blob)`` grouped by CRS.
 
@@ -69,6 +88,7 @@ def footprint_frame(parts: list[tuple], target) -> geopandas.GeoDataFrame:
     for crs, rows in parts:
         geoms = gp.decode_many([r[-1] for r in rows])
         gdf = geopandas.GeoDataFrame([r[:-1] for r in rows], columns=columns, geometry=geoms, crs=crs)
+        gdf["class"] = normalize_classes(gdf["class"])
         frames.append(gdf if gdf.crs == target else gdf.to_crs(target))
     if not frames:
         return geopandas.GeoDataFrame(columns=columns, geometry=[], crs=target)
@@ -78,13 +98,103 @@ def footprint_frame(parts: list[tuple], target) -> geopandas.GeoDataFrame:
     return geopandas.GeoDataFrame(out, geometry="geometry", crs=target)
 
 
+@dataclass(frozen=True)
+class ImportResult:
+    """What :func:`import_labels` did in one scene.
+
+    Attributes:
+        added: Footprints added.
+        reclassified: Footprints already in the store with the same geometry (within 1 cm) whose
+            class the file changed.
+        unchanged: Polygons already in the store with the same geometry and class (not added again).
+        outside: Polygons that do not overlap the scene.
+        chips_marked: Chips newly marked reviewed.
+        dropped: What could not be imported, by reason (``"null geometry"``, ``"empty geometry"``,
+            ``"Point"``, ``"LineString"``, ... feature types, ``"line/point part of a repaired
+            polygon"``, ``"polygon without area"``).
+        unreviewed_chips: Chips left unmarked because a polygon there could not be imported.
+    """
+
+    added: int = 0
+    reclassified: int = 0
+    unchanged: int = 0
+    outside: int = 0
+    chips_marked: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    unreviewed_chips: int = 0
+
+    def dropped_text(self) -> str:
+        """``"2 Point, 1 null geometry"`` (empty when nothing was dropped)."""
+        return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
+
+
+def _read_layer(path: Path, layer: str | None):
+    """The one polygon layer of a vector file (``layer`` picks one of several)."""
+    import geopandas
+    import pyogrio
+
+    try:
+        layers = [(str(n), g) for n, g in pyogrio.list_layers(path)]
+    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
+        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+    names = [n for n, _ in layers]
+    listing = ", ".join(f"{n} ({g or 'no geometry'})" for n, g in layers)
+    if layer is None:
+        spatial = [n for n, g in layers if g]
+        if len(spatial) > 1:
+            raise LabelError(f"{path}: holds {len(spatial)} layers with geometry: {listing}; choose one with "
+                             "--layer NAME (import the others with further runs).")
+        layer = spatial[0] if spatial else (names[0] if names else None)
+    elif layer not in names:
+        raise LabelError(f"{path}: no layer {layer!r}; its layers are {listing}.")
+    try:
+        return geopandas.read_file(path, layer=layer) if layer is not None else geopandas.read_file(path)
+    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
+        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+
+
+def _polygonal_rows(gdf, dropped: dict[str, int]):
+    """Rows whose geometry can hold polygons (Polygon, MultiPolygon, GeometryCollection); the others
+    are counted in ``dropped`` by reason."""
+    geoms = np.asarray(gdf.geometry.array, dtype=object)
+    missing = shapely.is_missing(geoms)
+    empty = ~missing & shapely.is_empty(geoms)
+    keep = ~missing & ~empty & np.isin(shapely.get_type_id(geoms), (3, 6, 7))
+    for why, n in (("null geometry", int(missing.sum())), ("empty geometry", int(empty.sum()))):
+        if n:
+            dropped[why] = dropped.get(why, 0) + n
+    for geom in geoms[~missing & ~empty & ~keep]:
+        dropped[geom.geom_type] = dropped.get(geom.geom_type, 0) + 1
+    return gdf[keep]
+
+
 def import_geojson(
     store: LabelStore, path: str | os.PathLike, scene: SceneInfo, reviewed: bool = True, chip_size: int = 256
 ) -> int:
+    """:func:`import_labels` returning the number of footprints added (a warning says what was dropped)."""
+    result = import_labels(store, path, scene, reviewed=reviewed, chip_size=chip_size)
+    if result.dropped:
+        warnings.warn(f"{path}: not imported into {scene.scene_id}: {result.dropped_text()}.", UserWarning,
+                      stacklevel=3)
+    return result.added
+
+
+def import_labels(
+    store: LabelStore,
+    path: str | os.PathLike,
+    scene: SceneInfo,
+    reviewed: bool = True,
+    chip_size: int = 256,
+    layer: str | None = None,
+) -> ImportResult:
     """Import the polygons of a vector file (GeoJSON, GeoPackage, ...) that overlap a scene.
 
-    Footprints already in the store with the same class and geometry (within 1 cm) are skipped, so
-    importing a file twice, or re-importing an export, adds nothing.
+    A polygon already in the store with the same geometry (within 1 cm) is not added again: with
+    the same class it is left alone (importing a file twice, or re-importing an export, adds
+    nothing); with another class that footprint is reclassified (a corrected file wins). Invalid
+    polygons are repaired (``make_valid``) and their polygons kept at every nesting level; points,
+    lines and null/empty geometries are counted in :attr:`ImportResult.dropped`. A chip where a
+    polygon could not be imported is not marked reviewed.
 
     Args:
         store: The label store (the scene is registered if needed).
@@ -93,30 +203,30 @@ def import_geojson(
         reviewed: Also mark every chip (``chip_windows(width, height, chip_size)``) touched by an
             imported footprint as reviewed.
         chip_size: Chip side for ``reviewed``.
+        layer: Layer of a multi-layer file (required when several layers have geometry).
 
     Returns:
-        Number of footprints added.
+        The counts, see :class:`ImportResult`.
 
     Raises:
-        LabelError: Missing/unreadable file, no polygons, unknown class, or nothing overlaps the scene.
+        LabelError: Missing/unreadable file, several layers and none chosen, no polygons, unknown
+            class, or nothing overlaps the scene.
     """
     import geopandas
 
     path = Path(path)
     if not path.exists():
         raise LabelError(f"{path}: no such file. Expected a GeoJSON of footprint polygons; check the path.")
-    try:
-        gdf = geopandas.read_file(path)
-    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
-        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+    gdf = _read_layer(path, layer)
     if not isinstance(gdf, geopandas.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
         raise LabelError(f"{path}: a table without geometry (columns {', '.join(map(str, gdf.columns))}). "
                          "Expected footprint polygons, e.g. a GeoJSON or GeoPackage.")
-    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-    gdf = gdf[gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
+    dropped: dict[str, int] = {}
+    gdf = _polygonal_rows(gdf, dropped)
     if gdf.empty:
+        found = f" (found {', '.join(f'{n} {k}' for k, n in sorted(dropped.items()))})" if dropped else ""
         raise LabelError(
-            f"{path}: holds no polygons. Expected footprint Polygons/MultiPolygons with a 'class' "
+            f"{path}: holds no polygons{found}. Expected footprint Polygons/MultiPolygons with a 'class' "
             "(datacenter/warehouse/retail/other) or boolean 'label' property."
         )
     if gdf.crs is None:
@@ -133,12 +243,30 @@ def import_geojson(
     geoms = gdf.to_crs(scene.crs).geometry.to_numpy()
     scene_box = shapely.box(*scene.bounds)
     shapes: list[tuple] = []
+    lost: list = []  # inside the scene, but nothing polygonal survived: do not mark its chips reviewed
+    outside = 0
     for geom, cls in zip(geoms, classes, strict=True):
-        geom = geom if geom.is_valid else shapely.make_valid(geom)
-        clipped = geom if scene_box.contains(geom) else shapely.intersection(geom, scene_box)
-        polys = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area > 0]
-        if polys:
-            shapes.append((polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys), cls))
+        if not geom.intersects(scene_box):
+            outside += 1
+            continue
+        polys, parts = gp.polygon_parts(geom if geom.is_valid else shapely.make_valid(geom))
+        if parts:
+            dropped["line/point part of a repaired polygon"] = dropped.get("line/point part of a repaired polygon",
+                                                                           0) + parts
+        whole = shapely.MultiPolygon(polys) if polys else None
+        clipped = None
+        if whole is not None:
+            clipped = whole if scene_box.contains(whole) else shapely.intersection(whole, scene_box)
+            kept, _ = gp.polygon_parts(clipped)  # lines along the scene edge are clipping artefacts
+            clipped = (kept[0] if len(kept) == 1 else shapely.MultiPolygon(kept)) if kept else None
+        if clipped is None:
+            if whole is None:
+                dropped["polygon without area"] = dropped.get("polygon without area", 0) + 1
+                lost.append(geom)
+            else:
+                outside += 1
+            continue
+        shapes.append((clipped, cls))
     if not shapes:
         scene_ll = transform_bounds(scene.crs, "EPSG:4326", *scene.bounds)
         raise LabelError(
@@ -148,37 +276,58 @@ def import_geojson(
         )
     store.register_scene(scene.scene_id, scene.crs)
     existing = store.footprints(scene.scene_id)
-    tree = shapely.STRtree(existing.geometry.to_numpy()) if len(existing) else None
+    ex_geoms = shapely.normalize(existing.geometry.to_numpy()) if len(existing) else None
+    tree = shapely.STRtree(ex_geoms) if ex_geoms is not None else None
     # the same footprint within 1 cm: a re-import of an export (reprojection and re-clipping at
     # the scene edge move vertices by nanometres to millimetres, and can add one)
     same_within = 0.01 if scene.crs.is_projected else 1e-7
-    added = 0
+    added = reclassified = unchanged = 0
     touched = []
     with store.transaction():
         for geom, cls in shapes:
-            if tree is not None and any(
-                existing["class"].iloc[i] == cls
-                and shapely.hausdorff_distance(existing.geometry.iloc[i], geom) <= same_within
-                for i in tree.query(geom)
-            ):
+            norm = shapely.normalize(geom)
+            same = [] if tree is None else [
+                int(i) for i in tree.query(norm) if shapely.hausdorff_distance(ex_geoms[i], norm) <= same_within
+            ]
+            if not same:
+                store.add_footprint(scene.scene_id, geom, cls=cls, source="imported")
+                touched.append(geom)
+                added += 1
                 continue
-            store.add_footprint(scene.scene_id, geom, cls=cls, source="imported")
-            touched.append(geom)
-            added += 1
+            other = [i for i in same if existing["class"].iloc[i] != cls]
+            for i in other:
+                store.update_footprint(int(existing["fid"].iloc[i]), cls=cls)
+                existing.iloc[i, existing.columns.get_loc("class")] = cls
+            reclassified += len(other)
+            unchanged += not other
+            if other:
+                touched.append(geom)
+        marked = unreviewed = 0
         if reviewed and touched:
             windows = chip_windows(scene.width, scene.height, chip_size)
             boxes = [shapely.box(*window_bounds(w, scene.transform)) for w in windows]
-            hits = sorted(set(shapely.STRtree(boxes).query(touched, predicate="intersects")[1].tolist()))
-            for i in hits:
-                store.mark_reviewed(scene.scene_id, windows[i], empty=False)
-    return added
+            index = shapely.STRtree(boxes)
+            hits = set(index.query(touched, predicate="intersects")[1].tolist())
+            skip = set(index.query(lost, predicate="intersects")[1].tolist()) if lost else set()
+            unreviewed = len(hits & skip)
+            done = {(c.window.col_off, c.window.row_off, c.window.width, c.window.height): c.empty
+                    for c in store.reviewed_chips(scene.scene_id)}
+            for i in sorted(hits - skip):
+                w = windows[i]
+                was_empty = done.get((w.col_off, w.row_off, w.width, w.height))
+                if was_empty is None or was_empty:  # new, or marked empty before this footprint came
+                    store.mark_reviewed(scene.scene_id, w, empty=False)
+                    marked += was_empty is None
+    return ImportResult(added, reclassified, unchanged, outside, marked, dropped, unreviewed)
 
 
 def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | None = None) -> Path:
     """Write active footprints as RFC 7946 GeoJSON (EPSG:4326, counter-clockwise shells), atomically.
 
     Properties: ``fid, scene_id, class, label`` (true for datacenter)``, status, source,
-    model_version, created, updated``; the file re-imports with :func:`import_geojson`.
+    model_version, created, updated``; the file re-imports with :func:`import_geojson`. Classes are
+    read by the import rules (``Warehouse`` typed in QGIS is written ``warehouse``); footprints whose
+    class is still unknown (e.g. ``building``) are left out, with a warning naming their fids.
 
     Args:
         store: The label store.
@@ -194,6 +343,14 @@ def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | N
         raise ConfigError(f"{path}: expected a .geojson (or .gpkg) output, found {suffix or 'no suffix'}.")
     check_outputs({"labels export": path}, {"label store": store.path})  # folder, under a file, unwritable
     gdf = store.footprints(scene_id)
+    unknown = ~gdf["class"].isin(CLASSES)
+    if unknown.any():
+        bad = dict(zip(gdf.loc[unknown, "fid"].astype(int), gdf.loc[unknown, "class"], strict=True))
+        warnings.warn(
+            f"{store.path}: {len(bad)} footprint(s) with a class dclabel does not know left out of {path.name} "
+            f"({unknown_class_text(bad)}); set their class to one of {', '.join(CLASSES)} (e.g. in QGIS) "
+            "and export again.", UserWarning, stacklevel=3)
+        gdf = gdf[~unknown]
     if len(gdf):
         gdf = gdf.to_crs("EPSG:4326")
     if suffix == ".gpkg":  # one layer in EPSG:4326, the same columns as the GeoJSON

@@ -268,7 +268,8 @@ def test_import_reprojects_clips_maps_classes_and_marks_chips(store, scene, tmp_
         (shapely.Point(_lonlat(X0 + 5, Y0 - 5)), {"class": "datacenter"}),
     ])
     v0 = store.version
-    assert store.import_geojson(src, scene) == 2
+    with pytest.warns(UserWarning, match="not imported into .*: 1 Point"):
+        assert store.import_geojson(src, scene) == 2
     fp = store.footprints(scene.scene_id)
     assert fp.crs == scene.crs
     assert fp["class"].tolist() == ["datacenter", "warehouse"] and set(fp["source"]) == {"imported"}
@@ -467,3 +468,240 @@ def test_import_without_class_warns_and_without_crs_needs_degrees(store, scene, 
     (tmp_path / "utm_no_crs.json").write_text(json.dumps(doc))  # UTM metres, no CRS member
     with pytest.raises(LabelError, match="are not longitude/latitude, but the file gives no other CRS"):
         store.import_geojson(tmp_path / "utm_no_crs.json", scene)
+
+
+# ----- files edited by QGIS / GDAL ---------------------------------------------------------------
+_RTREE_SQL = """
+CREATE VIRTUAL TABLE "rtree_{t}_geom" USING rtree(id, minx, maxx, miny, maxy);
+INSERT OR REPLACE INTO "rtree_{t}_geom" SELECT fid, ST_MinX(geom), ST_MaxX(geom), ST_MinY(geom), ST_MaxY(geom)
+  FROM "{t}" WHERE geom NOT NULL AND NOT ST_IsEmpty(geom);
+CREATE TRIGGER "rtree_{t}_geom_insert" AFTER INSERT ON "{t}" WHEN (new."geom" NOT NULL AND NOT ST_IsEmpty(NEW."geom"))
+  BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES (NEW."fid",ST_MinX(NEW."geom"), ST_MaxX(NEW."geom"),
+  ST_MinY(NEW."geom"), ST_MaxY(NEW."geom")); END;
+CREATE TRIGGER "rtree_{t}_geom_update1" AFTER UPDATE OF "geom" ON "{t}" WHEN OLD."fid" = NEW."fid" AND
+  (NEW."geom" NOTNULL AND NOT ST_IsEmpty(NEW."geom")) BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES
+  (NEW."fid",ST_MinX(NEW."geom"), ST_MaxX(NEW."geom"),ST_MinY(NEW."geom"), ST_MaxY(NEW."geom")); END;
+CREATE TRIGGER "rtree_{t}_geom_update2" AFTER UPDATE OF "geom" ON "{t}" WHEN OLD."fid" = NEW."fid" AND
+  (NEW."geom" ISNULL OR ST_IsEmpty(NEW."geom")) BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD."fid"; END;
+CREATE TRIGGER "rtree_{t}_geom_update3" AFTER UPDATE ON "{t}" WHEN OLD."fid" != NEW."fid" AND
+  (NEW."geom" NOTNULL AND NOT ST_IsEmpty(NEW."geom")) BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD."fid";
+  INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES (NEW."fid",ST_MinX(NEW."geom"), ST_MaxX(NEW."geom"),
+  ST_MinY(NEW."geom"), ST_MaxY(NEW."geom")); END;
+CREATE TRIGGER "rtree_{t}_geom_update4" AFTER UPDATE ON "{t}" WHEN OLD."fid" != NEW."fid" AND
+  (NEW."geom" ISNULL OR ST_IsEmpty(NEW."geom")) BEGIN DELETE FROM "rtree_{t}_geom" WHERE id IN (OLD."fid", NEW."fid"); END;
+CREATE TRIGGER "rtree_{t}_geom_delete" AFTER DELETE ON "{t}" WHEN old."geom" NOT NULL
+  BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD."fid"; END;
+"""
+
+
+def _gdal_spatial_index(path: Path, table: str, how: str) -> None:
+    """What QGIS "Create spatial index" does: GDAL's CreateSpatialIndex through ``ogrinfo``, or the
+    same R-tree extension SQL (GDAL 3.6's triggers, GeoPackage 1.2 annex) written here, with the
+    ST_* functions GDAL provides read from the blob's header envelope."""
+    import shutil
+    import subprocess
+
+    if how == "ogrinfo":
+        if not shutil.which("ogrinfo"):
+            pytest.skip("ogrinfo (gdal-bin) is not installed")
+        subprocess.run(["ogrinfo", str(path), "-q", "-sql", f"SELECT CreateSpatialIndex('{table}','geom')"],
+                       check=True, capture_output=True)
+        return
+    import struct
+
+    def bound(i):
+        return lambda b: struct.unpack("<4d", b[8:40])[i] if b is not None else None
+
+    with closing(sqlite3.connect(path)) as con:
+        con.create_function("ST_IsEmpty", 1, lambda b: int(b is None or bool(b[3] & 0x10)))
+        for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+            con.create_function(name, 1, bound(i))
+        con.executescript(_RTREE_SQL.format(t=table))
+        con.commit()
+
+
+def _rtree_matches_geometries(path: Path, table: str) -> None:
+    with closing(sqlite3.connect(path)) as con:
+        rtree = {r[0]: r[1:] for r in con.execute(f'SELECT id, minx, maxx, miny, maxy FROM "rtree_{table}_geom"')}
+        rows = con.execute(f'SELECT fid, geom FROM "{table}"').fetchall()
+    from loop import labelstore_gpkg as gp
+
+    want = {}
+    for fid, blob in rows:
+        x0, y0, x1, y1 = gp.decode_geometry(blob).bounds
+        want[fid] = (x0, x1, y0, y1)
+    assert set(rtree) == set(want)
+    for fid, box in want.items():  # an R-tree stores float32 boxes rounded outwards
+        assert rtree[fid] == pytest.approx(box, abs=0.01)
+
+
+@pytest.mark.parametrize("how", ["ogrinfo", "sql"])
+def test_spatial_index_made_by_gdal_keeps_working_and_correct(tmp_path, scene, how):
+    path = tmp_path / "labels.gpkg"
+    with LabelStore(path) as store:
+        store.register_scene(scene.scene_id, scene.crs)
+        fids = [store.add_footprint(scene.scene_id, _box(10 + 60 * i, 10)) for i in range(3)]
+    _gdal_spatial_index(path, "footprints_32618", how)
+    with closing(sqlite3.connect(path)) as con:
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name LIKE 'rtree_footprints_32618_geom%' "
+                           "AND type='trigger'").fetchone()[0] >= 5
+    with LabelStore(path) as store:
+        store.update_footprint(fids[0], geometry=_box(200, 200, 50, 50), cls="warehouse")
+        new = store.add_footprint(scene.scene_id, _box(300, 100))
+        store.delete_footprint(fids[1])
+        assert store.undo() and store.undo() and store.redo()
+        src = _write_geojson(tmp_path / "more.geojson", [(_box(20, 200), {"class": "retail"})], crs="EPSG:32618")
+        assert store.import_geojson(src, scene) == 1
+    _rtree_matches_geometries(path, "footprints_32618")
+    gdf = pyogrio.read_dataframe(path, layer="footprints_32618", fid_as_index=True, bbox=_box(300, 100).bounds)
+    assert new in gdf.index  # GDAL answers a spatial filter from the index dclabel kept up to date
+
+
+def test_fids_stay_unique_when_gdal_adds_features(tmp_path):
+    path = tmp_path / "labels.gpkg"
+    with LabelStore(path) as store:
+        store.register_scene("a", UTM18)
+        store.register_scene("b", UTM17)
+        store.add_footprint("b", shapely.box(700000, 4100000, 700050, 4100050))  # fid 1 in footprints_32617
+        for i in range(3):
+            store.add_footprint("a", _box(10 + 50 * i, 10))  # fids 2..4 in footprints_32618
+    # QGIS adding a feature = GDAL appending without a fid: it gets the table's AUTOINCREMENT value
+    ext = geopandas.GeoDataFrame(
+        {"scene_id": ["b"], "class": ["warehouse"], "status": ["active"], "source": ["manual"],
+         "model_version": [None], "created": ["2025-01-01T00:00:00Z"], "updated": ["2025-01-01T00:00:00Z"]},
+        geometry=[shapely.MultiPolygon([shapely.box(700100, 4100000, 700150, 4100050)])], crs=UTM17)
+    pyogrio.write_dataframe(ext, path, layer="footprints_32617", append=True)
+    with LabelStore(path) as store:
+        fp = store.footprints(include_deleted=True)
+        assert sorted(fp["fid"]) == [1, 2, 3, 4, 5]  # not a second fid 2
+        assert store.footprint(5)[1]["class"] == "warehouse"
+        store.delete_footprint(2)
+        assert store.footprint(2)[1]["status"] == "deleted" and store.footprint(5)[1]["status"] == "active"
+
+
+def test_fid_clash_made_by_an_older_version_is_renumbered_on_open(tmp_path):
+    path = tmp_path / "labels.gpkg"
+    with LabelStore(path) as store:
+        store.register_scene("a", UTM18)
+        store.register_scene("b", UTM17)
+        store.add_footprint("b", shapely.box(700000, 4100000, 700050, 4100050))  # fid 1
+        fa = store.add_footprint("a", _box(10, 10), cls="retail")  # fid 2
+    with closing(sqlite3.connect(path)) as con:  # the file as dclabel left it before the fix, then a QGIS add
+        con.execute("DROP TRIGGER dclabel_fid_footprints_32617")
+        con.execute("DROP TRIGGER dclabel_fid_footprints_32618")
+        con.execute("UPDATE sqlite_sequence SET seq=1 WHERE name='footprints_32617'")
+        con.commit()
+    ext = geopandas.GeoDataFrame(
+        {"scene_id": ["b"], "class": ["warehouse"], "status": ["active"], "source": ["manual"],
+         "model_version": [None], "created": ["2025-01-01T00:00:00Z"], "updated": ["2025-01-01T00:00:00Z"]},
+        geometry=[shapely.MultiPolygon([shapely.box(700100, 4100000, 700150, 4100050)])], crs=UTM17)
+    pyogrio.write_dataframe(ext, path, layer="footprints_32617", append=True)
+    assert pyogrio.read_dataframe(path, layer="footprints_32617", fid_as_index=True).index.tolist() == [1, fa]
+    with pytest.warns(UserWarning, match=rf"fid {fa} of footprints_32617 -> fid 3"):
+        store = LabelStore(path)
+    with store:
+        assert store.footprint(fa)[1]["class"] == "retail"  # the footprint dclabel's history knows
+        assert store.footprint(3)[1]["class"] == "warehouse"
+        store.delete_footprint(fa)
+        assert store.undo() and store.footprint(fa)[1]["status"] == "active"
+        assert store.add_footprint("b", shapely.box(700200, 4100000, 700250, 4100050)) == 4
+
+
+def test_undo_refuses_to_overwrite_an_edit_made_outside(store, tmp_path):
+    fid = store.add_footprint("a", _box(10, 10))
+    store.update_footprint(fid, cls="warehouse")
+    v = store.version
+    moved = shapely.MultiPolygon([_box(60, 10)])
+    from loop import labelstore_gpkg as gp
+
+    with closing(sqlite3.connect(store.path)) as con:  # QGIS moves it and retypes the class
+        con.execute("UPDATE footprints_32618 SET geom=?, class='Warehouse' WHERE fid=?",
+                    (gp.encode_geometry(moved, 32618), fid))
+        con.commit()
+    with pytest.raises(LabelError, match=rf"cannot undo: footprint {fid} \(class 'warehouse' -> 'Warehouse', "
+                                         r"geometry changed\)"):
+        store.undo()
+    geom, attrs = store.footprint(fid)
+    assert geom.equals_exact(moved.geoms[0], 0.0) and attrs["class"] == "warehouse" and store.version == v
+    # an undone step whose row changed since is not redone over the change either
+    other = store.add_footprint("a", _box(200, 10))
+    assert store.undo()
+    with closing(sqlite3.connect(store.path)) as con:
+        con.execute("INSERT INTO footprints_32618 (fid, geom, scene_id, class, status, source, created, updated) "
+                    "VALUES (?, ?, 'a', 'retail', 'active', 'manual', 'x', 'x')",
+                    (other, gp.encode_geometry(moved, 32618)))
+        con.commit()
+    with pytest.raises(LabelError, match=rf"cannot redo: footprint {other} \(it exists again\)"):
+        store.redo()
+    assert store.footprint(other)[1]["class"] == "retail"
+
+
+def test_classes_typed_in_qgis_are_read_by_the_import_rules(store, scene, tmp_path):
+    store.register_scene(scene.scene_id, scene.crs)
+    fids = [store.add_footprint(scene.scene_id, _box(10 + 60 * i, 10)) for i in range(3)]
+    with closing(sqlite3.connect(store.path)) as con:
+        con.execute("UPDATE footprints_32618 SET class='Warehouse ' WHERE fid=?", (fids[0],))
+        con.execute("UPDATE footprints_32618 SET class='building' WHERE fid=?", (fids[1],))
+        con.commit()
+    assert store.footprints(scene.scene_id)["class"].tolist() == ["warehouse", "building", "datacenter"]
+    assert store.footprint(fids[0])[1]["class"] == "warehouse"
+    assert store.unknown_classes() == {fids[1]: "building"}
+    out = tmp_path / "out.geojson"
+    with pytest.warns(UserWarning, match=rf"left out of out.geojson \(fid {fids[1]} 'building'\)"):
+        store.export_geojson(out)
+    doc = json.loads(out.read_text())
+    assert [f["properties"]["class"] for f in doc["features"]] == ["warehouse", "datacenter"]
+    with LabelStore(tmp_path / "other.gpkg") as other:
+        assert other.import_geojson(out, scene) == 2  # the export re-imports
+
+
+def test_import_keeps_polygons_nested_in_repaired_collections(store, scene, tmp_path):
+    x, y = X0 + 200, Y0 - 200
+    spike = shapely.Polygon([(x, y), (x + 60, y + 60), (x + 60, y), (x, y + 60), (x, y), (x - 5, y), (x, y)])
+    assert shapely.make_valid(spike).geom_type == "GeometryCollection"
+    src = _write_geojson(tmp_path / "invalid.geojson", [(spike, {"class": "datacenter"})], crs="EPSG:32618")
+    result = store.import_labels(src, scene)
+    assert result.added == 1 and result.dropped == {"line/point part of a repaired polygon": 1}
+    fp = store.footprints(scene.scene_id)
+    assert fp["class"].tolist() == ["datacenter"] and fp.geometry.iloc[0].area == pytest.approx(1800)
+    assert store.reviewed_chips(scene.scene_id)  # marked, and it holds the footprint
+
+
+def test_reimporting_a_corrected_class_reclassifies(store, scene, tmp_path):
+    first = _write_geojson(tmp_path / "a.geojson", [(_ll_box(X0 + 20, Y0 - 60, X0 + 80, Y0 - 20), {"class": "retail"}),
+                                                     (_ll_box(X0 + 120, Y0 - 60, X0 + 180, Y0 - 20), {"class": "other"})])
+    assert store.import_geojson(first, scene) == 2
+    fixed = _write_geojson(tmp_path / "b.geojson", [(_ll_box(X0 + 20, Y0 - 60, X0 + 80, Y0 - 20), {"class": "Datacenter"}),
+                                                     (_ll_box(X0 + 120, Y0 - 60, X0 + 180, Y0 - 20), {"class": "other"})])
+    result = store.import_labels(fixed, scene)
+    assert (result.added, result.reclassified, result.unchanged) == (0, 1, 1)
+    assert store.footprints(scene.scene_id)["class"].tolist() == ["datacenter", "other"]
+    assert store.undo() and store.footprints(scene.scene_id)["class"].tolist() == ["retail", "other"]
+
+
+def test_import_counts_what_it_drops_and_picks_a_layer(store, scene, tmp_path):
+    from shapely import Point
+
+    src = tmp_path / "mixed.geojson"
+    src.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"class": "datacenter"}, "geometry": shapely.geometry.mapping(_box(10, 10))},
+        {"type": "Feature", "properties": {"class": "datacenter"}, "geometry": shapely.geometry.mapping(Point(X0, Y0))},
+        {"type": "Feature", "properties": {"class": "datacenter"}, "geometry": None},
+        {"type": "Feature", "properties": {"class": "datacenter"},
+         "geometry": {"type": "Polygon", "coordinates": []}},
+    ], "crs": {"type": "name", "properties": {"name": "EPSG:32618"}}}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = store.import_labels(src, scene)
+    assert not [str(w.message) for w in caught if "GeoSeries" in str(w.message)]  # e.g. GeoSeries.notna
+    assert result.added == 1
+    assert result.dropped == {"Point": 1, "null geometry": 1, "empty geometry": 1}
+    gpkg = tmp_path / "two.gpkg"
+    for name, dx in (("A", 100), ("B", 200)):
+        geopandas.GeoDataFrame({"class": ["retail"]}, geometry=[_box(dx, 100)], crs=UTM18).to_file(gpkg, layer=name)
+    with pytest.raises(LabelError, match=r"2 layers with geometry: A \(Polygon\), B \(Polygon\); choose one with --layer"):
+        store.import_labels(gpkg, scene)
+    with pytest.raises(LabelError, match=r"no layer 'C'; its layers are A \(Polygon\), B \(Polygon\)"):
+        store.import_labels(gpkg, scene, layer="C")
+    assert store.import_labels(gpkg, scene, layer="B").added == 1
+    assert store.footprints(scene.scene_id).geometry.iloc[-1].equals_exact(_box(200, 100), 1e-6)
