@@ -1,6 +1,6 @@
 """``dclabel labels``: move footprint labels in and out of a project's label store.
 
-* ``dclabel labels import PROJECT --geojson F [--scene ID] [--no-reviewed]``
+* ``dclabel labels import PROJECT --geojson F [--scene ID] [--layer NAME] [--no-reviewed]``
 * ``dclabel labels export PROJECT --output F [--scene ID]``
 * ``dclabel labels info PROJECT``
 """
@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from model.errors import LabelError
@@ -32,17 +33,26 @@ def run_import(args: argparse.Namespace) -> int:
     errors: list[LabelError] = []
     total = 0
     for scene in scenes:
-        before = len(store.reviewed_chips(scene.scene_id))
         try:
-            added = store.import_geojson(
-                args.geojson, scene, reviewed=not args.no_reviewed, chip_size=project.settings.chip_size
-            )
+            result = store.import_labels(args.geojson, scene, reviewed=not args.no_reviewed,
+                                         chip_size=project.settings.chip_size, layer=args.layer)
         except LabelError as exc:
             errors.append(exc)
             continue
-        marked = len(store.reviewed_chips(scene.scene_id)) - before
-        total += added
-        print(f"{scene.scene_id}: {added} footprint(s) imported, {marked} chip(s) marked reviewed")
+        total += result.added
+        parts = [f"{result.added} footprint(s) imported"]
+        if result.reclassified:
+            parts.append(f"{result.reclassified} reclassified")
+        if result.unchanged:
+            parts.append(f"{result.unchanged} already present")
+        parts.append(f"{result.chips_marked} chip(s) marked reviewed")
+        print(f"{scene.scene_id}: {', '.join(parts)}")
+        if result.dropped:
+            warnings.warn(f"{args.geojson}: not imported into {scene.scene_id}: {result.dropped_text()}.",
+                          UserWarning, stacklevel=1)
+        if result.unreviewed_chips:
+            warnings.warn(f"{scene.scene_id}: {result.unreviewed_chips} chip(s) not marked reviewed: a polygon "
+                          "there could not be imported; review them in the app.", UserWarning, stacklevel=1)
     if len(errors) == len(scenes):
         if len(errors) == 1:
             raise errors[0]
@@ -59,7 +69,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.scene:
         project.scene(args.scene)  # unknown ids fail with the project's own message
     path = store.export_geojson(args.output, scene_id=args.scene)
-    n = len(store.footprints(args.scene))
+    n = len(store.footprints(args.scene)) - len(store.unknown_classes(args.scene))
     print(f"{n} footprint(s) -> {path}")
     return 0
 
@@ -75,6 +85,14 @@ def run_info(args: argparse.Namespace) -> int:
         chips = store.reviewed_chips(scene_id)
         classes = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no footprints"
         print(f"  {scene_id}: {classes}; {len(chips)} reviewed chip(s) ({sum(c.empty for c in chips)} empty)")
+    unknown = store.unknown_classes()
+    if unknown:
+        from loop.labelstore_io import unknown_class_text
+        from loop.project import CLASSES
+
+        warnings.warn(f"{store.path}: {len(unknown)} footprint(s) with a class dclabel does not know "
+                      f"({unknown_class_text(unknown)}); `labels export` leaves them out. Set their class "
+                      f"to one of {', '.join(CLASSES)} (e.g. in QGIS).", UserWarning, stacklevel=1)
     return 0
 
 
@@ -97,6 +115,8 @@ def register(subparsers) -> None:
     imp.add_argument("project", help="project folder")
     imp.add_argument("--geojson", required=True, type=Path, help="footprint polygons (GeoJSON or any OGR vector file)")
     imp.add_argument("--scene", default=None, help="only this scene id (default: every scene it overlaps)")
+    imp.add_argument("--layer", default=None, help="layer of a multi-layer file such as a GeoPackage "
+                     "(required when several layers have geometry)")
     imp.add_argument("--no-reviewed", action="store_true", help="do not mark touched chips as reviewed")
     imp.set_defaults(func=run_import)
 

@@ -94,3 +94,35 @@ def test_labels_import_nothing_overlaps_exits_2(project, tmp_path, capsys):
     assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 2
     err = capsys.readouterr().err
     assert "far.geojson" in err and "overlaps" in err and "lon -120.1000..-120.0000" in err
+
+
+def test_labels_import_counts_layer_and_unknown_classes(project, tmp_path, capsys):
+    import sqlite3
+    from contextlib import closing
+
+    import geopandas as gpd
+
+    scene_id = project.scene_ids[0]
+    a, b = _ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), _ll(X0 + 100, Y0 - 90, X0 + 150, Y0 - 60)
+    gpkg = tmp_path / "two.gpkg"
+    gpd.GeoDataFrame({"class": ["retail", "other"]}, geometry=[a, b], crs=4326).to_file(gpkg, layer="first")
+    gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[a], crs=4326).to_file(gpkg, layer="fixed")
+    assert main(["labels", "import", str(project.root), "--geojson", str(gpkg)]) == 2
+    assert "first (Polygon), fixed (Polygon); choose one with --layer" in capsys.readouterr().err
+    assert main(["labels", "import", str(project.root), "--geojson", str(gpkg), "--layer", "first"]) == 0
+    assert main(["labels", "import", str(project.root), "--geojson", str(gpkg), "--layer", "fixed"]) == 0
+    out = capsys.readouterr().out
+    assert f"{scene_id}: 0 footprint(s) imported, 1 reclassified, 0 chip(s) marked reviewed" in out
+    fp = Project.open(project.root).labels.footprints(scene_id)
+    assert sorted(fp["class"]) == ["datacenter", "other"]
+    bad = int(fp["fid"][fp["class"] == "other"].iloc[0])
+    with closing(sqlite3.connect(project.root / "labels.gpkg")) as con:  # typed in QGIS
+        con.execute("UPDATE footprints_32618 SET class='building' WHERE fid=?", (bad,))
+        con.commit()
+    with pytest.warns(UserWarning, match=rf"1 footprint\(s\) with a class dclabel does not know \(fid {bad} 'building'\)"):
+        assert main(["labels", "info", str(project.root)]) == 0
+    dst = tmp_path / "out.geojson"
+    with pytest.warns(UserWarning, match=rf"left out of out.geojson \(fid {bad} 'building'\)"):
+        assert main(["labels", "export", str(project.root), "--output", str(dst)]) == 0
+    assert "1 footprint(s) ->" in capsys.readouterr().out
+    assert [f["properties"]["class"] for f in json.loads(dst.read_text())["features"]] == ["datacenter"]
