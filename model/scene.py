@@ -124,8 +124,12 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
     try:
         src = rasterio.open(p)
     except RasterioIOError as exc:
+        with open(p, "rb") as fh:
+            tiff = fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # TIFF / BigTIFF magic
+        damaged = (" It starts like a TIFF, so it is truncated or damaged: download or copy it again."
+                   if tiff else "")
         raise SceneError(
-            f"{p}: not a raster GDAL can read ({exc}). Expected a 4-band (R,G,B,NIR) GeoTIFF."
+            f"{p}: not a raster GDAL can read ({exc}). Expected a 4-band (R,G,B,NIR) GeoTIFF.{damaged}"
         ) from exc
     with src:
         want = tuple(bands) if bands is not None else tuple(range(1, len(BANDS) + 1))
@@ -515,10 +519,11 @@ def write_geotiff(
         prof["photometric"] = "minisblack"
     prof.update(profile)
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **prof) as dst:
-        dst.write(arr)
+        # metadata before the pixels: set afterwards, GDAL rewrites the directory at the file's end
         if rgbn:
             ci = rasterio.enums.ColorInterp
             dst.colorinterp = [ci.red, ci.green, ci.blue, ci.undefined]
         if tags:
             dst.update_tags(**tags)
+        dst.write(arr)
     return path

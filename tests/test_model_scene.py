@@ -244,3 +244,22 @@ def test_four_band_files_we_write_keep_nir_a_band_not_an_alpha_mask(tmp_path):
         assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
         assert all(f == [rasterio.enums.MaskFlags.all_valid] for f in src.mask_flag_enums)
     np.testing.assert_array_equal(read_window(open_scene(path), Window(0, 0, 300, 300)), img)
+
+
+def test_a_tiff_cut_before_its_directory_is_called_truncated(tmp_path):
+    from model.errors import SceneError
+    from model.scene import open_scene
+
+    good = tmp_path / "good.tif"
+    with rasterio.open(good, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint8",
+                       crs="EPSG:32618", transform=Affine(0.6, 0, 5e5, 0, -0.6, 4e6)) as dst:
+        dst.write(np.full((4, 64, 64), 9, np.uint8))
+        dst.update_tags(note="x")  # set after the pixels: GDAL moves the directory to the end
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(SceneError, match="cut.tif: not a raster.*starts like a TIFF, so it is truncated or damaged"):
+        open_scene(cut)
+    (tmp_path / "notes.tif").write_text("hello")
+    with pytest.raises(SceneError) as info:
+        open_scene(tmp_path / "notes.tif")
+    assert "truncated" not in str(info.value)
