@@ -647,7 +647,9 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
     """Training chips (image + mask) for every reviewed chip of the project.
 
     The mask is 1 inside the store's ``datacenter`` footprints (clipped to the chip) and 0
-    elsewhere; hard-negative classes (warehouse, retail, other) are background.
+    elsewhere; hard-negative classes (warehouse, retail, other) are background. A chip touching a
+    footprint whose class is unknown (typed outside dclabel, e.g. ``building`` in QGIS) is left out
+    with a warning naming the fids: it could be a data center, so it is not trained as background.
 
     Args:
         project: The project.
@@ -669,14 +671,27 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
             continue
         info = readable[sid]
         positives = _positive_geoms(store, sid)
+        unknown = store.unknown_classes(sid)
+        unsure = store.footprints(sid) if unknown else None
+        if unsure is not None:
+            unsure = unsure[unsure["fid"].astype(int).isin(list(unknown))]
+        left_out = 0
         with rasterio.open(info.path) as src:
             for rc in items:
-                chip = read_chip(info, rc.window, src)
                 box = _window_box(info, rc.window)
+                if unsure is not None and unsure.intersects(box).any():
+                    left_out += 1
+                    continue
+                chip = read_chip(info, rc.window, src)
                 geoms = [g for g in positives if g.intersects(box)]
                 shape = (int(rc.window.height), int(rc.window.width))
                 mask = rasterize_footprints(geoms, None, info.crs, chip.transform, shape)
                 chips.append(replace(chip, mask=mask.astype("uint8")))
+        if left_out:
+            names = ", ".join(f"{fid} ({cls!r})" for fid, cls in list(unknown.items())[:5])
+            warnings.warn(f"scene {sid}: {left_out} reviewed chip(s) left out of training: they touch footprints "
+                          f"whose class is not one of {', '.join(CLASSES)}: fid {names}; set their class in the app "
+                          "(or QGIS) and retrain", UserWarning, stacklevel=2)
     return chips
 
 

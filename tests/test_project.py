@@ -409,3 +409,23 @@ def test_chips_of_a_missing_scene_are_not_called_negatives(tmp_path):
     x0, y0 = b.transform @ (0, 0)
     project.labels.add_footprint(bid, box(x0 + 1, y0 - 5, x0 + 6, y0 - 1), "datacenter")
     assert positive_reviewed_count(project) == (4, 1)
+
+
+def test_a_chip_with_a_footprint_of_unknown_class_is_not_trained_as_background(tmp_path):
+    import sqlite3
+
+    scene, _, transform = make_scene(tmp_path / "a.tif", 64, 64)
+    project = Project.create(tmp_path / "proj", images=[scene], chip_size=32)
+    sid = project.scene_ids[0]
+    x0, y0 = transform @ (0, 0)
+    fid = project.labels.add_footprint(sid, box(x0 + 4 * 0.6, y0 - 12 * 0.6, x0 + 12 * 0.6, y0 - 4 * 0.6), "other")
+    for w in project.chip_windows(sid)[:2]:  # (0,0) holds the footprint, (32,0) does not
+        project.labels.mark_reviewed(sid, w)
+    table = next(t for (t,) in sqlite3.connect(project.root / "labels.gpkg").execute(
+        "SELECT table_name FROM gpkg_contents WHERE table_name LIKE 'footprints%'"))
+    with sqlite3.connect(project.root / "labels.gpkg") as db:  # as QGIS would: a class dclabel does not know
+        db.execute(f'UPDATE "{table}" SET class = ? WHERE fid = ?', ("building", fid))
+    reopened = Project.open(tmp_path / "proj")
+    with pytest.warns(UserWarning, match=rf"1 reviewed chip\(s\) left out of training.*fid {fid} \('building'\)"):
+        chips = reviewed_training_chips(reopened)
+    assert [(int(c.window.col_off), int(c.window.row_off)) for c in chips] == [(32, 0)]
