@@ -462,4 +462,4 @@ def _dark_scene_with_two_roofs(path):
     64 px tile: with 64 px tiles and a constant model only those two tiles are detected."""
     arr = np.zeros((4, 128, 128), np.uint8)
     arr[:, 5:40, 5:40] = arr[:, 70:120, 70:120] = 200
-    return write_geotiff(path, arr, UTM18N, scene_transform())
+    return write_geotiff(path, arr, UTM18N, scene_transform(), nodata=0)

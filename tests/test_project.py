@@ -95,7 +95,7 @@ def test_project_reads_every_scene_at_its_resolution(tmp_path, capsys):
         Project.open(root).scene(a.scene_id)
     (tmp_path / "moved.tif").rename(fine)
     mixed = Project.create(tmp_path / "mixed", images=[coarse])  # no --res: mixing scales is flagged
-    with pytest.warns(UserWarning, match=r"pixels are 0\.30 m.*init --res 0\.6"):
+    with pytest.warns(UserWarning, match=r"pixels are 0\.30 m.*init NEW_PROJECT --res 0\.6"):
         mixed.add_scene(fine)
 
 
