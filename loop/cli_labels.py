@@ -122,12 +122,13 @@ def register(subparsers) -> None:
 
     exp = sub.add_parser(
         "export",
-        help="write active footprints as RFC 7946 GeoJSON (EPSG:4326)",
+        help="write active footprints as RFC 7946 GeoJSON or a GeoPackage (EPSG:4326)",
         description="Write the project's active footprints with fid, scene_id, class, label, source, "
-        "model_version, created and updated, atomically.",
+        "model_version, created and updated, atomically, in EPSG:4326. A .gpkg output is a GeoPackage "
+        "(layer 'footprints'; fid is written as footprint_id, since a GeoPackage owns its fid column).",
     )
     exp.add_argument("project", help="project folder")
-    exp.add_argument("--output", "-o", required=True, type=Path, help="output .geojson")
+    exp.add_argument("--output", "-o", required=True, type=Path, help="output .geojson or .gpkg")
     exp.add_argument("--scene", default=None, help="only this scene id")
     exp.set_defaults(func=run_export)
 
