@@ -45,7 +45,8 @@ def _tolerance(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (shared by the loop's sub-commands)."""
     try:
         value = int(text)
     except ValueError:
@@ -252,18 +253,18 @@ def register(subparsers) -> None:
                               description="Train a new model version in a background process (warm start from "
                               "the current model), publish it, and promote it unless it validates worse. Ctrl+C cancels.")
     p.add_argument("project", type=Path, help="project folder")
-    p.add_argument("--epochs", type=_count, default=5)
+    p.add_argument("--epochs", type=positive_int, default=5)
     p.add_argument("--lr", type=_positive_number, default=1e-3,
                    help="learning rate of a first model; later rounds fine-tune the current one at a quarter of it")
-    p.add_argument("--batch-size", type=_count, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--tolerance", type=_tolerance, default=0.02,
                    help="allowed val IoU drop before keeping a candidate (-1..1; negative demands a gain)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-time", type=_positive_number, default=None, help="stop training after this many seconds")
-    p.add_argument("--threads", type=_count, default=None, help="torch threads of the training process")
-    p.add_argument("--base-channels", type=_count, default=16,
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads of the training process")
+    p.add_argument("--base-channels", type=positive_int, default=16,
                    help="U-Net width of a first (cold-start) model (32 = the seed's; 16 trains ~4x faster on a CPU)")
-    p.add_argument("--depth", type=_count, default=4, help="U-Net levels of a first model")
+    p.add_argument("--depth", type=positive_int, default=4, help="U-Net levels of a first model")
     p.add_argument("--dropout", type=_dropout, default=0.1, help="dropout of a first model (BALD needs > 0)")
     p.set_defaults(func=run_retrain)
 

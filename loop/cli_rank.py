@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from loop.cli_project import positive_int
 from loop.ranking_scores import STRATEGIES
 
 if TYPE_CHECKING:  # the ranking module imports torch: load it only when a command runs
@@ -25,17 +26,6 @@ def format_queue(items: list[QueueItem]) -> str:
             f"{it.rank:>4}  {it.score:>7.4f}  {it.scene_id[:24]:<24}  {window:<22}  {len(it.proposals):>9}"
         )
     return "\n".join(lines)
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _open_project(root: str):
@@ -102,13 +92,13 @@ def register(subparsers) -> None:
         choices=list(STRATEGIES),
         help="; ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
     )
-    p.add_argument("--top", type=_positive_int, default=None, help="keep only the N most informative chips")
+    p.add_argument("--top", type=positive_int, default=None, help="keep only the N most informative chips")
     p.add_argument(
         "--checkpoint", default=None, help="checkpoint file (default: the project's current model)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="chips per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="chips per forward pass (default 8)")
     p.add_argument(
-        "--mc-samples", type=_positive_int, default=8, help="MC-dropout samples for bald (default 8)"
+        "--mc-samples", type=positive_int, default=8, help="MC-dropout samples for bald (default 8)"
     )
     p.add_argument("--no-diversity", action="store_true", help="do not spread the queue over space")
     p.add_argument("--seed", type=int, default=0, help="seed of random and cold start (default 0)")

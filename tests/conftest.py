@@ -84,3 +84,18 @@ def app(make_napari_viewer, tiny_project: Path):
     opened = open_project(viewer, tiny_project, retrain_options={"epochs": 1, "threads": 1})
     yield opened
     opened.close()
+
+
+def drag(layer, start, end) -> None:
+    """Drag with the mouse in a napari layer from ``start`` to ``end`` (data coordinates), through
+    napari's own press/move/release callbacks, as a user's drag would."""
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import drag
 from napari.layers.base._base_constants import ActionType
 
 from labeler.chip_layers import heatmap_shown
@@ -455,25 +456,12 @@ def test_uncertainty_heatmap_follows_the_chip_and_toggles(app, qtbot) -> None:
     assert not heat.visible
 
 
-def _drag(layer, start, end) -> None:
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import (
-        mouse_move_callbacks,
-        mouse_press_callbacks,
-        mouse_release_callbacks,
-    )
-
-    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
-    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))
-
-
 def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
     editor, store = app.session.editor, app.session.project.labels
     layer, sid = editor.layer, app.session.scene.scene_id
     editor.set_class("warehouse")
     layer.mode = "add_rectangle"
-    _drag(layer, (100.0, 100.0), (150.0, 180.0))
+    drag(layer, (100.0, 100.0), (150.0, 180.0))
     fp = store.footprints(sid)
     assert len(fp) == 1 and fp["class"].iloc[0] == "warehouse" and fp["source"].iloc[0] == "manual"
     # 50 x 80 px of 0.6 m pixels
@@ -482,7 +470,7 @@ def test_rectangle_drawn_and_vertex_dragged_with_the_mouse(app, qtbot) -> None:
     layer.mode = "direct"
     layer.selected_data = {0}
     corner = tuple(layer.data[0][0])
-    _drag(layer, corner, (corner[0] - 10.0, corner[1] - 20.0))
+    drag(layer, corner, (corner[0] - 10.0, corner[1] - 20.0))
     after = np.asarray(store.footprints(sid).geometry.iloc[0].exterior.coords)
     moved = np.abs(after - before).max(axis=1) > 1e-9
     assert moved.sum() in (1, 2)  # the dragged corner (and the ring's closing copy of it)

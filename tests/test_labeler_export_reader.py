@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import drag
 from napari.layers.base._base_constants import ActionType
 from shapely.geometry import Polygon
 
@@ -79,19 +80,6 @@ def _edit(layer, i: int, vertices: np.ndarray) -> None:
     layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(i,), vertex_indices=(indices,))
 
 
-def _drag(layer, start, end) -> None:
-    from napari.utils._test_utils import read_only_mouse_event
-    from napari.utils.interactions import (
-        mouse_move_callbacks,
-        mouse_press_callbacks,
-        mouse_release_callbacks,
-    )
-
-    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
-    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end))
-    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", is_dragging=True, position=end))
-
-
 @pytest.mark.gui
 def test_a_footprint_dragged_with_the_mouse_takes_its_hole_along(app, qtbot) -> None:
     fid, holed = _holed_footprint(app)
@@ -100,7 +88,7 @@ def test_a_footprint_dragged_with_the_mouse_takes_its_hole_along(app, qtbot) -> 
     layer = editor.layer
     layer.mode = "select"
     layer.selected_data = set(editor.indices_of([fid]))
-    _drag(layer, (60.0, 60.0), (65.0, 70.0))  # 5 rows down, 10 columns right
+    drag(layer, (60.0, 60.0), (65.0, 70.0))  # 5 rows down, 10 columns right
     moved = _stored(app, fid)
     assert len(moved.interiors) == 1
     np.testing.assert_allclose(_hole_pixels(app, moved)[0], before + (5.0, 10.0), atol=1e-3)
@@ -127,7 +115,7 @@ def test_holes_are_drawn_read_only_and_follow_their_footprint(app, qtbot) -> Non
     layer = editor.layer
     layer.mode = "select"
     layer.selected_data = set(editor.indices_of([fid]))
-    _drag(layer, (60.0, 60.0), (65.0, 70.0))
+    drag(layer, (60.0, 60.0), (65.0, 70.0))
     np.testing.assert_allclose(holes_layer.data[0], before + (5.0, 10.0) - 0.5, atol=1e-3)
     assert editor.undo()
     np.testing.assert_allclose(holes_layer.data[0], before - 0.5, atol=1e-3)
