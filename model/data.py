@@ -102,8 +102,24 @@ class ChipDataset(Dataset):
                  separation: tuple[float, float] | None = None) -> None:
         self.pairs = pairs
         self.augment = augment
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._rng: np.random.Generator | None = None
+        self._rng_key: tuple | None = None
         self.separation = separation
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The augmentation generator of this process: ``seed`` in the main process (rank 0), and in
+        each DataLoader worker one also seeded by the worker's own torch seed (distinct per worker
+        and per epoch, derived from the loader's seeded generator), so workers and DDP ranks do not
+        draw the same flips and jitter."""
+        info = torch.utils.data.get_worker_info()
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+        key = (os.getpid(), None if info is None else info.seed, rank)
+        if self._rng is None or self._rng_key != key:
+            entropy = [self.seed, info.seed] if info is not None else [self.seed, rank] if rank else self.seed
+            self._rng, self._rng_key = np.random.default_rng(entropy), key
+        return self._rng
 
     def __len__(self) -> int:
         return len(self.pairs)

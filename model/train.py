@@ -58,7 +58,7 @@ class _Reporter(L.Callback):
         record = {"epoch": trainer.current_epoch + 1, "loss": float(loss) if loss is not None else float("nan"), **m}
         self.history.append(record)
         if not m:
-            score = -float(record["loss"])
+            score = float(trainer.current_epoch)  # no validation: the last epoch is kept
         elif self.by_loss:
             score = -m.get("val_loss", float(record["loss"]))
         else:
@@ -240,13 +240,15 @@ def precise_bn(task: SegmentationTask, state: dict, train: Sequence[ChipPair], c
     can sit far from what the final weights produce, and the model then predicts all background
     or all data center at inference ("precise BN", Wu & Johnson 2021, "Rethinking 'Batch' in
     BatchNorm"). Here the final weights see up to ``max_chips`` training chips (seeded sample,
-    no augmentation) and each layer's statistics become their plain average
-    (:func:`torch.optim.swa_utils.update_bn`). Weights are unchanged.
+    no augmentation) and each layer's statistics become the average of the batches' statistics
+    weighted by their chips (as :func:`torch.optim.swa_utils.update_bn`, which weights a short last
+    batch like a full one: with 9 chips in batches of 8, the 9th was half of every mean). Weights
+    are unchanged.
 
     Returns:
         A CPU state dict with the recomputed statistics.
     """
-    from torch.optim.swa_utils import update_bn
+    from torch.nn.modules.batchnorm import _BatchNorm
 
     task.model.load_state_dict(state)
     idx = np.arange(len(train))
@@ -256,8 +258,21 @@ def precise_bn(task: SegmentationTask, state: dict, train: Sequence[ChipPair], c
                           else "cpu")
     task.to(device)
     loader = DataLoader(ChipDataset(_Subset(train, idx.tolist())), batch_size=config.batch_size)
+    norms = [m for m in task.modules() if isinstance(m, _BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+    task.train()
+    seen = 0
     with torch.no_grad():
-        update_bn((batch["image"] for batch in loader), task, device=device)
+        for batch in loader:
+            x = batch["image"].to(device)
+            for m in norms:  # running = (1 - w) * running + w * this batch's: a chip-weighted mean
+                m.momentum = len(x) / (seen + len(x))
+            task(x)
+            seen += len(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     task.cpu().eval()
     return {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}
 
