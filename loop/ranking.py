@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -150,8 +151,9 @@ def _score_chip(
     """Chip score and proposals of one chip's prediction (H, W) or (S, H, W).
 
     Pixels with no data (all bands 0: outside the scene or a NAIP collar) are neither uncertain
-    nor proposed, so a chip half in the collar is scored on its real pixels only and an empty
-    one scores 0 whatever the model makes of black.
+    nor proposed: an empty chip scores 0 whatever the model makes of black, and a chip partly in
+    the collar keeps its top-fraction term (while its real pixels fill that fraction) but its area
+    term counts the collar as certain, since that part holds nothing to learn.
     """
     valid = chip.image.any(axis=0)
     prob = np.where(valid, pred if pred.ndim == 2 else pred.mean(axis=0), 0.0).astype(np.float32)
@@ -167,6 +169,15 @@ def _score_chip(
         crs=scene.crs,
     )
     return chip_score(unc, top_fraction), tuple(found)
+
+
+def _random_key(seed: int, scene_id: str, window) -> float:
+    """A chip's seeded random sort key, fixed for the chip whatever else is unreviewed.
+
+    Drawing one value per position of the unreviewed list instead made every round reuse the same
+    positions, so round after round took the chips just after the last picks in raster order."""
+    entropy = [seed, zlib.crc32(scene_id.encode()), int(window.col_off), int(window.row_off)]
+    return float(np.random.default_rng(entropy).random())
 
 
 def rank_chips(
@@ -237,8 +248,8 @@ def rank_chips(
     if threshold is None:
         threshold = ckpt.threshold if ckpt is not None else 0.5
     scores = np.zeros(len(chips))
-    if spec.random:
-        scores = np.random.default_rng(seed).random(len(chips))
+    if spec.random:  # one fixed draw per chip: each round takes the next chips of one seeded shuffle
+        scores = np.array([_random_key(seed, chip[0].scene_id, chip[1]) for chip in chips])
     features: dict[int, np.ndarray] = {}
     proposals: list[tuple[Proposal, ...]] = [()] * len(chips)
     unreadable: set[int] = set()  # chips whose pixels cannot be read: left out of the queue

@@ -426,3 +426,16 @@ def test_a_scene_added_after_ranking_makes_the_queue_incomplete(project):
     for w in project.chip_windows(b):
         project.labels.mark_reviewed(b, w)
     assert unqueued_scenes(project, queue) == []  # nothing of b left to review
+
+
+def test_random_rounds_take_the_next_chips_of_one_fixed_shuffle(project):
+    first = [window_key(q.scene_id, q.window) for q in rank_chips(project, "random", seed=3, diversity=False)]
+    taken = first[:3]
+    for key in taken:  # the oracle reviews the first three
+        sid, window = next((q.scene_id, q.window) for q in rank_chips(project, "random", seed=3, diversity=False)
+                           if window_key(q.scene_id, q.window) == key)
+        project.labels.mark_reviewed(sid, window)
+    second = [window_key(q.scene_id, q.window) for q in rank_chips(project, "random", seed=3, diversity=False)]
+    # the remaining chips keep their order: a round does not favour the chips that follow the last
+    # picks in raster order (one draw per list position did exactly that)
+    assert second == [k for k in first if k not in taken]
