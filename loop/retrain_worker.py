@@ -101,26 +101,33 @@ class RetrainSettings:
                               f"{self.max_time_s}")
 
 
+def chip_key(chip: Chip) -> str:
+    """A chip's identity as text: ``scene_id:col:row:width:height`` (stored in checkpoints)."""
+    w = chip.window
+    return f"{chip.scene_id}:{int(w.col_off)}:{int(w.row_off)}:{int(w.width)}:{int(w.height)}"
+
+
 def chip_hash(chip: Chip) -> float:
     """A stable number in [0, 1) from a chip's scene id and window."""
-    w = chip.window
-    key = f"{chip.scene_id}:{int(w.col_off)}:{int(w.row_off)}:{int(w.width)}:{int(w.height)}"
-    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
+    return int(hashlib.sha1(chip_key(chip).encode()).hexdigest()[:12], 16) / 16**12
 
 
 def _is_positive(chip: Chip) -> bool:
     return chip.mask is not None and bool(np.asarray(chip.mask).any())
 
 
-def split_train_val(chips: Sequence[Chip], val_fraction: float) -> tuple[list[Chip], list[Chip]]:
+def split_train_val(chips: Sequence[Chip], val_fraction: float,
+                    trained: frozenset[str] | set[str] = frozenset()) -> tuple[list[Chip], list[Chip]]:
     """Deterministic split by :func:`chip_hash`, stratified by data-center chips.
 
     A chip goes to validation when its hash is below ``val_fraction``, so its side does not depend
     on the other chips, with these exceptions, all decided by hash order (so still deterministic):
 
+    - a chip the current model trained on (``trained``, :func:`chip_key` values) is trained on
+      again: validating on it would flatter the current model in the regression guard;
     - with two or more chips holding a data center (``mask.any()``), at least one of them is
-      validated (the lowest hash) and at least one trained on (the highest hash); a single one is
-      always trained on;
+      validated (the lowest hash among those the current model did not train on, if any) and at
+      least one trained on (the highest hash); a single one is always trained on;
     - at least one chip goes to each side when there are two or more (a single chip is used for
       both: the validation score is then optimistic).
     """
@@ -128,10 +135,11 @@ def split_train_val(chips: Sequence[Chip], val_fraction: float) -> tuple[list[Ch
         return list(chips), list(chips)
     keyed = sorted(((chip_hash(c), i) for i, c in enumerate(chips)))
     positives = [i for _, i in keyed if _is_positive(chips[i])]
-    val_idx = {i for h, i in keyed if h < val_fraction}
+    val_idx = {i for h, i in keyed if h < val_fraction and chip_key(chips[i]) not in trained}
     if len(positives) >= 2:
         if not val_idx.intersection(positives):
-            val_idx.add(positives[0])
+            unseen = [i for i in positives if chip_key(chips[i]) not in trained]
+            val_idx.add((unseen or positives)[0])
         if val_idx.issuperset(positives):
             val_idx.discard(positives[-1])
     elif positives:
@@ -272,8 +280,9 @@ def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancel
             f"the {len(chips)} reviewed chips in {project.root} hold no data-center footprint: "
             "review some chips with a data center first."
         )
-    train, val = split_train_val(chips, settings.val_fraction)
     init = load_checkpoint(current.path) if current is not None else None
+    trained = frozenset(init.train.get("train_chips", ())) if init is not None else frozenset()
+    train, val = split_train_val(chips, settings.val_fraction, trained)
     unet = init.unet if init is not None else (settings.unet or COLD_START_UNET)
     data_version = str(project.labels.version)
     lr = round_lr(settings.lr, settings.finetune_lr_factor, warm_start=init is not None)
@@ -319,6 +328,7 @@ def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancel
                     **(new.metrics if new.measurable else {})}
     ckpt.data_version = data_version
     ckpt.train = {**ckpt.train, "n_train": len(train), "n_val": len(val), "epochs": settings.epochs,
+                  "train_chips": sorted(chip_key(c) for c in train),  # the next round validates elsewhere
                   "lr": lr, "seconds": round(time.perf_counter() - t0, 1),
                   "val_pixels": {"tp": new.tp, "fp": new.fp, "fn": new.fn},
                   "best_epoch_metrics": {k: float(v) for k, v in epoch_figures.items()},
