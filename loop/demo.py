@@ -50,8 +50,10 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
         synth = SynthConfig(width=config.size, height=config.size, seed=config.seed, site=config.site)
         generate_scene(tif, truth, synth)
     # scenes the user adds (e.g. 0.3 m NAIP) are read at the demo model's pixel size
-    project = Project.create(root, [tif], resolution_m=NAIP_RES_M)
-    scene = project.add_scene(tif)  # the demo scene (a no-op), not whichever scene the user added first
+    project = Project.create(root, resolution_m=NAIP_RES_M)
+    # the demo scene, added on the first run and found on later ones (silently: `make run` opens the
+    # demo every time), not whichever scene the user added first
+    scene = project.add_scene(tif)
     store = project.labels
     if not store.reviewed_chips(scene.scene_id):
         report(1, 4, {"step": "importing seed labels"})

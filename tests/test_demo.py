@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import geopandas as gpd
 import pytest
 import torch
@@ -45,7 +47,9 @@ def test_demo_project_is_complete_and_resumable(tmp_path):
 
     # A second call finds everything done: no new version, no new labels.
     version = project.labels.version
-    ensure_demo_project(root, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and quietly: `make run` opens the demo every time
+        ensure_demo_project(root, cfg)
     again = Project.open(root)
     assert [v.version for v in again.registry.versions()] == ["v1"] and again.labels.version == version
     assert "training the first model" in steps
