@@ -281,7 +281,9 @@ def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancel
             "review some chips with a data center first."
         )
     init = load_checkpoint(current.path) if current is not None else None
-    trained = frozenset(init.train.get("train_chips", ())) if init is not None else frozenset()
+    # "train_chips" is fit's count of them; the keys are the retraining round's own record
+    keys = init.train.get("train_chip_keys", ()) if init is not None else ()
+    trained = frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, (list, tuple)) else frozenset()
     train, val = split_train_val(chips, settings.val_fraction, trained)
     unet = init.unet if init is not None else (settings.unet or COLD_START_UNET)
     data_version = str(project.labels.version)
@@ -328,7 +330,7 @@ def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancel
                     **(new.metrics if new.measurable else {})}
     ckpt.data_version = data_version
     ckpt.train = {**ckpt.train, "n_train": len(train), "n_val": len(val), "epochs": settings.epochs,
-                  "train_chips": sorted(chip_key(c) for c in train),  # the next round validates elsewhere
+                  "train_chip_keys": sorted(chip_key(c) for c in train),  # the next round validates elsewhere
                   "lr": lr, "seconds": round(time.perf_counter() - t0, 1),
                   "val_pixels": {"tp": new.tp, "fp": new.fp, "fn": new.fn},
                   "best_epoch_metrics": {k: float(v) for k, v in epoch_figures.items()},

@@ -189,6 +189,19 @@ def test_run_round_in_process_rejects_a_regression(tmp_path):
     assert project.registry.get("v2").status == "candidate"
 
 
+def test_a_round_warm_starts_from_a_model_trained_outside_the_loop(tmp_path):
+    """The demo's first model comes from model.train.fit, whose train record counts its chips
+    ("train_chips": 12); a round must not read that count as the loop's list of chip keys."""
+    project = make_project(tmp_path)
+    ckpt = Checkpoint(UNet(TINY).state_dict(), TINY, Normalization((60.0,) * 4, (40.0,) * 4), metrics={"iou": 0.2},
+                      train={"train_chips": 12, "val_chips": 3})
+    project.registry.publish(ckpt)
+    final = run_round(project.root, RetrainSettings(epochs=1, batch_size=4, unet=TINY), lambda e: None)
+    assert final["type"] in ("published", "rejected") and final["version"] == "v2"
+    keys = load_checkpoint(project.registry.get("v2").path).train["train_chip_keys"]
+    assert keys and all(isinstance(k, str) for k in keys)
+
+
 def test_ctrl_c_in_the_terminal_cancels_the_round_cleanly(tmp_path):
     """A terminal's Ctrl+C signals the whole process group: the training child must leave it to
     the command, which cancels the round (exit 130, no traceback, nothing published)."""
