@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     project = Project.open(args.project)
     registry = project.registry
-    if args.promote:
-        before = registry.current()
+    if args.promote and (before := registry.current()) is not None and before.version == args.promote:
+        print(f"{args.promote} is already the current model; nothing changed.")
+    elif args.promote:
         mv = registry.promote(args.promote, reason=f"promoted by hand (was {before.version if before else 'none'})")
         print(f"{mv.version} is the current model (was {before.version if before else 'none'}); the app and "
               "`dclabel rank` use it from now on.")

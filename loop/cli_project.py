@@ -211,7 +211,7 @@ def print_summary(summary: dict) -> None:
     print(f"{'strategy':<10} {'chips to 95%':>13} {'IoU @' + format(budget, '.0%'):>9} {'final IoU':>10}")
     starred = False
     for s, d in summary["per_strategy"].items():
-        reach = ("no full-label model" if full is None else
+        reach = ("n/a" if full is None else
                  f"{d['fraction_to_95']:.1%}" if d["fraction_to_95"] is not None else "not reached")
         note = "" if d["budget_in_range"] else "*"
         starred = starred or bool(note)
@@ -219,16 +219,21 @@ def print_summary(summary: dict) -> None:
     if starred:
         print(f"* the {budget:.0%} budget lies outside the reviewed-chip counts the rounds reached: the nearest "
               "round's IoU is shown")
-    if summary.get("best"):
+    if full is None:
+        print("chips to 95%: n/a (no full-label model: --no-full-label)")
+    compared = len(summary["per_strategy"]) > 1
+    if summary.get("best") and compared:
         reach = summary["best_fraction_to_95"]
         print(f"best strategy: {summary['best']}; chips to reach 95% of full-label IoU: "
               + ("not measured (no full-label model: --no-full-label)" if full is None else
                  "not reached" if reach is None else format(reach, ".1%")))
+    if not compared:
+        return
     if summary.get("best_minus_random_at_budget") is not None and summary["best"] != "random":
         print(f"{summary['best']} IoU minus random IoU at a {budget:.0%} budget: "
               f"{summary['best_minus_random_at_budget']:+.3f}")
     elif summary.get("best") == "random":
-        print("random sampling did best in this run: no ranking strategy beat it")
+        print("random sampling did best in this run (or tied): no ranking strategy beat it")
 
 
 def register(subparsers) -> None:

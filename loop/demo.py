@@ -70,6 +70,7 @@ def ensure_demo_project(root: str | os.PathLike | None = None, config: DemoConfi
                                batch_size=4, lr=3e-3, pos_weight=2.0, seed=config.seed, gate_seconds=10.0,
                                resolution_m=median_pixel_size_m(project.scenes)))
         ckpt.data_version = str(store.version)
+        report(3, 4, {"step": "publishing the first model"})
         project.registry.publish(ckpt)
     report(4, 4, {"step": "ready"})
     return root

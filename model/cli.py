@@ -275,8 +275,8 @@ def _note_subfolders(input_dir: Path, output_dir: Path) -> None:
     """Say how many subfolders of ``--input-dir`` (and scenes in them) batch-detect leaves out."""
     out = output_dir.resolve()
     subs = [d for d in input_dir.iterdir() if d.is_dir() and d.resolve() != out and not d.name.startswith(".")]
-    if subs:
-        inside = sum(1 for d in subs for f in d.rglob("*") if f.suffix.lower() in (".tif", ".tiff"))
+    inside = sum(1 for d in subs for f in d.rglob("*") if f.suffix.lower() in (".tif", ".tiff"))
+    if inside:  # subfolders without scenes leave nothing out
         print(f"dclabel batch-detect: note: {len(subs)} subfolder(s) of {input_dir} not searched "
               f"({inside} .tif file(s) in them); give those scenes with --images or run batch-detect on each "
               "subfolder", file=sys.stderr)

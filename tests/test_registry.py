@@ -267,5 +267,9 @@ def test_models_command_lists_versions_and_promotes_a_candidate(tmp_path, capsys
     out = capsys.readouterr().out
     assert "v2 is the current model (was v1)" in out
     assert Project.open(project.root).registry.current().version == "v2"
+    reason = Project.open(project.root).registry.get("v2").reason
+    assert main(["models", str(project.root), "--promote", "v2"]) == 0  # already current: nothing rewritten
+    assert "already the current model" in capsys.readouterr().out
+    assert Project.open(project.root).registry.get("v2").reason == reason
     assert main(["models", str(project.root), "--promote", "v9"]) == 2
     assert "v9" in capsys.readouterr().err
