@@ -275,3 +275,8 @@ def test_batch_detect_says_which_subfolders_of_the_input_it_did_not_search(tmp_p
     captured = capsys.readouterr()
     assert "2 subfolder(s) of" in captured.err and "not searched (2 .tif file(s) in them)" in captured.err
     assert "over 1 of 1 scenes" in captured.out  # the output folder inside the input is not counted
+    (tmp_path / "in2" / "notes").mkdir(parents=True)  # a subfolder without scenes leaves nothing out
+    make_scene(tmp_path / "in2" / "a.tif", (64, 64), [(10, 10, 40, 40)])
+    assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in2"),
+                     "--output-dir", str(tmp_path / "out2"), "--tile-size", "64", "--overlap", "0"]) == 0
+    assert "not searched" not in capsys.readouterr().err
