@@ -120,6 +120,9 @@ def format_event(event: dict) -> str | None:
     if t == "rejected":
         return (f"kept {event['version']} as a candidate{_final_figures(event)}, current model unchanged "
                 f"({event['reason']})")
+    if t == "error" and event.get("traceback"):  # not an input problem: a bug to report
+        return (f"internal error: {event.get('message', '')}; the current model is unchanged. The traceback is in "
+                "the project's logs/retrain.jsonl: please report it with that file")
     if t in ("error", "cancelled"):
         return f"{t}: {event.get('message', '')}"
     return None
@@ -166,7 +169,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 inline = line.startswith("\r")
                 print(line, end="" if inline and event["type"] == "step" else "\n", file=sys.stderr, flush=True)
                 if event["type"] == "error":
-                    status = 2
+                    status = 1 if event.get("traceback") else 2  # 2: the input (no data, busy, registry)
                 elif event["type"] == "cancelled":
                     status = 130
     finally:

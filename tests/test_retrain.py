@@ -459,3 +459,12 @@ def test_ctrl_c_when_the_child_outstays_its_grace_period(tmp_path):
     assert any(e["type"] == "cancelled" for e in events), events
     assert (project.root / "checkpoints" / "registry.json").read_bytes() == before
     assert _wait_for(lambda: RetrainLock(project.root / "checkpoints").holder() is None, 30)
+
+
+def test_a_bug_in_the_round_is_reported_as_one_and_points_at_the_log():
+    from loop.cli_project import format_event
+
+    bug = format_event({"type": "error", "message": "TypeError: 'int' object is not iterable", "traceback": "..."})
+    assert bug.startswith("internal error: TypeError") and "logs/retrain.jsonl" in bug and "unchanged" in bug
+    user = format_event({"type": "error", "message": "no reviewed chips in P: review some chips first."})
+    assert user == "error: no reviewed chips in P: review some chips first."
