@@ -670,16 +670,16 @@ def reviewed_training_chips(project: Project, scene_id: str | None = None) -> li
         if sid not in readable:  # its file is gone (warned): train on the other scenes' chips
             continue
         info = readable[sid]
-        positives = _positive_geoms(store, sid)
-        unknown = store.unknown_classes(sid)
-        unsure = store.footprints(sid) if unknown else None
-        if unsure is not None:
-            unsure = unsure[unsure["fid"].astype(int).isin(list(unknown))]
+        footprints = store.footprints(sid)  # read once: positives and unknown classes come from it
+        positives = [g for g in footprints[footprints["class"] == POSITIVE_CLASS].geometry
+                     if g is not None and not g.is_empty]
+        unsure = footprints[~footprints["class"].isin(CLASSES)]
+        unknown = dict(zip(unsure["fid"].astype(int), unsure["class"], strict=True))
         left_out = 0
         with rasterio.open(info.path) as src:
             for rc in items:
                 box = _window_box(info, rc.window)
-                if unsure is not None and unsure.intersects(box).any():
+                if unknown and unsure.intersects(box).any():
                     left_out += 1
                     continue
                 chip = read_chip(info, rc.window, src)
