@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -36,6 +37,8 @@ from model.errors import Cancelled, DclabelError
 from model.scene import SceneInfo
 
 DETECTIONS_LAYER = "detections"
+#: Detections added to the layer per event-loop turn (see :meth:`ExportWidget.show_detections`).
+DRAW_CHUNK = 64
 #: Orange: apart from the class colours, the proposals' red-green and the blue uncertainty.
 DETECTION_EDGE = "#ff6d00"
 DETECTION_FACE = [1.0, 0.43, 0.0, 0.18]
@@ -108,6 +111,8 @@ class ExportWidget(QWidget):
         #: Asked with the existing files before they are replaced; True goes ahead (tests swap it).
         self.confirm_replace = lambda existing: confirm_replace(self, existing)
         self._replacing: list[Path] = []
+        self._draw_generation = 0  # bumped when the layer is cleared: batches of an older drawing stop
+        self._drawing = False
 
         self.output = QLineEdit(str(Path(session.project.root) / "exports" / "detections"))
         browse = QPushButton("…")
@@ -254,8 +259,7 @@ class ExportWidget(QWidget):
     def close_jobs(self, wait_ms: int = 10_000) -> None:
         """Stop a running detection (on viewer close)."""
         if self.job is not None:
-            self.job.cancel()
-            self.job.worker.await_workers(wait_ms)
+            self.job.stop(wait_ms)
 
     def _on_progress(self, p) -> None:
         self.progress.setMaximum(max(p.total, 1))
@@ -296,23 +300,49 @@ class ExportWidget(QWidget):
         return layer
 
     def show_detections(self, table) -> None:
-        """Show a detection table of the scene on screen (feature ``mean_confidence`` per shape)."""
+        """Show a detection table of the scene on screen (feature ``mean_confidence`` per shape).
+
+        The shapes go in :data:`DRAW_CHUNK` at a time, one batch per event-loop turn: napari
+        builds and triangulates each shape on the main thread (~0.3 ms per 16-gon here), so a
+        whole scene's thousand detections at once would freeze the window for a third of a
+        second; batched, it stays live and the layer fills in. ``drawing`` is True until done.
+        """
         transform = self.session.scene.transform
         data, conf = [], []
         for geom, c in zip(table.geometry, table["mean_confidence"], strict=True):
             for part in polygon_parts(geom):
                 data.append(geometry_to_napari(part, transform))
                 conf.append(float(c) if np.isfinite(c) else 0.0)
+        self._clear_detections()
+        self._draw_chunk(self._draw_generation, data, np.asarray(conf, dtype=float), 0)
+
+    @property
+    def drawing(self) -> bool:
+        """True while detections are still being added to the layer."""
+        return self._drawing
+
+    def _draw_chunk(self, generation: int, data: list, conf: np.ndarray, start: int) -> None:
+        if generation != self._draw_generation:  # cleared or replaced meanwhile (scene switch, new export)
+            return
         layer = self.detections_layer()
+        end = min(start + DRAW_CHUNK, len(data))
         with quiet_data(layer):
-            self._clear_detections()
-            if data:
-                layer.add(data, shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
+            if end > start:
+                layer.add(data[start:end], shape_type="polygon", face_color=DETECTION_FACE, edge_width=4,
                           edge_color=DETECTION_EDGE)
-            layer.features = {"mean_confidence": np.asarray(conf, dtype=float)}
+            if end == len(data):
+                layer.features = {"mean_confidence": conf}
+        self._drawing = end < len(data)
+        if self._drawing:
+            QTimer.singleShot(0, lambda: self._draw_chunk(generation, data, conf, end))
 
     def _clear_detections(self):
-        """Empty the detections layer, e.g. when another scene is shown (files stay written); returns it."""
+        """Empty the detections layer, e.g. when another scene is shown (files stay written); returns it.
+
+        Detections still being drawn in batches stop being added.
+        """
+        self._draw_generation += 1
+        self._drawing = False
         layer = self.detections_layer()
         with quiet_data(layer):
             layer.selected_data = set()

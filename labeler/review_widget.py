@@ -192,9 +192,7 @@ class ReviewWidget(QWidget):
         self._heat_timer.stop()
         for job in (self.rank_job, self.heat_job):
             if job is not None:
-                job.cancel()
-                job.worker.quit()
-                job.worker.await_workers(wait_ms)
+                job.stop(wait_ms)
 
     def _on_rank_progress(self, p) -> None:
         self.progress.setMaximum(max(p.total, 1))

@@ -9,6 +9,7 @@ next check. Exceptions reach ``worker.errored``; the return value reaches ``work
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -20,6 +21,8 @@ from napari.qt.threading import GeneratorWorker, thread_worker
 
 from loop import background
 from model.runtime import lower_priority
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,22 @@ class ProgressJob:
     def cancel(self) -> None:
         """Ask the function to stop at its next check (the worker then returns or errors)."""
         self.cancel_event.set()
+
+    def stop(self, wait_ms: int = 10_000) -> bool:
+        """Cancel and wait up to ``wait_ms`` for the worker to end (on window close).
+
+        Returns False, with a log line instead of superqt's RuntimeError, when it is still busy
+        (a batch that outlasts the wait on a loaded machine): closing the window must not fail for
+        it; the helper thread is a daemon and its late result goes to a closed panel.
+        """
+        self.cancel()
+        self.worker.quit()
+        try:
+            self.worker.await_workers(wait_ms)
+        except RuntimeError as exc:
+            log.warning("%s still running after %d ms at close: %s", getattr(self.fn, "__name__", "job"), wait_ms, exc)
+            return False
+        return True
 
     def start(self) -> GeneratorWorker:
         """Start the worker; returns it (connect signals before calling this)."""

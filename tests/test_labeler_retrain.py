@@ -112,6 +112,36 @@ def test_detections_stay_with_their_scene(app, qtbot, tmp_path) -> None:
     assert export.paths["geojson"].exists()  # written all the same
 
 
+def test_many_detections_are_drawn_in_batches(app, qtbot, tmp_path) -> None:
+    from shapely.geometry import Point
+
+    from labeler.export_widget import DRAW_CHUNK
+
+    session, export = app.session, app.export
+    layer = session.viewer.layers["detections"]
+    transform = session.scene.transform
+    n = 2 * DRAW_CHUNK + 5
+    rng = np.random.default_rng(0)
+    points = [transform * tuple(rng.uniform(20, 490, 2)) for _ in range(n)]
+    table = gpd.GeoDataFrame({"mean_confidence": np.linspace(0.5, 1.0, n)},
+                             geometry=[Point(p).buffer(3.0, quad_segs=4) for p in points], crs=session.scene.crs)
+    export.show_detections(table)
+    assert len(layer.data) == DRAW_CHUNK and export.drawing  # the first batch at once, the rest in later turns
+    qtbot.waitUntil(lambda: not export.drawing, timeout=10_000)
+    assert len(layer.data) == n
+    assert np.allclose(layer.features["mean_confidence"], table["mean_confidence"])
+    centre = np.asarray(layer.data[-1]).mean(axis=0)  # (row, col) of the last detection on screen
+    col, row = ~transform * points[-1]
+    assert np.allclose(centre, [row, col], atol=0.5)
+
+    export.show_detections(table)  # drawn again, then the scene changes half-way
+    second = session.project.add_scene(write_tiny_scene(tmp_path / "second.tif", seed=3)).scene_id
+    session.show_scene(second)
+    assert not export.drawing
+    qtbot.wait(200)
+    assert len(layer.data) == 0  # no batch of the first scene lands on the second one's grid
+
+
 def test_export_cancel_writes_nothing(app, qtbot, tmp_path) -> None:
     export = app.export
     export.output.setText(str(tmp_path / "cancelled" / "detections"))

@@ -38,3 +38,25 @@ def test_cancel_stops_the_child_at_its_next_check():
 def test_a_child_that_dies_is_reported_not_waited_for():
     with pytest.raises(RuntimeError, match="exit code 3"):
         ProcessJob(jobfns.crash, threads=1)._call(lambda *a: None)
+
+
+def test_stop_at_close_does_not_raise_when_a_job_outlasts_the_wait(qtbot):
+    from labeler.workers import ProgressJob
+
+    release = threading.Event()
+
+    def stubborn(progress, cancel):  # a long batch that checks cancel only after it
+        progress(0, 1)
+        release.wait(30)
+        return "late"
+
+    job = ProgressJob(stubborn)
+    results = []
+    job.worker.returned.connect(results.append)
+    job.start()
+    qtbot.waitUntil(lambda: job.worker.is_running, timeout=10_000)
+    assert job.stop(wait_ms=100) is False  # superqt would raise RuntimeError here
+    assert job.cancel_event.is_set()
+    release.set()
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=10_000)
+    assert job.stop(wait_ms=100) is True
