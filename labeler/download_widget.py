@@ -7,6 +7,7 @@ the current view of the scene on screen.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from labeler.session import ProjectSession
 from labeler.workers import ProgressJob
+from loop.naip import MAX_SIDE_M
 from model.errors import Cancelled, DclabelError
 
 
@@ -37,7 +39,7 @@ def view_area(viewer, scene) -> tuple[float, float, float]:
     canvas = getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None)
     pixels = max(canvas.size) if canvas is not None and max(canvas.size) > 0 else 1000
     size_m = pixels / max(viewer.camera.zoom, 1e-9) * scene.res[0]
-    return float(lat), float(lon), float(np.clip(size_m, 60.0, 20_000.0))
+    return float(lat), float(lon), float(np.clip(size_m, 60.0, MAX_SIDE_M))
 
 
 def output_name(lat: float, lon: float, size_m: float, year: int | None) -> str:
@@ -60,7 +62,7 @@ class DownloadWidget(QWidget):
         self.job: ProgressJob | None = None
         self.lat = QDoubleSpinBox(decimals=6, minimum=-90, maximum=90)
         self.lon = QDoubleSpinBox(decimals=6, minimum=-180, maximum=180)
-        self.size = QDoubleSpinBox(decimals=0, minimum=60, maximum=20_000, singleStep=100, suffix=" m")
+        self.size = QDoubleSpinBox(decimals=0, minimum=60, maximum=MAX_SIDE_M, singleStep=100, suffix=" m")
         self.year = QSpinBox(minimum=0, maximum=2100, specialValueText="newest")
         self.lat.setValue(38.95)
         self.lon.setValue(-77.45)
@@ -118,14 +120,21 @@ class DownloadWidget(QWidget):
         self.bar.setValue(p.done)
 
     def _on_done(self, path) -> None:
+        before = {s.scene_id for s in self.session.project.scenes}
         try:
-            scene = self.session.project.add_scene(path)
+            with warnings.catch_warnings():  # "already a scene" is said below, in the panel
+                warnings.simplefilter("ignore", UserWarning)
+                scene = self.session.project.add_scene(path)
         except DclabelError as exc:
             self._on_error(exc)
             return
-        self.status.setText(f"Added {Path(path).name} as scene {scene.scene_id}.")
-        show_info(f"NAIP scene added: {scene.scene_id}")
-        self.scene_added.emit(scene.scene_id)
+        if scene.scene_id in before:  # the same area and year downloaded again: nothing new
+            self.status.setText(f"{Path(path).name} is already scene {scene.scene_id}; nothing added, showing it.")
+            show_info(f"Already in the project: scene {scene.scene_id}")
+        else:
+            self.status.setText(f"Added {Path(path).name} as scene {scene.scene_id}.")
+            show_info(f"NAIP scene added: {scene.scene_id}")
+            self.scene_added.emit(scene.scene_id)
         self.session.show_scene(scene.scene_id)
 
     def _on_error(self, exc: BaseException) -> None:

@@ -200,6 +200,10 @@ class ExportWidget(QWidget):
             show_warning("No model yet: retrain first, then export.")
             return None
         formats = {f for f, box in self.formats.items() if box.isChecked()}
+        if not formats:
+            self.status.setText("not started: tick at least one output format.")
+            show_error("Cannot export: no output format is ticked; tick GeoJSON, GeoPackage, CSV or the mask.")
+            return None
         if not self.output.text().strip():
             self.status.setText("not started: give an output name (a folder or a file stem).")
             show_error("Cannot export: the Output field is empty; give a folder or a file stem.")

@@ -45,12 +45,15 @@ from loop.naip_search import (
 from loop.naip_write import existing_download, write_cog
 from model.errors import Cancelled
 
-__all__ = ["DEFAULT_STAC_URL", "STAC_URL_ENV", "RetryPolicy", "area_grid", "download_naip",
+__all__ = ["DEFAULT_STAC_URL", "MAX_SIDE_M", "STAC_URL_ENV", "RetryPolicy", "area_grid", "download_naip",
            "search_naip", "utm_crs"]
 
 STRIP_ROWS = 512
 # The mosaic is assembled in memory: 4 bytes + 1 mask byte per pixel (~25 km side at 0.6 m).
 MAX_PIXELS = 40_000 * 40_000 // 2
+#: Largest square side (m) whose 0.6 m mosaic stays under MAX_PIXELS (16,970 m), rounded down with
+#: room for the grid's snapping: the download panel's limit.
+MAX_SIDE_M = float(int((MAX_PIXELS**0.5 - 8) * 0.6 // 100) * 100)
 Progress = Callable[[int, int, dict], None]
 
 T = TypeVar("T")

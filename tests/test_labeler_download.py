@@ -60,6 +60,11 @@ def test_download_adds_the_scene_and_shows_it(app, qtbot, naip_server):
     lat, lon, size = view_area(app.session.viewer, scene)
     assert abs(lat - LAT) < 0.002 and abs(lon - LON) < 0.002 and size >= 60
 
+    panel.download()  # the same area again: the file is already that scene
+    qtbot.waitUntil(panel.start.isEnabled, timeout=60_000)
+    assert len(app.session.project.scenes) == before + 1
+    assert f"already scene {scene.scene_id}" in panel.status.text() and "Added" not in panel.status.text()
+
 
 def test_download_outside_coverage_reports_and_adds_nothing(app, qtbot, naip_server):
     panel = app.download

@@ -221,3 +221,13 @@ def test_export_with_an_empty_output_field_starts_nothing(app, tmp_path, monkeyp
     assert export.run() is None and export.job is None
     assert "output name" in export.status.text()
     assert list(cwd.iterdir()) == []
+
+
+def test_export_with_no_format_ticked_starts_nothing(app, tmp_path) -> None:
+    export = app.export
+    export.output.setText(str(tmp_path / "out" / "detections"))
+    for box in export.formats.values():
+        box.setChecked(False)
+    assert export.run() is None and export.job is None  # it used to detect, then fail with an empty error
+    assert "format" in export.status.text()
+    assert not (tmp_path / "out").exists()

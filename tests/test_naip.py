@@ -492,3 +492,13 @@ def test_bootstrap_stops_at_once_when_the_stac_api_is_unreachable(server, tmp_pa
         bootstrap(path, tmp_path / "project", stac_url=server.stac_url, retry=FAST,
                   progress=lambda done, total, info: seen.append(done))
     assert seen == []  # no chip was tried after the first
+
+
+def test_the_download_panels_largest_side_fits_the_pixel_cap() -> None:
+    from loop.naip import MAX_PIXELS, MAX_SIDE_M, area_grid
+
+    for lat, lon in [(38.95, -77.45), (47.6, -122.3), (25.8, -80.2), (44.0, -71.99)]:
+        grid = area_grid(lat, lon, MAX_SIDE_M)
+        assert grid.width * grid.height <= MAX_PIXELS
+    wider = area_grid(38.95, -77.45, MAX_SIDE_M + 200)  # the old 20 km limit was always refused
+    assert wider.width * wider.height > MAX_PIXELS
