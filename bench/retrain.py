@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loop.project import Project, positive_reviewed_count  # noqa: E402
+from loop.project import Project  # noqa: E402
 from loop.retrain import RetrainJob  # noqa: E402
 from loop.simulate import Oracle  # noqa: E402
+from loop.training_chips import positive_reviewed_count  # noqa: E402
 from model.masks import load_footprints  # noqa: E402
 from model.synth import SynthConfig, generate_scene  # noqa: E402
 from model.unet import UNetConfig  # noqa: E402

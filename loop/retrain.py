@@ -52,7 +52,8 @@ def check_training_data(project_root: str | os.PathLike) -> tuple[int, int]:
         NoTrainingDataError: None reviewed, or none with a data center.
         ProjectError: Not a project folder.
     """
-    from loop.project import Project, positive_reviewed_count
+    from loop.project import Project
+    from loop.training_chips import positive_reviewed_count
 
     project = Project.open(project_root)
     n, n_pos = positive_reviewed_count(project)

@@ -266,7 +266,7 @@ def run_round(project_root: str | os.PathLike, settings: RetrainSettings, emit: 
 
 def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancelled: Callable[[], bool]) -> dict:
     from loop.errors import NoTrainingDataError
-    from loop.project import reviewed_training_chips
+    from loop.training_chips import reviewed_training_chips
     from model.checkpoint import load_checkpoint
     from model.train import TrainConfig, fit
 

@@ -213,8 +213,8 @@ class Oracle:
 
 
 def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None, cancel) -> Checkpoint:
-    from loop.project import reviewed_training_chips
     from loop.retrain_worker import split_train_val
+    from loop.training_chips import reviewed_training_chips
     from model.train import TrainConfig, fit
 
     chips = reviewed_training_chips(project)
@@ -263,7 +263,8 @@ def run_simulation(
     """
     import torch
 
-    from loop.project import Project, positive_reviewed_count
+    from loop.project import Project
+    from loop.training_chips import positive_reviewed_count
     from model.masks import load_footprints
 
     torch.set_num_threads(max(1, config.threads))

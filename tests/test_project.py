@@ -13,13 +13,8 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from loop.errors import ProjectError
-from loop.project import (
-    CLASSES,
-    Project,
-    ProjectSettings,
-    positive_reviewed_count,
-    reviewed_training_chips,
-)
+from loop.project import CLASSES, Project, ProjectSettings
+from loop.training_chips import positive_reviewed_count, reviewed_training_chips
 from model.errors import SceneError
 from model.scene import write_geotiff
 

@@ -304,8 +304,8 @@ def test_published_metrics_are_measured_together(tmp_path):
     assert final["val_iou"] == pytest.approx(mv.metrics["iou"])
     assert "iou" in ckpt.train["best_epoch_metrics"]  # Lightning's training-time figures, kept apart
     # and they are what the evaluator measures for this checkpoint on the validation chips
-    from loop.project import reviewed_training_chips
     from loop.retrain_worker import evaluate
+    from loop.training_chips import reviewed_training_chips
 
     _, val = split_train_val(reviewed_training_chips(project), 0.3)
     assert evaluate(ckpt, val).metrics["iou"] == pytest.approx(mv.metrics["iou"])
