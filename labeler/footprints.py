@@ -55,12 +55,12 @@ def class_colour(cls: str) -> str:
 
 
 class FootprintEditor:
-    """Keeps one scene's footprints layer and the label store in step.
+    """Keeps the footprints layer of the scene on screen and the label store in step.
 
     Args:
         viewer: The napari viewer.
         store: The project's LabelStore.
-        scene: The scene whose footprints are shown.
+        scene: The scene whose footprints are shown (another one with :meth:`set_scene`).
         notify: Called with a message when a change cannot be stored (default: napari warning).
         on_change: Called after every stored change (e.g. to refresh counts).
     """
@@ -104,6 +104,27 @@ class FootprintEditor:
         for target in (self.layer, viewer):
             target.bind_key("Control-Z", lambda *_: self.undo(), overwrite=True)
             target.bind_key("Control-Shift-Z", lambda *_: self.redo(), overwrite=True)
+        self.reload()
+
+    def set_scene(self, scene: SceneInfo) -> None:
+        """Show another scene's footprints in the same layer; edits are stored under that scene.
+
+        The layer, its key bindings and its event connections stay (replacing a napari layer
+        costs a ``gc.collect()``, about 0.25 s, and moves it above the review layers). A shape
+        being drawn or a vertex being dragged on the scene left is dropped, not stored, and the
+        layer goes back to pan/zoom, as a new layer would start.
+
+        Args:
+            scene: The scene now on screen.
+        """
+        self._syncing = True  # ending a drawing in progress makes napari report it as added
+        try:
+            self.layer.mode = "pan_zoom"
+            self.layer.selected_data = set()
+        finally:
+            self._syncing = False
+        self.scene = scene
+        self._removing = []
         self.reload()
 
     def _set_defaults(self) -> None:
@@ -227,7 +248,9 @@ class FootprintEditor:
             return None
         active = self.viewer.layers.selection.active
         layer = Shapes(name=HOLES_LAYER, ndim=2, face_color="transparent", opacity=0.9)
-        self.viewer.layers.append(layer)
+        # right above the footprints, under the review's proposals whenever it is made
+        layers = self.viewer.layers
+        layers.insert(layers.index(self.layer) + 1 if self.layer in layers else len(layers), layer)
         # shown, not edited (a hole moves with its footprint's outline); napari makes a layer
         # editable again whenever it reslices, so it is set back each time
         layer.editable = False
