@@ -22,16 +22,20 @@ import numpy as np
 import pandas as pd
 from napari.layers import Shapes
 from napari.layers.base._base_constants import ActionType
+from rasterio.windows import Window
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from labeler.geo import (
     crs_to_napari,
+    ellipse_outline,
     geometry_to_napari,
     join_parts,
     napari_to_crs,
     napari_to_geometry,
     polygon_parts,
     reshape_part,
+    window_to_napari,
 )
 from model.errors import DclabelError
 from model.scene import SceneInfo
@@ -354,9 +358,14 @@ class FootprintEditor:
             return
         fid_col = self._fids()
         new = [i for i in range(len(fid_col)) if fid_col[i] < 0]
-        split = 0
+        split, refused, reshaped = 0, [], []
         for i in new:
-            geom = napari_to_geometry(self._vertices(i), self.scene.transform)
+            shape_type = self._shape_type(i)
+            try:
+                geom = drawn_footprint(self._vertices(i), shape_type, self.scene)
+            except ValueError as exc:  # left unsaved, and taken off the layer below
+                refused.append(str(exc))
+                continue
             split += len(polygon_parts(geom)) > 1
             cls = str(feats["class"].iloc[i]) if isinstance(feats["class"].iloc[i], str) else self.current_class
             fid = int(self.store.add_footprint(self.scene.scene_id, geom, cls=cls, source="manual"))
@@ -364,10 +373,50 @@ class FootprintEditor:
             feats.loc[i, "class"] = cls
             feats.loc[i, "part"] = 0
             self._geoms[fid] = geom
-        if new:
+            if shape_type == "ellipse":
+                reshaped.append(fid)
+        if len(refused) < len(new):
             self._changed()
-        if split:
-            self._show_repaired(split)
+        for reason in refused:
+            self._notify(f"Footprint not saved: {reason}.")
+        if refused or split:
+            if split:
+                self._show_repaired(split)
+            else:
+                self.reload()  # the refused shapes leave the layer (an ellipse is shown as stored)
+        elif reshaped:
+            self._show_as_stored(reshaped)
+
+    def _shape_type(self, i: int) -> str:
+        """napari's type of shape ``i`` ("polygon", "rectangle", "ellipse", "path" or "line")."""
+        try:
+            return str(self.layer._data_view.shapes[i].name)
+        except (AttributeError, IndexError):  # napari internals moved: the public, slower path
+            return str(self.layer.shape_type[i])
+
+    def _show_as_stored(self, fids: list[int]) -> None:
+        """Show footprints drawn as another napari shape type (an ellipse) as the polygons stored.
+
+        Not while napari is still finishing the drawn shape (see :meth:`reload`): then on the
+        next turn of the event loop.
+        """
+        if getattr(self.layer, "_is_creating", False):
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self._show_as_stored(fids))
+            return
+        shown = [fid for fid in fids if fid in self._geoms]
+        cls_of = dict(zip(self._fids().tolist(), self.layer.features["class"].tolist(), strict=True))
+        self._syncing = True
+        try:
+            indices = self.indices_of(shown)
+            if indices:
+                self.layer.selected_data = set()
+                self.layer.remove(indices)
+        finally:
+            self._syncing = False
+        for fid in shown:
+            self._append_shapes(fid, self._geoms[fid], str(cls_of.get(fid, self.current_class)))
 
     def _show_repaired(self, n: int) -> None:
         """A drawn or edited outline crossed itself and was stored split into valid parts: show those."""
@@ -527,6 +576,72 @@ class FootprintEditor:
         if self._on_change is not None:
             self._on_change()
 
+
+#: Smallest footprint stored, in square metres on the ground: anything smaller is a slip of the
+#: mouse (a click and a twitch), not a building.
+MIN_FOOTPRINT_M2 = 1.0
+#: Vertices of the polygon an ellipse is stored as (its area 0.3 % under the ellipse's).
+ELLIPSE_VERTICES = 48
+
+
+def drawn_outline(vertices: np.ndarray, shape_type: str) -> np.ndarray:
+    """The outline of a shape drawn in a napari Shapes layer, as polygon vertices.
+
+    Args:
+        vertices: The shape's napari vertices (for an ellipse, the corners of its box).
+        shape_type: napari's shape type.
+
+    Returns:
+        ``(N, 2)`` napari vertices of the polygon: an ellipse's outline
+        (:data:`ELLIPSE_VERTICES` points), other shapes' own vertices.
+
+    Raises:
+        ValueError: A line or path: open, it outlines no footprint.
+    """
+    if shape_type == "ellipse":
+        return ellipse_outline(vertices, ELLIPSE_VERTICES)
+    if shape_type in ("line", "path"):
+        raise ValueError(f"a {shape_type} is open and outlines no footprint; "
+                         "draw a polygon (P) or, from the layer's toolbar, a rectangle or an ellipse")
+    return np.asarray(vertices)
+
+
+def footprint_area_m2(geom: BaseGeometry, scene: SceneInfo) -> float:
+    """Ground area of a footprint (scene CRS) in square metres, measured as ``area_m2`` of
+    detections is (:func:`loop.proposals.pixel_area_m2`: projection scale and degrees count)."""
+    from loop.proposals import pixel_area_m2
+
+    t = scene.transform
+    pixels = geom.area / abs(t.a * t.e - t.b * t.d)
+    return float(pixels * pixel_area_m2(t, scene.crs, (scene.height, scene.width)))
+
+
+def drawn_footprint(vertices: np.ndarray, shape_type: str, scene: SceneInfo) -> BaseGeometry:
+    """A shape drawn in napari as the footprint to store, or why it is none.
+
+    A footprint partly outside the scene is kept whole (a building at the scene's edge is real).
+
+    Args:
+        vertices: The shape's napari vertices.
+        shape_type: napari's shape type (an ellipse is stored as its outline).
+        scene: The scene drawn on.
+
+    Returns:
+        A valid Polygon or MultiPolygon in the scene CRS.
+
+    Raises:
+        ValueError: A line or path, fewer than 3 distinct vertices, no area, a shape wholly
+            outside the scene, or one under :data:`MIN_FOOTPRINT_M2`; the message says which.
+    """
+    geom = napari_to_geometry(drawn_outline(vertices, shape_type), scene.transform)
+    extent = Polygon(napari_to_crs(window_to_napari(Window(0, 0, scene.width, scene.height)), scene.transform))
+    if geom.intersection(extent).area <= 0:
+        raise ValueError(f"it lies wholly outside the scene ({scene.width}×{scene.height} px)")
+    area = footprint_area_m2(geom, scene)
+    if area < MIN_FOOTPRINT_M2:
+        raise ValueError(f"its area is {area:.2g} m², under the {MIN_FOOTPRINT_M2:g} m² of the smallest "
+                         "footprint stored (a slip of the mouse?)")
+    return geom
 
 def _warn(message: str) -> None:
     from napari.utils.notifications import show_warning

@@ -47,10 +47,13 @@ class LabelsWidget(QWidget):
             self.cls.setItemData(self.cls.count() - 1, _qcolor(class_colour(c)), _foreground_role())
         self.undo_button = QPushButton("Undo (Ctrl+Z)")
         self.redo_button = QPushButton("Redo (Ctrl+Shift+Z)")
-        self.info = QLabel("Draw: P polygon, R rectangle · D edit vertices · Del delete")
+        self.info = QLabel("Draw: P polygon; rectangle, ellipse: layer toolbar\nD edit vertices · Del delete")
         self.info.setToolTip(
             "Select the 'footprints' layer to draw. Every change is saved to labels.gpkg at once; "
-            "Ctrl+Z / Ctrl+Shift+Z undo and redo. Picking a class re-classes the selected footprints."
+            "Ctrl+Z / Ctrl+Shift+Z undo and redo. Picking a class re-classes the selected footprints. "
+            "A, R, E and N review the chip whichever layer is active (they are not napari's select "
+            "all, rectangle and ellipse keys here; Ctrl+A selects all). An ellipse is stored as its "
+            "outline; lines, paths, shapes under 1 m² and shapes wholly outside the scene are not stored."
         )
 
         display = QHBoxLayout()

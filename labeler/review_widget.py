@@ -33,7 +33,8 @@ from labeler.chip_layers import (
     show_heatmap,
     show_proposals,
 )
-from labeler.footprints import class_colour
+from labeler.export_widget import DETECTIONS_LAYER
+from labeler.footprints import HOLES_LAYER, LAYER_NAME, class_colour, drawn_footprint
 from labeler.geo import (
     geometry_to_napari,
     join_parts,
@@ -44,12 +45,15 @@ from labeler.geo import (
     window_centre,
 )
 from labeler.queue_table import QueueTable
+from labeler.scene_layers import GRID_LAYER
 from labeler.session import ProjectSession
 from labeler.workers import ProcessJob, ProgressJob
 from model.errors import Cancelled, DclabelError
 
 #: Pause on a chip before its uncertainty map is computed.
 HEATMAP_DELAY_MS = 250
+#: dclabel's Shapes layers, on which the review keys are bound as well as on the viewer.
+REVIEW_KEY_LAYERS = frozenset({LAYER_NAME, HOLES_LAYER, GRID_LAYER, PROPOSALS_LAYER, DETECTIONS_LAYER})
 
 
 class ReviewWidget(QWidget):
@@ -114,7 +118,7 @@ class ReviewWidget(QWidget):
         self.buttons: dict[str, QPushButton] = {}
         for k, (name, (text, slot)) in enumerate(buttons.items()):
             b = QPushButton(text)
-            b.clicked.connect(lambda _=False, s=slot: s())
+            b.clicked.connect(lambda _=False, s=slot: self._review_action(s))
             self.buttons[name] = b
             grid.addWidget(b, k // 2, k % 2)
 
@@ -138,14 +142,39 @@ class ReviewWidget(QWidget):
         session.labels_changed.connect(self.update_counts)
         session.labels_changed.connect(self._requeue_undone)
         session.scene_changed.connect(lambda _: self.populate(self.items))
-        for key, slot in self._keys():
-            self.viewer.bind_key(key, lambda _v, s=slot: s(), overwrite=True)
+        self._bind_review_keys(self.viewer)
+        for layer in self.viewer.layers:
+            self._on_layer_inserted(layer)
+        self.viewer.layers.events.inserted.connect(lambda event: self._on_layer_inserted(event.value))
         self._load_saved_queue()
         self.update_counts()
 
     def _keys(self) -> tuple:
-        """Review keys, bound on the viewer and on the proposals layer (active while reviewing)."""
+        """Review keys: A accept all, R reject, E empty chip, N next."""
         return (("a", self.accept_all), ("r", self.reject), ("e", self.mark_empty), ("n", self.next_chip))
+
+    def _bind_review_keys(self, target) -> None:
+        """Bind the review keys on the viewer or on a layer (a layer's own bindings come first)."""
+        for key, slot in self._keys():
+            target.bind_key(key, lambda _target, s=slot: self._review_action(s), overwrite=True)
+
+    def _on_layer_inserted(self, layer) -> None:
+        """napari binds A (select all), R (rectangle) and E (ellipse) on every Shapes layer, and the
+        active layer's keys win over the viewer's: on dclabel's Shapes layers the review keys are
+        bound too, so they review whichever one is active (a footprint is drawn as a rectangle or
+        ellipse from the layer's toolbar; Ctrl+A still selects all)."""
+        if not self.closed and layer.name in REVIEW_KEY_LAYERS:
+            self._bind_review_keys(layer)
+
+    def _review_action(self, slot) -> None:
+        """Run a review action (key or button), unless a footprint is being drawn: the user ends
+        that outline first, rather than it being left half-drawn while the view moves on."""
+        editor = self.session.editor
+        if editor is not None and getattr(editor.layer, "_is_creating", False):
+            show_info("Finish the footprint you are drawing first (double-click, Enter or Escape), "
+                      "then review the chip.")
+            return
+        slot()
 
     # ----- ranking -----------------------------------------------------------------------------
     def _load_saved_queue(self) -> None:
@@ -278,7 +307,7 @@ class ReviewWidget(QWidget):
         self._show_heatmap(item)
 
     def _show_proposals(self, item) -> None:
-        show_proposals(self.viewer, item, self.session.scene.transform, self._keys())
+        show_proposals(self.viewer, item, self.session.scene.transform)  # review keys: _on_layer_inserted
 
     def _show_heatmap(self, item) -> None:
         """Hide the previous chip's heatmap; compute this chip's once the user pauses on it.
@@ -348,7 +377,15 @@ class ReviewWidget(QWidget):
             else:
                 drawn.append(i)
         transform = self.session.scene.transform
-        out = [(napari_to_geometry(np.asarray(layer.data[i], dtype=np.float64), transform), True) for i in drawn]
+        out = []
+        shape_types = layer.shape_type if drawn else []
+        for i in drawn:  # an ellipse as its outline; lines, paths, slivers, shapes off the scene refused
+            try:
+                geom = drawn_footprint(np.asarray(layer.data[i], dtype=np.float64), shape_types[i], self.session.scene)
+            except ValueError as exc:
+                show_warning(f"A shape drawn in the proposals layer is not stored: {exc}.")
+                continue
+            out.append((geom, True))
         for k, shapes in sorted(by_owner.items()):
             proposal = item.proposals[k]
             parts = polygon_parts(proposal.geometry)
