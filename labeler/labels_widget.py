@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
 
 from labeler.footprints import class_colour
 from labeler.session import ProjectSession
-from model.errors import DclabelError
+from model.errors import DclabelError, SceneNotFoundError
 
 
 class LabelsWidget(QWidget):
@@ -33,7 +33,7 @@ class LabelsWidget(QWidget):
         readable = {sc.scene_id: sc for sc in session.project.readable_scenes()}
         for sid in session.project.scene_ids:
             sc = readable.get(sid)
-            self.scene.addItem(f"{sid}  ({sc.width}×{sc.height})" if sc else f"{sid}  (file missing)", sid)
+            self.scene.addItem(f"{sid}  ({sc.width}×{sc.height})" if sc else f"{sid}  ({self._why_unreadable(sid)})", sid)
         self.scene.setCurrentIndex(max(self.scene.findData(session.scene.scene_id), 0))
         self.true_colour = QRadioButton("True colour")
         self.nir = QRadioButton("NIR false colour")
@@ -76,6 +76,16 @@ class LabelsWidget(QWidget):
         self.redo_button.clicked.connect(lambda: self.session.editor.redo())
         session.scene_changed.connect(lambda _: self._on_class())
         session.scene_changed.connect(self.add_scene_item)  # e.g. undo showed the scene it changed
+
+    def _why_unreadable(self, scene_id: str) -> str:
+        """Short reason shown in the scene selector for a scene that cannot be opened."""
+        try:
+            self.session.project.scene(scene_id)
+        except SceneNotFoundError:
+            return "file missing"
+        except DclabelError:
+            return "cannot be read; pick it to see why"
+        return "cannot be read"
 
     def add_scene_item(self, scene_id: str) -> None:
         """List a scene added while the app runs (e.g. downloaded) and select it."""

@@ -288,6 +288,33 @@ def test_a_moved_scene_does_not_keep_the_others_from_opening(tiny_project, make_
         opened.close()
 
 
+def test_a_scene_whose_file_is_there_but_unusable_is_not_called_missing(tiny_project, make_napari_viewer,
+                                                                        qtbot) -> None:
+    from conftest import write_tiny_scene
+
+    from labeler.app import open_project
+    from loop.project import Project
+
+    project = Project.open(tiny_project)
+    other = write_tiny_scene(tiny_project.parent / "other.tif", seed=5)
+    replaced = project.add_scene(other).scene_id
+    project.labels.close()
+    from conftest import TINY_CRS, TINY_TRANSFORM
+
+    from model.scene import write_geotiff
+
+    pixels = np.random.default_rng(6).integers(0, 255, (4, 300, 300), dtype=np.uint8)
+    write_geotiff(other, pixels, TINY_CRS, TINY_TRANSFORM)  # another raster under the same name: its grid changed
+    opened = open_project(make_napari_viewer(), tiny_project)
+    try:
+        names = [opened.labels.scene.itemText(i) for i in range(opened.labels.scene.count())]
+        entry = next(n for n in names if replaced in n)
+        assert "cannot be read" in entry and "missing" not in entry
+        wait_ranked(qtbot, opened)
+    finally:
+        opened.close()
+
+
 def test_a_scene_that_fails_to_open_leaves_everything_on_the_shown_scene(tiny_project, make_napari_viewer,
                                                                          qtbot) -> None:
     from conftest import write_tiny_scene
