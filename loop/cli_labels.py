@@ -22,6 +22,9 @@ def _open_project(root: str):
 
 def run_import(args: argparse.Namespace) -> int:
     """Import a GeoJSON into one scene, or into every scene of the project it overlaps."""
+    from loop.labelstore_io import read_label_file
+
+    labels = read_label_file(args.geojson, args.layer)  # read and checked once: file errors are said once
     project = _open_project(args.project)
     store = project.labels
     scenes = [project.scene(args.scene)] if args.scene else project.scenes
@@ -30,12 +33,14 @@ def run_import(args: argparse.Namespace) -> int:
             f"{args.project}: the project has no scenes to attach labels to; add one with "
             f"`dclabel init {args.project} --image FILE` first."
         )
+    if labels.dropped:
+        warnings.warn(f"{args.geojson}: not imported: {labels.dropped_text()}.", UserWarning, stacklevel=1)
     errors: list[LabelError] = []
     total = 0
     for scene in scenes:
         try:
-            result = store.import_labels(args.geojson, scene, reviewed=not args.no_reviewed,
-                                         chip_size=project.settings.chip_size, layer=args.layer)
+            result = store.import_labels(labels, scene, reviewed=not args.no_reviewed,
+                                         chip_size=project.settings.chip_size)
         except LabelError as exc:
             errors.append(exc)
             continue
@@ -47,9 +52,11 @@ def run_import(args: argparse.Namespace) -> int:
             parts.append(f"{result.unchanged} already present")
         parts.append(f"{result.chips_marked} chip(s) marked reviewed")
         print(f"{scene.scene_id}: {', '.join(parts)}")
-        if result.dropped:
-            warnings.warn(f"{args.geojson}: not imported into {scene.scene_id}: {result.dropped_text()}.",
-                          UserWarning, stacklevel=1)
+        here = {why: n - labels.dropped.get(why, 0) for why, n in result.dropped.items()}
+        here = {why: n for why, n in here.items() if n}  # the file's own drops were said above, once
+        if here:
+            warnings.warn(f"{args.geojson}: not imported into {scene.scene_id}: "
+                          f"{', '.join(f'{n} {why}' for why, n in sorted(here.items()))}.", UserWarning, stacklevel=1)
         if result.unreviewed_chips:
             warnings.warn(f"{scene.scene_id}: {result.unreviewed_chips} chip(s) not marked reviewed: a polygon "
                           "there could not be imported; review them in the app.", UserWarning, stacklevel=1)

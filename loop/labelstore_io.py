@@ -1,8 +1,9 @@
 """GeoJSON in and out of the label store.
 
 Import reads polygons of any CRS (a file without a CRS is taken as RFC 7946 lon/lat), maps their
-class (``class`` property, ``datacemter`` read as ``datacenter``; or a boolean ``label`` property:
-true = ``datacenter``, false = ``other``; no property at all = ``datacenter``), reprojects them to
+class by the rules ``create-masks`` uses too (:mod:`model.footprints`: a ``class`` name,
+``datacemter`` read as ``datacenter``; a 0/1 or true/false ``class`` or ``label``: 1/true =
+``datacenter``, 0/false = ``other``; other numeric codes refused; none = ``datacenter``), reprojects them to
 the scene CRS, clips them to the scene bounds and adds them with source ``imported`` in one
 transaction (one undo step). Export writes RFC 7946 (EPSG:4326, right-hand rule), atomically.
 """
@@ -24,7 +25,7 @@ from loop import labelstore_gpkg as gp
 from loop.project import CLASSES
 from model.atomic import atomic_path, check_outputs, write_json_atomic
 from model.errors import ConfigError, LabelError
-from model.masks import footprint_classes
+from model.footprints import class_name, read_vector_layer, resolve_classes, with_lonlat_default
 from model.scene import SceneInfo, chip_windows
 
 if TYPE_CHECKING:
@@ -39,32 +40,25 @@ def _fmt(b) -> str:
 
 
 def label_classes(gdf, path: Path) -> list[str]:
-    """One class per row from ``class`` (or ``label``) properties (:func:`model.masks.footprint_classes`,
-    the rules ``create-masks`` uses too); rows with neither are data centers."""
-    classes, _ = footprint_classes(gdf, path)
-    has_class, has_label = "class" in gdf.columns, "label" in gdf.columns
-    out = [c or "datacenter" for c in classes]
-    unknown = {str(gdf["class"].iloc[i]) for i, c in enumerate(classes) if c is not None and c not in CLASSES}
+    """One class per row from ``class`` (or ``label``) properties by the rules ``create-masks`` uses
+    too (:func:`model.footprints.resolve_classes`: rows with neither are data centers, with a
+    warning); a class dclabel does not know is refused."""
+    out = resolve_classes(gdf, path)
+    raw = gdf["class"] if "class" in gdf.columns else out
+    unknown = sorted({str(v) for v, c in zip(raw, out, strict=True) if c not in CLASSES})
     if unknown:
         raise LabelError(
-            f"{path}: unknown class value(s) {sorted(unknown)}; expected one of {', '.join(CLASSES)} "
+            f"{path}: unknown class value(s) {unknown}; expected one of {', '.join(CLASSES)} "
             "(or a boolean 'label' property). Fix the 'class' property and import again."
         )
-    if not has_class and not has_label:
-        warnings.warn(f"{path}: no 'class' or 'label' property: its {len(out)} polygon(s) are imported as "
-                      "data centers.", UserWarning, stacklevel=3)
     return out
 
 
 def normalize_classes(values) -> list:
     """Class values as stored (e.g. typed in QGIS) read by the import rules
-    (:func:`model.masks.footprint_classes`: ``Warehouse`` -> ``warehouse``, ``datacemter`` ->
-    ``datacenter``); values those rules cannot read (null) are returned unchanged."""
-    import pandas
-
-    values = list(values)
-    classes, _ = footprint_classes(pandas.DataFrame({"class": values}), "label store")
-    return [c if c is not None else v for c, v in zip(classes, values, strict=True)]
+    (:func:`model.footprints.class_name`: ``Warehouse`` -> ``warehouse``, ``datacemter`` ->
+    ``datacenter``); values those rules cannot read (null, numbers) are returned unchanged."""
+    return [c if (c := class_name(v)) is not None else v for v in values]
 
 
 def unknown_class_text(unknown: dict[int, object]) -> str:
@@ -128,31 +122,6 @@ class ImportResult:
         return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
 
 
-def _read_layer(path: Path, layer: str | None):
-    """The one polygon layer of a vector file (``layer`` picks one of several)."""
-    import geopandas
-    import pyogrio
-
-    try:
-        layers = [(str(n), g) for n, g in pyogrio.list_layers(path)]
-    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
-        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
-    names = [n for n, _ in layers]
-    listing = ", ".join(f"{n} ({g or 'no geometry'})" for n, g in layers)
-    if layer is None:
-        spatial = [n for n, g in layers if g]
-        if len(spatial) > 1:
-            raise LabelError(f"{path}: holds {len(spatial)} layers with geometry: {listing}; choose one with "
-                             "--layer NAME (import the others with further runs).")
-        layer = spatial[0] if spatial else (names[0] if names else None)
-    elif layer not in names:
-        raise LabelError(f"{path}: no layer {layer!r}; its layers are {listing}.")
-    try:
-        return geopandas.read_file(path, layer=layer) if layer is not None else geopandas.read_file(path)
-    except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
-        raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
-
-
 def _polygonal_rows(gdf, dropped: dict[str, int]):
     """Rows whose geometry can hold polygons (Polygon, MultiPolygon, GeometryCollection); the others
     are counted in ``dropped`` by reason."""
@@ -168,6 +137,62 @@ def _polygonal_rows(gdf, dropped: dict[str, int]):
     return gdf[keep]
 
 
+@dataclass(frozen=True)
+class LabelFile:
+    """A footprints file read and checked once (:func:`read_label_file`), ready to import into any
+    number of scenes.
+
+    Attributes:
+        path: The file.
+        frame: Its polygonal rows (GeoDataFrame with a CRS).
+        classes: One class of :data:`loop.project.CLASSES` per row of ``frame``.
+        dropped: Rows that cannot be imported anywhere, by reason (null, empty, point, line).
+    """
+
+    path: Path
+    frame: geopandas.GeoDataFrame
+    classes: tuple[str, ...]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def dropped_text(self) -> str:
+        """``"2 Point, 1 null geometry"`` (empty when nothing was dropped)."""
+        return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
+
+
+def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelFile:
+    """Read and check a footprints file once: layer, geometry types, CRS and classes.
+
+    Args:
+        path: Vector file (GeoJSON, GeoPackage, ...); any CRS (none = EPSG:4326).
+        layer: Layer of a multi-layer file (required when several layers have geometry).
+
+    Raises:
+        LabelError: Missing/unreadable file, several layers and none chosen, no polygons,
+            coordinates that are not lon/lat in a file without a CRS, numeric class codes or an
+            unknown class.
+    """
+    import geopandas
+
+    path = Path(path)
+    if not path.exists():
+        raise LabelError(f"{path}: no such file. Expected a GeoJSON of footprint polygons; check the path.")
+    gdf = read_vector_layer(path, layer)
+    if not isinstance(gdf, geopandas.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
+        raise LabelError(f"{path}: a table without geometry (columns {', '.join(map(str, gdf.columns))}). "
+                         "Expected footprint polygons, e.g. a GeoJSON or GeoPackage.")
+    dropped: dict[str, int] = {}
+    gdf = _polygonal_rows(gdf, dropped)
+    if gdf.empty:
+        found = f" (found {', '.join(f'{n} {k}' for k, n in sorted(dropped.items()))})" if dropped else ""
+        raise LabelError(
+            f"{path}: holds no polygons{found}. Expected footprint Polygons/MultiPolygons with a 'class' "
+            "(datacenter/warehouse/retail/other) or boolean 'label' property."
+        )
+    gdf = with_lonlat_default(gdf, path)
+    classes = label_classes(gdf, path)
+    return LabelFile(path, gdf, tuple(classes), dropped)
+
+
 def import_geojson(
     store: LabelStore, path: str | os.PathLike, scene: SceneInfo, reviewed: bool = True, chip_size: int = 256
 ) -> int:
@@ -181,7 +206,7 @@ def import_geojson(
 
 def import_labels(
     store: LabelStore,
-    path: str | os.PathLike,
+    path: str | os.PathLike | LabelFile,
     scene: SceneInfo,
     reviewed: bool = True,
     chip_size: int = 256,
@@ -198,47 +223,25 @@ def import_labels(
 
     Args:
         store: The label store (the scene is registered if needed).
-        path: Vector file; any CRS (none = EPSG:4326).
+        path: Vector file; any CRS (none = EPSG:4326). Or a :class:`LabelFile` already read by
+            :func:`read_label_file` (importing one file into several scenes reads and checks it once).
         scene: Scene to attach the footprints to; they are reprojected to its CRS and clipped to it.
         reviewed: Also mark every chip (``chip_windows(width, height, chip_size)``) touched by an
             imported footprint as reviewed.
         chip_size: Chip side for ``reviewed``.
-        layer: Layer of a multi-layer file (required when several layers have geometry).
+        layer: Layer of a multi-layer file (required when several layers have geometry); not
+            used with a :class:`LabelFile`.
 
     Returns:
-        The counts, see :class:`ImportResult`.
+        The counts, see :class:`ImportResult` (``dropped`` includes the file's own, see
+        :attr:`LabelFile.dropped`).
 
     Raises:
-        LabelError: Missing/unreadable file, several layers and none chosen, no polygons, unknown
-            class, or nothing overlaps the scene.
+        LabelError: As :func:`read_label_file`, or nothing overlaps the scene.
     """
-    import geopandas
-
-    path = Path(path)
-    if not path.exists():
-        raise LabelError(f"{path}: no such file. Expected a GeoJSON of footprint polygons; check the path.")
-    gdf = _read_layer(path, layer)
-    if not isinstance(gdf, geopandas.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
-        raise LabelError(f"{path}: a table without geometry (columns {', '.join(map(str, gdf.columns))}). "
-                         "Expected footprint polygons, e.g. a GeoJSON or GeoPackage.")
-    dropped: dict[str, int] = {}
-    gdf = _polygonal_rows(gdf, dropped)
-    if gdf.empty:
-        found = f" (found {', '.join(f'{n} {k}' for k, n in sorted(dropped.items()))})" if dropped else ""
-        raise LabelError(
-            f"{path}: holds no polygons{found}. Expected footprint Polygons/MultiPolygons with a 'class' "
-            "(datacenter/warehouse/retail/other) or boolean 'label' property."
-        )
-    if gdf.crs is None:
-        gdf = gdf.set_crs("EPSG:4326")  # GeoJSON's own convention
-    x0, y0, x1, y1 = gdf.total_bounds
-    if gdf.crs.is_geographic and not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise LabelError(
-            f"{path}: coordinates {x0:.0f}..{x1:.0f}, {y0:.0f}..{y1:.0f} are not longitude/latitude, but the "
-            "file gives no other CRS (GeoJSON without one means degrees). Set its CRS first, e.g. "
-            f"`ogr2ogr -a_srs EPSG:32618 fixed.geojson {path.name}` with the right UTM zone."
-        )
-    classes = label_classes(gdf, path)
+    labels = path if isinstance(path, LabelFile) else read_label_file(path, layer)
+    path, gdf, classes = labels.path, labels.frame, labels.classes
+    dropped = dict(labels.dropped)
     file_ll = gdf.to_crs("EPSG:4326").total_bounds
     geoms = gdf.to_crs(scene.crs).geometry.to_numpy()
     scene_box = shapely.box(*scene.bounds)

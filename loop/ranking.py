@@ -35,6 +35,7 @@ from loop.ranking_queue import (
 )
 from loop.ranking_scores import (
     DIVERSITY_RADIUS_M,
+    MIN_VALID_FRACTION,
     STRATEGIES,
     TOP_FRACTION,
     chip_features,
@@ -200,6 +201,10 @@ def rank_chips(
 ) -> list[QueueItem]:
     """Rank every unreviewed chip of a project, most informative first.
 
+    Chips with less than :data:`~loop.ranking_scores.MIN_VALID_FRACTION` (a quarter) of their
+    pixels holding data (a chip of a scene narrower than a chip, or mostly in a NAIP collar) come
+    after all the others, whatever the strategy.
+
     Args:
         project: A :class:`loop.project.Project` (or anything with ``scenes``, ``chip_windows``,
             ``labels.reviewed_chips()`` and ``registry.current()``).
@@ -251,6 +256,7 @@ def rank_chips(
     if spec.random:  # one fixed draw per chip: each round takes the next chips of one seeded shuffle
         scores = np.array([_random_key(seed, chip[0].scene_id, chip[1]) for chip in chips])
     features: dict[int, np.ndarray] = {}
+    valid_share = np.ones(len(chips))  # share of each chip's pixels that hold data
     proposals: list[tuple[Proposal, ...]] = [()] * len(chips)
     unreadable: set[int] = set()  # chips whose pixels cannot be read: left out of the queue
     warned: set[str] = set()
@@ -278,6 +284,7 @@ def rank_chips(
                     try:
                         batch.append(read_chip(scene, chips[k][1], src))
                         index.append(k)
+                        valid_share[k] = float(batch[-1].image.any(axis=0).mean())
                     except SceneError as exc:  # a damaged block: the rest of the scene goes on
                         _skip_unreadable(scene, [k], exc, unreadable, warned)
                 if batch and model is None and not spec.random:
@@ -306,19 +313,27 @@ def rank_chips(
     readable = np.array([k for k in range(len(chips)) if k not in unreadable], dtype=int)
     if not len(readable):
         return []
+    # chips mostly outside the scene or in no data go last, in every strategy (MIN_VALID_FRACTION)
+    ranked = readable[valid_share[readable] >= MIN_VALID_FRACTION]
+    sparse = readable[valid_share[readable] < MIN_VALID_FRACTION]
+    if not len(ranked):
+        ranked, sparse = readable, readable[:0]
     if spec.name == "cold_start":
-        k = min(len(readable), top or COLD_START_CLUSTERS)
-        order = readable[cold_start_order(np.stack([features[i] for i in readable]), k, seed)[0]]
+        k = min(len(ranked), top or COLD_START_CLUSTERS)
+        order = ranked[cold_start_order(np.stack([features[i] for i in ranked]), k, seed)[0]]
+        order = np.concatenate([order, sparse[np.argsort(-valid_share[sparse], kind="stable")]])
         scores = np.zeros(len(chips))
         scores[order] = 1.0 - np.arange(len(order)) / len(order)
-    elif diversity and not spec.random:
-        sub = diversify(
-            scores[readable], _centers_m([chips[i] for i in readable]), diversity_radius_m,
-            top or DIVERSITY_GREEDY_MAX,
-        )
-        order = readable[sub]
     else:
-        order = readable[np.argsort(-scores[readable], kind="stable")]
+        if diversity and not spec.random:
+            sub = diversify(
+                scores[ranked], _centers_m([chips[i] for i in ranked]), diversity_radius_m,
+                top or DIVERSITY_GREEDY_MAX,
+            )
+            order = ranked[sub]
+        else:
+            order = ranked[np.argsort(-scores[ranked], kind="stable")]
+        order = np.concatenate([order, sparse[np.argsort(-scores[sparse], kind="stable")]])
     order = order[:top] if top is not None else order
     return [
         QueueItem(

@@ -19,6 +19,10 @@ Passes = Literal["none", "single", "tta", "mc"]
 TOP_FRACTION = 0.05
 #: Weight of the chip's mean uncertainty in its score (see :func:`chip_score`).
 AREA_WEIGHT = 0.1
+#: Chips with less than this share of pixels holding data (any band non-zero; the rest is outside
+#: the scene, a NAIP collar or no data) go to the end of the queue, whatever the strategy: their
+#: score (or, in the cold start, their odd all-black features) says nothing about buildings.
+MIN_VALID_FRACTION = 0.25
 #: Default distance (m) under which a chip is penalised for being near an already queued one:
 #: about two 256 px NAIP chips (256 x 0.6 m = 154 m), so the neighbours of one building are spread.
 DIVERSITY_RADIUS_M = 300.0

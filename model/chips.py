@@ -41,24 +41,36 @@ def create_masks(
     output_dir: str | os.PathLike,
     buffer: float = 0.0,
     progress: bool = True,
+    layer: str | None = None,
 ) -> dict[str, int]:
     """Rasterize data-center footprints onto the grid of every chip in ``chips_dir``.
 
-    Footprints may be in any CRS (reprojected per chip); hard-negative classes are background;
-    invalid polygons are repaired. A mask of the same name is written to ``output_dir``.
+    Footprints may be in any CRS (reprojected per chip); classes follow
+    :func:`model.masks.load_footprints` (the rules of ``labels import``); hard-negative classes
+    are background; invalid polygons are repaired. A mask of the same name is written to
+    ``output_dir``.
+
+    Args:
+        chips_dir: Folder of chip GeoTIFFs.
+        geojson: Footprints file (any OGR vector format, any CRS).
+        output_dir: Folder of the masks.
+        buffer: Grow footprints by this many metres (shrink if negative).
+        progress: Draw a progress bar.
+        layer: Layer of a multi-layer labels file (required when several layers have geometry).
 
     Returns:
         ``{"chips": n, "with_positives": k}``.
 
     Raises:
-        LabelError: The labels hold no data-center polygon, or none overlaps any chip.
+        LabelError: The labels cannot be read (see :func:`model.masks.load_footprints`), hold no
+            data-center polygon, or none overlaps any chip.
     """
     out = Path(output_dir)
     chips_dir = Path(chips_dir)
     if out.resolve() == chips_dir.resolve():
         raise ConfigError(f"--output-dir {out} is the chips folder: the masks (same file names) would "
                           "overwrite the chips. Give another folder, e.g. masks/. Nothing was written.")
-    footprints = load_footprints(geojson)
+    footprints = load_footprints(geojson, layer)
     other = sorted(set(footprints["class"]) - {"datacenter", "warehouse", "retail", "other"})
     if other:
         warnings.warn(f"{geojson}: class value(s) {other} are not data centers: burned as background.",

@@ -92,6 +92,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--geojson", required=True, type=Path, help="footprints, any CRS")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--buffer", type=float, default=0.0, help="grow footprints by metres")
+    p.add_argument("--layer", default=None, help="layer of a multi-layer file such as a GeoPackage "
+                   "(required when several layers have geometry)")
     p.set_defaults(func=_create_masks)
 
     t = TrainConfig()
@@ -162,8 +164,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checkpoint and settings (recorded in <scene>.detect.json) and every output asked for exists; other "
         "scenes are detected again, and the run says why.")
     p.add_argument("--input-dir", type=Path,
-                   help="folder of GeoTIFF scenes (.tif/.tiff directly in it: subfolders are not searched, the run "
-                   "says how many it left out; give their scenes with --images, or run batch-detect on each)")
+                   help="folder of scenes (.tif/.tiff/.vrt directly in it: subfolders are not searched, the run "
+                   "says how many it left out; give their scenes with --images, or run batch-detect on each; a VRT "
+                   "mosaic of the folder's own GeoTIFFs is left out, with a note)")
     p.add_argument("--images", type=Path, nargs="*", default=[], help="scene files")
     p.add_argument("--output-dir", required=True, type=Path)
     p.add_argument("--output-mask", action="store_true", help="also write a mask per scene")
@@ -179,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _create_masks(a: argparse.Namespace) -> int:
     from model.chips import create_masks
 
-    counts = create_masks(a.chips_dir, a.geojson, a.output_dir, a.buffer)
+    counts = create_masks(a.chips_dir, a.geojson, a.output_dir, a.buffer, layer=a.layer)
     print(f"wrote {counts['chips']} masks ({counts['with_positives']} with data centers) to {a.output_dir}")
     return 0
 
@@ -271,15 +274,44 @@ def _detect(a: argparse.Namespace) -> int:
     return 0
 
 
+#: Scene files ``batch-detect --input-dir`` reads: GeoTIFFs and GDAL VRTs (mosaics, resampled views).
+SCENE_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
 def _note_subfolders(input_dir: Path, output_dir: Path) -> None:
     """Say how many subfolders of ``--input-dir`` (and scenes in them) batch-detect leaves out."""
     out = output_dir.resolve()
     subs = [d for d in input_dir.iterdir() if d.is_dir() and d.resolve() != out and not d.name.startswith(".")]
-    inside = sum(1 for d in subs for f in d.rglob("*") if f.suffix.lower() in (".tif", ".tiff"))
+    inside = sum(1 for d in subs for f in d.rglob("*") if f.suffix.lower() in SCENE_SUFFIXES)
     if inside:  # subfolders without scenes leave nothing out
         print(f"dclabel batch-detect: note: {len(subs)} subfolder(s) of {input_dir} not searched "
-              f"({inside} .tif file(s) in them); give those scenes with --images or run batch-detect on each "
+              f"({inside} .tif/.vrt file(s) in them); give those scenes with --images or run batch-detect on each "
               "subfolder", file=sys.stderr)
+
+
+def _scenes_in_folder(input_dir: Path) -> list[Path]:
+    """The ``.tif``/``.tiff``/``.vrt`` files directly in ``input_dir``; a VRT built over other scenes
+    of the folder (a mosaic of its tiles) is left out, with a note, so no area is detected twice."""
+    import rasterio
+
+    found = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in SCENE_SUFFIXES and p.is_file())
+    rasters = {p.resolve() for p in found if p.suffix.lower() != ".vrt"}
+    kept = []
+    for path in found:
+        if path.suffix.lower() == ".vrt":
+            try:
+                with rasterio.open(path) as src:
+                    sources = {Path(f).resolve() for f in src.files[1:]}
+            except Exception:  # an unreadable VRT is batch-detect's to report, with the other failures
+                sources = set()
+            inside = sorted(p.name for p in sources & rasters)
+            if inside:
+                print(f"dclabel batch-detect: note: {path.name} left out: it is built over {len(inside)} scene(s) "
+                      f"of {input_dir} that are detected on their own (e.g. {inside[0]}); give it with --images "
+                      "to detect the mosaic instead", file=sys.stderr)
+                continue
+        kept.append(path)
+    return kept
 
 
 def _batch_detect(a: argparse.Namespace) -> int:
@@ -292,13 +324,13 @@ def _batch_detect(a: argparse.Namespace) -> int:
             raise ConfigError(f"--output-dir {a.output_dir} is the input folder: the outputs (masks are GeoTIFFs too) "
                               "would be read as scenes on the next run; give another folder, e.g. "
                               f"{a.input_dir / 'detections'}.")
-        found = sorted(p for p in a.input_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff") and p.is_file())
+        found = _scenes_in_folder(a.input_dir)
         _note_subfolders(a.input_dir, a.output_dir)
         if not found and not images:
-            raise ConfigError(f"--input-dir {a.input_dir} holds no .tif scenes.")
+            raise ConfigError(f"--input-dir {a.input_dir} holds no .tif/.tiff/.vrt scenes.")
         images += found
     if not images:
-        raise ConfigError("no scenes: give --input-dir (a folder of .tif scenes) or --images")
+        raise ConfigError("no scenes: give --input-dir (a folder of .tif/.vrt scenes) or --images")
     engine_flags = (a.accelerator, a.devices, a.num_nodes, a.strategy)
     if any(f is not None for f in engine_flags):
         from model.distributed import EngineConfig, batch_detect_distributed

@@ -163,7 +163,7 @@ class DetectConfig:
         if self.gate not in ("auto", "trained", "coarse"):
             raise ConfigError(f"gate must be auto, trained or coarse, got {self.gate!r}")
         if self.gate_threshold is not None and not 0 <= self.gate_threshold < 1:
-            raise ConfigError(f"gate_threshold must be in [0, 1), got {self.gate_threshold}")
+            raise ConfigError(f"--gate-threshold must be in [0, 1), got {self.gate_threshold}")
         if self.coarse_factor < 1 or not 0 <= self.coarse_threshold < 1:
             raise ConfigError(f"need --coarse-factor >= 1 and 0 <= --coarse-threshold < 1, got "
                               f"{self.coarse_factor} and {self.coarse_threshold}")
@@ -179,4 +179,4 @@ class DetectConfig:
             if not value >= 0:  # also NaN
                 raise ConfigError(f"{flag} must be 0 or more, got {value}")
         if self.threshold is not None and not 0 < self.threshold < 1:
-            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"--threshold must be in (0, 1), got {self.threshold}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,88 +15,46 @@ from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
 from model.errors import LabelError
+from model.footprints import (
+    CLASS_ALIASES,
+    footprint_classes,
+    read_vector_layer,
+    resolve_classes,
+    with_lonlat_default,
+)
 from model.scene import ground_metres_per_unit, lonlat
 
-CLASS_ALIASES = {"datacemter": "datacenter", "data_center": "datacenter", "data center": "datacenter",
-                 "data-center": "datacenter"}
-_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
-_FALSE = {"false", "0", "0.0", "no", "f", "n"}
+__all__ = ["CLASS_ALIASES", "buffer_ground", "footprint_classes", "load_footprints", "polygonal", "rasterize_footprints"]
 
 
-def footprint_classes(gdf, path: str | os.PathLike) -> tuple[list[str | None], int]:
-    """One normalised class per row, by the rules ``labels import`` and ``create-masks`` share.
-
-    ``class`` when the row has one (lower case, ``datacemter``/``data center``/``data-center`` read as
-    ``datacenter``); else a boolean ``label`` (true/false, 1/0, yes/no: ``datacenter`` or ``other``);
-    else None (the caller decides; both commands take such rows as data centers).
-
-    Returns:
-        The classes and the number of rows that had neither.
-
-    Raises:
-        LabelError: A ``label`` value that is not a boolean (e.g. null in a row without a class).
-    """
-    has_class, has_label = "class" in gdf.columns, "label" in gdf.columns
-    out: list[str | None] = []
-    bad: list[str] = []
-    missing = 0
-    for i in range(len(gdf)):
-        cls = gdf["class"].iloc[i] if has_class else None
-        if isinstance(cls, str) and cls.strip():
-            key = cls.strip().lower()
-            out.append(CLASS_ALIASES.get(key, key))
-            continue
-        if has_label:
-            value = gdf["label"].iloc[i]
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                out.append("datacenter")
-                continue
-            if text in _FALSE:
-                out.append("other")
-                continue
-            bad.append(repr(value))
-            out.append(None)
-            continue
-        missing += 1
-        out.append(None)
-    if bad:
-        shown = sorted(set(bad))[:5]
-        raise LabelError(f"{path}: {len(bad)} polygon(s) have neither a 'class' nor a true/false 'label' "
-                         f"(label values {', '.join(shown)}); give each a class (datacenter, warehouse, retail, "
-                         "other) or label true/false, or drop them, and run again.")
-    return out, missing
-
-
-def load_footprints(path: str | os.PathLike) -> gpd.GeoDataFrame:
+def load_footprints(path: str | os.PathLike, layer: str | None = None) -> gpd.GeoDataFrame:
     """Read footprint polygons (any CRS, any OGR format) with a normalised ``class`` column.
 
-    Classes by :func:`footprint_classes` (rows with neither a class nor a label are data centers);
-    classes other than ``datacenter`` are kept as hard negatives. Invalid polygons are repaired
-    with ``make_valid`` and non-polygonal parts dropped.
+    Classes by :func:`model.footprints.resolve_classes` (the rules ``labels import`` uses too; rows
+    with neither a class nor a label are data centers, with a warning); classes other than
+    ``datacenter`` are kept as hard negatives. Invalid polygons are repaired with ``make_valid`` and
+    non-polygonal parts dropped. A file without a CRS is read as lon/lat.
+
+    Args:
+        path: Vector file.
+        layer: Layer of a multi-layer file (required when several layers have geometry).
 
     Raises:
-        LabelError: Unreadable file, no CRS, or no polygons.
+        LabelError: Missing or unreadable file, several layers and none chosen, coordinates that
+            are not lon/lat in a file without a CRS, numeric class codes, or no polygons.
     """
     path = Path(path)
-    if not path.exists():
-        raise LabelError(f"{path}: no such labels file. Expected GeoJSON/GeoPackage footprints.")
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as exc:
-        raise LabelError(f"{path}: cannot read it as vector data ({exc}).") from exc
-    if gdf.crs is None:
-        raise LabelError(f"{path}: the labels have no CRS; save them with one (GeoJSON is EPSG:4326).")
-    gdf = gdf[gdf.geometry.notna()].copy()
-    classes, missing = footprint_classes(gdf, path)
-    if missing and ("class" in gdf.columns or "label" in gdf.columns):
-        warnings.warn(f"{path}: {missing} polygon(s) without a class or label are taken as data centers.",
-                      UserWarning, stacklevel=2)
-    gdf["class"] = [c or "datacenter" for c in classes]
+    gdf = read_vector_layer(path, layer)
+    if not isinstance(gdf, gpd.GeoDataFrame) or gdf.geometry.name not in gdf.columns:
+        raise LabelError(f"{path}: a table without geometry (columns {', '.join(map(str, gdf.columns))}). "
+                         "Expected footprint polygons, e.g. a GeoJSON or GeoPackage.")
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty].copy()
+    gdf = with_lonlat_default(gdf, path)
     gdf["geometry"] = polygonal(gdf.geometry.values)
-    gdf = gdf[~gdf.geometry.is_empty]
+    gdf = gdf[~gdf.geometry.is_empty].copy()
     if gdf.empty:
         raise LabelError(f"{path}: holds no polygons. Expected data-center footprint polygons.")
+    gdf["class"] = resolve_classes(gdf, path)
     return gdf
 
 

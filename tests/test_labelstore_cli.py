@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -126,3 +127,57 @@ def test_labels_import_counts_layer_and_unknown_classes(project, tmp_path, capsy
         assert main(["labels", "export", str(project.root), "--output", str(dst)]) == 0
     assert "1 footprint(s) ->" in capsys.readouterr().out
     assert [f["properties"]["class"] for f in json.loads(dst.read_text())["features"]] == ["datacenter"]
+
+
+def test_labels_import_reads_a_0_1_class_column_as_create_masks_does(project, tmp_path, capsys):
+    """A ``class`` of 1/0 means data center / not (like ``label``): re-importing the same labels
+    coded 1/0 changes nothing (it used to reclassify the negatives as data centers), and codes
+    beyond 0/1 are refused with what to do, not guessed."""
+    scene_id = project.scene_ids[0]
+    a, b = _ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), _ll(X0 + 100, Y0 - 90, X0 + 150, Y0 - 60)
+    named = _geojson(tmp_path / "named.geojson", [(a, {"class": "datacenter"}), (b, {"class": "other"})])
+    coded = _geojson(tmp_path / "coded.geojson", [(a, {"class": 1}), (b, {"class": 0})])
+    codes = _geojson(tmp_path / "codes.geojson", [(a, {"class": 3}), (b, {"class": 0})])
+    assert main(["labels", "import", str(project.root), "--geojson", str(named)]) == 0
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["labels", "import", str(project.root), "--geojson", str(coded)]) == 0
+    assert not [w for w in caught if "without a class" in str(w.message)]
+    assert f"{scene_id}: 0 footprint(s) imported, 2 already present" in capsys.readouterr().out
+    fp = Project.open(project.root).labels.footprints(scene_id)
+    assert sorted(fp["class"]) == ["datacenter", "other"]
+    assert main(["labels", "import", str(project.root), "--geojson", str(codes)]) == 2
+    err = capsys.readouterr().err
+    assert "numeric code(s) 0, 3" in err and "Map the codes to names" in err
+
+
+@pytest.fixture
+def two_scene_project(tmp_path):
+    tifs = []
+    for i in range(2):
+        img = np.random.default_rng(i).integers(0, 255, (4, 300, 400), dtype=np.uint8)
+        tifs.append(write_geotiff(tmp_path / f"scene{i}.tif", img, UTM18, Affine(RES, 0, X0 + i * 240, 0, -RES, Y0)))
+    return Project.create(tmp_path / "proj2", images=tifs)
+
+
+def test_labels_import_reports_a_file_problem_once_not_per_scene(two_scene_project, tmp_path, capsys):
+    import geopandas as gpd
+
+    root = str(two_scene_project.root)
+    a = _ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10)
+    gpkg = tmp_path / "two.gpkg"
+    for layer in ("first", "second"):
+        gpd.GeoDataFrame({"class": ["retail"]}, geometry=[a], crs=4326).to_file(gpkg, layer=layer)
+    assert main(["labels", "import", root, "--geojson", str(gpkg)]) == 2
+    assert capsys.readouterr().err.count("layers with geometry") == 1
+    utm = _geojson(tmp_path / "utm.geojson", [(shapely.box(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), {"class": "other"})])
+    assert main(["labels", "import", root, "--geojson", str(utm)]) == 2
+    assert capsys.readouterr().err.count("are not longitude/latitude") == 1
+    mixed = _geojson(tmp_path / "mixed.geojson", [(a, {"class": "datacenter"}),
+                                                  (shapely.Point(-77.0, 39.0), {"class": "datacenter"})])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["labels", "import", root, "--geojson", str(mixed)]) == 0
+    said = [str(w.message) for w in caught if "1 Point" in str(w.message)]
+    assert len(said) == 1 and "not imported: 1 Point" in said[0]

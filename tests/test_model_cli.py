@@ -169,7 +169,9 @@ def test_train_checks_chips_and_masks_before_writing_anything(chips, capsys, cas
 
 @pytest.mark.parametrize("argv, setting", [
     (["detect", "--checkpoint", "m.pt", "--image", "s.tif", "--output-geojson", "o.geojson", "--threshold", "1.5"],
-     "threshold"),
+     "--threshold must be in (0, 1)"),
+    (["detect", "--checkpoint", "m.pt", "--image", "s.tif", "--output-geojson", "o.geojson", "--gate-threshold", "1"],
+     "--gate-threshold must be in [0, 1)"),
     (["train", "--chips-dir", "c", "--masks-dir", "m", "--output-dir", "o", "--lr", "0"], "lr"),
     (["simulate", "--image", "s.tif", "--truth", "t.geojson", "--output-dir", "o", "--finetune-lr-factor", "2"],
      "--finetune-lr-factor"),
@@ -273,10 +275,114 @@ def test_batch_detect_says_which_subfolders_of_the_input_it_did_not_search(tmp_p
     assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in"),
                      "--output-dir", str(tmp_path / "in" / "detections"), "--tile-size", "64", "--overlap", "0"]) == 0
     captured = capsys.readouterr()
-    assert "2 subfolder(s) of" in captured.err and "not searched (2 .tif file(s) in them)" in captured.err
+    assert "2 subfolder(s) of" in captured.err and "not searched (2 .tif/.vrt file(s) in them)" in captured.err
     assert "over 1 of 1 scenes" in captured.out  # the output folder inside the input is not counted
     (tmp_path / "in2" / "notes").mkdir(parents=True)  # a subfolder without scenes leaves nothing out
     make_scene(tmp_path / "in2" / "a.tif", (64, 64), [(10, 10, 40, 40)])
     assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in2"),
                      "--output-dir", str(tmp_path / "out2"), "--tile-size", "64", "--overlap", "0"]) == 0
     assert "not searched" not in capsys.readouterr().err
+
+
+def _mask_sums(folder: Path) -> dict[str, int]:
+    out = {}
+    for f in sorted(folder.glob("*.tif")):
+        with rasterio.open(f) as m:
+            out[f.name] = int(m.read(1).sum())
+    return out
+
+
+def test_create_masks_reads_a_0_1_class_column_like_labels_import(chips, capsys, recwarn):
+    """``class`` 1/0 (ints, floats with a null, booleans, "1"/"0") means data center / not, as a
+    ``label`` does: the 0s are background and no row is said to lack a class. Codes other than 0/1
+    are refused; so is a "1" among class names (it was background, while an integer 1 was a data center)."""
+    from model.masks import load_footprints
+
+    tmp, _ = chips
+    named = gpd.read_file(tmp / "labels.geojson")  # datacenter, warehouse
+    assert cli_main(["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson", str(tmp / "labels.geojson"),
+                     "--output-dir", str(tmp / "m_named")]) == 0
+    for name, values in (("int", [1, 0]), ("bool", [True, False]), ("str", ["1", "0"])):
+        named[["geometry"]].assign(**{"class": values}).to_file(tmp / f"{name}.geojson")
+        assert cli_main(["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson", str(tmp / f"{name}.geojson"),
+                         "--output-dir", str(tmp / f"m_{name}")]) == 0, name
+        assert _mask_sums(tmp / f"m_{name}") == _mask_sums(tmp / "m_named"), name
+    assert not [w for w in recwarn if "without a class" in str(w.message)]
+    sq = [box(0, 0, 1e-4, 1e-4), box(1, 1, 1.0001, 1.0001), box(2, 2, 2.0001, 2.0001)]
+    gpd.GeoDataFrame({"class": [1.0, None, 0.0], "label": [False, True, False]}, geometry=sq,
+                     crs=4326).to_file(tmp / "float.geojson")
+    assert list(load_footprints(tmp / "float.geojson")["class"]) == ["datacenter", "datacenter", "other"]
+    gpd.GeoDataFrame({"class": [0, 3, 5]}, geometry=sq, crs=4326).to_file(tmp / "codes.geojson")
+    gpd.GeoDataFrame({"class": ["datacenter", "1", "retail"]}, geometry=sq, crs=4326).to_file(tmp / "mixed.geojson")
+    for name, shown in (("codes", "0, 3, 5"), ("mixed", "1")):
+        capsys.readouterr()
+        assert cli_main(["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson",
+                         str(tmp / f"{name}.geojson"), "--output-dir", str(tmp / "m_bad")]) == 2
+        err = capsys.readouterr().err
+        assert f"numeric code(s) {shown}," in err and "Map the codes to names" in err, err
+    assert not (tmp / "m_bad").exists()
+
+
+def test_create_masks_layer_flag_and_several_layers_refused(chips, capsys):
+    tmp, _ = chips
+    labels = gpd.read_file(tmp / "labels.geojson")
+    gpkg = tmp / "multi.gpkg"
+    labels[labels["class"] == "warehouse"].to_file(gpkg, layer="negatives")  # first layer: no data center
+    labels.to_file(gpkg, layer="all")
+    argv = ["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson", str(gpkg), "--output-dir",
+            str(tmp / "m")]
+    assert cli_main(argv) == 2
+    assert "negatives (Polygon), all (Polygon); choose one with --layer NAME" in capsys.readouterr().err
+    assert not (tmp / "m").exists()
+    assert cli_main([*argv, "--layer", "all"]) == 0
+    assert "16 masks (4 with data centers)" in capsys.readouterr().out
+    assert cli_main([*argv, "--layer", "nope"]) == 2
+    assert "no layer 'nope'; its layers are negatives (Polygon), all (Polygon)" in capsys.readouterr().err
+
+
+def test_create_masks_diagnoses_projected_geojson_without_crs(chips, capsys):
+    tmp, scene = chips
+    utm = gpd.read_file(tmp / "labels.geojson").to_crs(open_scene(scene).crs)
+    doc = json.loads(utm.to_json())
+    doc.pop("crs", None)  # metres, no crs member: GDAL reads it as EPSG:4326
+    (tmp / "utm.geojson").write_text(json.dumps(doc))
+    assert cli_main(["create-masks", "--chips-dir", str(tmp / "ds/chips"), "--geojson", str(tmp / "utm.geojson"),
+                     "--output-dir", str(tmp / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "are not longitude/latitude" in err and "ogr2ogr -a_srs" in err and "overlaps" not in err, err
+
+
+def test_class_and_label_that_disagree_or_are_missing_are_warned(tmp_path):
+    from model.masks import load_footprints
+
+    sq = [box(0, 0, 1e-4, 1e-4), box(1, 1, 1.0001, 1.0001), box(2, 2, 2.0001, 2.0001), box(3, 3, 3.0001, 3.0001)]
+    gpd.GeoDataFrame({"class": ["DATACENTER", None, "warehouse", "retail"], "label": [False, False, False, False]},
+                     geometry=sq, crs=4326).to_file(tmp_path / "clash.geojson")
+    with pytest.warns(UserWarning, match=r"1 polygon\(s\) have a 'class' that contradicts their 'label' \(e.g. "
+                      r"class 'datacenter' with label false\); the class is used"):
+        got = load_footprints(tmp_path / "clash.geojson")
+    assert list(got["class"]) == ["datacenter", "other", "warehouse", "retail"]  # the null class: its label
+    gpd.GeoDataFrame({"class": ["datacenter", None, "warehouse", "retail"]}, geometry=sq,
+                     crs=4326).to_file(tmp_path / "null.geojson")
+    with pytest.warns(UserWarning, match=r"1 polygon\(s\) without a class or label are taken as data centers"):
+        load_footprints(tmp_path / "null.geojson")
+
+
+def test_batch_detect_reads_vrt_scenes_but_not_a_mosaic_of_its_own_tiles(tmp_path, capsys):
+    import rasterio.shutil
+    from test_model_detect import constant_checkpoint
+
+    from model.checkpoint import save_checkpoint
+
+    make_scene(tmp_path / "in" / "a.tif", (64, 64), [(10, 10, 40, 40)])
+    make_scene(tmp_path / "elsewhere" / "b.tif", (64, 64), [(10, 10, 40, 40)], seed=1)
+    rasterio.shutil.copy(tmp_path / "elsewhere" / "b.tif", tmp_path / "in" / "b.vrt", driver="VRT")
+    rasterio.shutil.copy(tmp_path / "in" / "a.tif", tmp_path / "in" / "mosaic.vrt", driver="VRT")
+    ckpt = save_checkpoint(constant_checkpoint(0.9), tmp_path / "m.pt")
+    assert cli_main(["batch-detect", "--checkpoint", str(ckpt), "--input-dir", str(tmp_path / "in"),
+                     "--output-dir", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "over 2 of 2 scenes" in captured.out
+    assert (tmp_path / "out" / "a.geojson").exists() and (tmp_path / "out" / "b.geojson").exists()
+    assert "mosaic.vrt left out: it is built over 1 scene(s)" in captured.err
+    assert not (tmp_path / "out" / "mosaic.geojson").exists()

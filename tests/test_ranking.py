@@ -439,3 +439,20 @@ def test_random_rounds_take_the_next_chips_of_one_fixed_shuffle(project):
     # the remaining chips keep their order: a round does not favour the chips that follow the last
     # picks in raster order (one draw per list position did exactly that)
     assert second == [k for k in first if k not in taken]
+
+
+@pytest.mark.parametrize("strategy, with_model", [("cold_start", False), ("entropy", True), ("margin", True)])
+def test_chips_mostly_outside_the_scene_come_last(tmp_path, strategy, with_model):
+    """A scene 2 px wide gives chips that are 94 % fill: whatever the strategy they follow every
+    chip with data (MIN_VALID_FRACTION), instead of leading the queue as the cold start's most
+    unusual cluster or, far from the other chips, by diversity."""
+    images = [_scene(tmp_path / "a.tif", 1), _scene(tmp_path / "thin.tif", 3, width=2)]
+    project = Project.create(tmp_path / "p", images=images, chip_size=CHIP)
+    if with_model:
+        assert project.registry.publish(_checkpoint()).promoted
+    thin = project.scenes[1].scene_id
+    queue = rank_chips(project, strategy)
+    ranks = {True: [], False: []}
+    for q in queue:
+        ranks[q.scene_id == thin].append(q.rank)
+    assert ranks[True] and ranks[False] and min(ranks[True]) > max(ranks[False]), ranks
