@@ -299,7 +299,9 @@ class Project:
             SceneNotFoundError, SceneError: The file is missing or cannot be used.
         """
         path = Path(path)
-        info = open_scene(path, bands if bands is not None else self.settings.bands)
+        if bands is None and tuple(self.settings.bands) != (1, 2, 3, 4):
+            bands = self.settings.bands
+        info = open_scene(path, bands)  # no bands: 1-4, with open_scene's warning for a file with more
         known = self._scene_holding(path)
         if known is not None:
             scene_id, same_file = known

@@ -10,7 +10,7 @@ tiles come from other processes. Memory depends on the scene's width, not its ar
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ import rasterio
 from rasterio.windows import Window
 
 from model.atomic import atomic_path
-from model.scene import READ_ERRORS, SceneInfo, read_window, unreadable
+from model.scene import READ_ERRORS, SceneInfo, alpha_bands, read_window, unreadable, valid_pixels
 from model.tiling import PROB_SCALE, blend_weights, tile_starts
 
 
@@ -39,12 +39,13 @@ def strip_width(scene: SceneInfo, tile_size: int) -> int:
 
 def has_mask(src: rasterio.DatasetReader) -> bool:
     """True when the raster has nodata or an alpha/mask band (some pixels may be invalid)."""
-    return any(rasterio.enums.MaskFlags.all_valid not in f for f in src.mask_flag_enums)
+    return any(rasterio.enums.MaskFlags.all_valid not in f for f in src.mask_flag_enums) or bool(alpha_bands(src))
 
 
-def read_strip_valid(src: rasterio.DatasetReader, row: int, width: int, tile_size: int) -> np.ndarray:
+def read_strip_valid(src: rasterio.DatasetReader, row: int, width: int, tile_size: int,
+                     bands: Sequence[int] = (1, 2, 3, 4)) -> np.ndarray:
     """Valid-data mask (tile_size, width) of a strip, as :func:`predict_scene` reads it."""
-    return src.read_masks(1, window=Window(0, row, width, tile_size), boundless=True) > 0
+    return valid_pixels(src, Window(0, row, width, tile_size), bands)
 
 
 def keep_tile(tile: np.ndarray, valid: np.ndarray | None) -> bool:
@@ -84,7 +85,7 @@ def read_strips(scene: SceneInfo, src: rasterio.DatasetReader, tile_size: int, o
         r = rows[i]
         img = read_window(scene, Window(0, r, width, tile_size), src)
         try:
-            valid = read_strip_valid(src, r, width, tile_size) if masked else None
+            valid = read_strip_valid(src, r, width, tile_size, scene.bands) if masked else None
         except READ_ERRORS as exc:
             raise unreadable(scene, Window(0, r, width, tile_size), exc) from exc
         origins = [c for c in cols if keep_tile(img[:, :, c : c + tile_size],

@@ -21,6 +21,9 @@ def parse_bands(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--bands takes 1-based indexes like 1,2,3,4; got {text!r}") from exc
     if len(bands) != 4 or min(bands) < 1:
         raise argparse.ArgumentTypeError(f"--bands needs 4 indexes >= 1 (R,G,B,NIR), got {text!r}")
+    if len(set(bands)) != len(bands):
+        raise argparse.ArgumentTypeError(f"--bands reads one band as two of R,G,B,NIR in {text!r}; give 4 different "
+                                         "bands, e.g. 1,2,3,4")
     return bands
 
 

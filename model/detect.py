@@ -28,6 +28,8 @@ from model.predict_scene import predict_scene
 from model.scene import (
     SceneInfo,
     ground_metres_per_unit,
+    is_north_up,
+    north_up_scene,
     open_scene,
     pixel_size_m,
     resampled_scene,
@@ -53,7 +55,13 @@ def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, fo
     """The scene as the model should see it: resampled (a VRT in ``folder``) to the pixel size the
     checkpoint was trained at when the two differ by more than 20 % and ``config.resample``;
     otherwise the scene itself. Either way a mismatch is reported as a warning, since a U-Net
-    sees buildings at the scale it learned them and ``min_area`` counts the model's pixels."""
+    sees buildings at the scale it learned them and ``min_area`` counts the model's pixels.
+
+    A grid that is not north-up (stored south-up, mirrored, rotated or sheared) is first read
+    through a north-up VRT (:func:`model.scene.north_up_scene`, a flip pixel for pixel), as a
+    project adds it: the model learned buildings with north at the top."""
+    if not is_north_up(scene.transform):
+        scene = north_up_scene(scene, folder)
     here, want = pixel_size_m(scene), ckpt.resolution_m
     if here is None:  # degrees: warp to the local UTM zone at the model's pixel size
         if not config.resample:

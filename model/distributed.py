@@ -58,7 +58,7 @@ from model.detect import (
     with_threshold,
 )
 from model.inference import TileModel, tile_batch_size
-from model.scene import SceneInfo, open_scene, read_window
+from model.scene import SceneInfo, open_scene, read_window, valid_pixels
 
 PARTS = ".dclabel-parts"
 
@@ -119,7 +119,7 @@ class TileDataset(Dataset):
         src, masked = self._source(s)
         win = Window(c, r, t, t)
         image = read_window(self.scenes[s], win, src)
-        valid = src.read_masks(1, window=win, boundless=True) > 0 if masked else None
+        valid = valid_pixels(src, win, self.scenes[s].bands) if masked else None
         return {"image": torch.from_numpy(image), "index": i, "keep": keep_tile(image, valid)}
 
 
@@ -229,7 +229,7 @@ def blend_parts(scene: SceneInfo, scene_index: int, offset: int, parts: Path, wo
                 tile = lookup.get(offset + i * len(cols) + j)
                 if tile is not None:
                     blender.add(c, tile)
-            blender.finish_strip(i, read_strip_valid(src, r, width, t) if masked else None)
+            blender.finish_strip(i, read_strip_valid(src, r, width, t, scene.bands) if masked else None)
     return prob_path
 
 

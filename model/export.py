@@ -20,7 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from model.atomic import all_or_none, atomic_path
-from model.scene import areal_scale, lonlat
+from model.scene import areal_scale, lonlat, valid_pixels
 from model.tiling import PROB_SCALE
 
 COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
@@ -136,8 +136,8 @@ def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, bloc
                   valid: str | os.PathLike | None = None) -> Path:
     """Write ``fn`` of the probabilities block by block (atomically).
 
-    Where the scene ``valid`` has no data (band 1's mask, as the probabilities are zeroed there),
-    the output gets a GDAL mask band (an internal per-dataset mask, 0 = no data) rather than a
+    Where the scene ``valid`` has no data (every band read is no data there, as the probabilities are
+    zeroed there), the output gets a GDAL mask band (an internal per-dataset mask, 0 = no data) rather than a
     nodata value: every uint8 value is taken (probabilities use 0..255, and a 0/1 mask with a
     nodata value of, say, 255 would no longer be a 0/1 mask), so the pixel values stay 0 there
     and readers that honour GDAL masks (QGIS, ``rasterio``'s ``masked=True``) show no data.
@@ -156,7 +156,7 @@ def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, bloc
                     win = Window(0, r, src.width, min(block_rows, src.height - r))
                     dst.write(fn(src.read(1, window=win))[None], window=win)
                     if masked:
-                        dst.write_mask(scene.read_masks(1, window=win), window=win)
+                        dst.write_mask(valid_pixels(scene, win).astype(np.uint8) * 255, window=win)
                 dst.update_tags(**tags, **({"source": str(source)} if source is not None else {}))
 
     return _atomic(out_path, write)

@@ -149,6 +149,10 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
                 f"{p}: --bands {','.join(map(str, want))} asks for band(s) {', '.join(map(str, missing))}, but the "
                 f"file has {src.count} band(s) (1..{src.count})."
             )
+        if len(set(want)) != len(want):
+            raise SceneError(f"{p}: --bands {','.join(map(str, want))} reads one band as two of "
+                             f"{', '.join(BANDS)}; give {len(BANDS)} different bands (e.g. --bands 1,2,3,4).")
+        _check_alpha_read_as_data(p, src, want, explicit=bands is not None)
         if src.crs is None:
             raise SceneError(
                 f"{p}: the raster has no CRS, so detections could not be placed on the map. "
@@ -174,6 +178,35 @@ def open_scene(path: str | os.PathLike, bands: Sequence[int] | None = None) -> S
             dtype=src.dtypes[0],
             value_scale=1.0 if src.dtypes[0] == "uint8" else value_scale_for(src, want),
         )
+
+
+def alpha_bands(src: rasterio.DatasetReader) -> tuple[int, ...]:
+    """1-based indexes of the bands tagged alpha (transparency)."""
+    return tuple(i for i, c in enumerate(src.colorinterp, 1) if c == rasterio.enums.ColorInterp.alpha)
+
+
+def _check_alpha_read_as_data(path: Path, src: rasterio.DatasetReader, bands: Sequence[int], explicit: bool) -> None:
+    """Refuse reading a real alpha band as data; warn when a 4-band file's NIR is tagged alpha.
+
+    GDAL tags band 4 of a 4-band 8-bit file written without ``PHOTOMETRIC=MINISBLACK`` as alpha,
+    so NAIP saved by many tools carries NIR under that tag: read as NIR, it is data, not a no-data
+    mask (:func:`invalid_pixels`). In a file with more bands than dclabel reads, a band tagged alpha
+    was made one on purpose, and reading it as a colour is refused.
+    """
+    tagged = [b for b in alpha_bands(src) if b in bands]
+    if not tagged:
+        return
+    names = ", ".join(f"band {b} (read as {BANDS[list(bands).index(b)]})" for b in tagged)
+    if src.count > len(BANDS):
+        others = [b for b in range(1, src.count + 1) if b not in alpha_bands(src)]
+        hint = f" e.g. --bands {','.join(map(str, others[: len(BANDS)]))}" if len(others) >= len(BANDS) else ""
+        raise SceneError(f"{path}: {names} is tagged alpha (a transparency mask, not imagery) and the file has "
+                         f"{src.count} bands; {'choose' if explicit else 'give'} --bands with the R,G,B,NIR bands"
+                         f"{hint}.")
+    warnings.warn(f"{path}: {names} is tagged alpha (GDAL's default for 4-band 8-bit files written without "
+                  "PHOTOMETRIC=MINISBLACK); reading it as image data, not as a no-data mask, so its zeros stay "
+                  "pixels. To silence this, retag it: `gdal_edit.py -colorinterp_4 undefined FILE`.",
+                  UserWarning, stacklevel=3)
 
 
 def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int = 512) -> float:
@@ -288,9 +321,9 @@ def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -
     units = res_m / ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
     method = "average" if res_m > here else "bilinear"
     out = Path(folder) / f"{scene.path.stem}_{res_m:g}m.vrt"
-    source = f"vrt://{scene.path.resolve()}?tr={units!r},{units!r}&r={method}"
+    source = f"vrt://{_as_data(scene, folder)}?tr={units!r},{units!r}&r={method}"
     _write_vrt(source, out, f"{scene.path}: could not resample to {res_m} m through a VRT")
-    return open_scene(out, scene.bands)
+    return _open_derived(out, scene.bands)
 
 
 def warped_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> SceneInfo:
@@ -303,17 +336,17 @@ def warped_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> S
     lon, lat = scene_centre_lonlat(scene)
     utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + min(60, int((lon + 180) // 6) + 1))
     out = Path(folder) / f"{scene.path.stem}_{utm.to_epsg()}_{res_m:g}m.vrt"
-    with rasterio.open(scene.path) as src:
+    with rasterio.open(_as_data(scene, folder)) as src:
         transform, width, height = calculate_default_transform(src.crs, utm, src.width, src.height, *src.bounds,
                                                                resolution=res_m)
-        # outside the source: nodata if it has one; else an alpha band, unless a band is already
-        # flagged alpha (often NIR in files written as RGBA; its zeros then mark the outside)
+        # outside the source: nodata if it has one; else an alpha band, unless the source has one
+        # beyond the bands read (then it is the warper's source alpha, and is warped into an alpha)
         has_alpha = rasterio.enums.ColorInterp.alpha in src.colorinterp
         with WarpedVRT(src, crs=utm, transform=transform, width=width, height=height,
                        resampling=rasterio.enums.Resampling.bilinear,
                        add_alpha=src.nodata is None and not has_alpha) as vrt:
             _write_vrt(vrt, out, f"{scene.path}: could not warp to {utm.to_string()} at {res_m} m through a VRT")
-    return open_scene(out, scene.bands)
+    return _open_derived(out, scene.bands)
 
 
 def is_north_up(transform: Affine) -> bool:
@@ -331,7 +364,7 @@ def north_up_scene(scene: SceneInfo, folder: str | os.PathLike) -> SceneInfo:
 
     t = scene.transform
     out = Path(folder) / f"{scene.path.stem}_north_up.vrt"
-    with rasterio.open(scene.path) as src:
+    with rasterio.open(_as_data(scene, folder)) as src:
         if t.b == 0 and t.d == 0:  # a flip (and/or a mirror): exact
             left, right = sorted((t.c, t.c + t.a * scene.width))
             top = max(t.f, t.f + t.e * scene.height)
@@ -347,7 +380,35 @@ def north_up_scene(scene: SceneInfo, folder: str | os.PathLike) -> SceneInfo:
                        add_alpha=(t.b != 0 or t.d != 0) and src.nodata is None
                        and rasterio.enums.ColorInterp.alpha not in src.colorinterp) as vrt:
             _write_vrt(vrt, out, f"{scene.path}: could not turn the grid north-up through a VRT")
-    return open_scene(out, scene.bands)
+    return _open_derived(out, scene.bands)
+
+
+def _as_data(scene: SceneInfo, folder: str | os.PathLike) -> Path:
+    """The scene's file for GDAL to resample or warp: the file itself, or, when a band read as data
+    is tagged alpha (NIR of a 4-band file GDAL tagged RGBA), a VRT of it in ``folder`` with that
+    band tagged undefined, since GDAL's warper and resampling take a band tagged alpha as the
+    opacity of the others (zeroing R, G, B where NIR is 0) rather than as data."""
+    with rasterio.open(scene.path) as src:
+        tagged = [b for b in alpha_bands(src) if b in scene.bands]
+    if not tagged:
+        return scene.path.resolve()
+    out = Path(folder) / f"{scene.path.stem}_bands.vrt"
+    with atomic_path(out) as tmp:
+        try:
+            rasterio.shutil.copy(str(scene.path.resolve()), tmp, driver="VRT")
+            with rasterio.open(tmp, "r+") as vrt:
+                vrt.colorinterp = [rasterio.enums.ColorInterp.undefined if b in tagged else c
+                                   for b, c in enumerate(vrt.colorinterp, 1)]
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(f"{scene.path}: could not retag band(s) {tagged} as data through a VRT ({exc}).") from exc
+    return out
+
+
+def _open_derived(out: Path, bands: Sequence[int]) -> SceneInfo:
+    """Open a VRT made from a scene: what :func:`open_scene` would warn about was said of the scene."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return open_scene(out, bands)
 
 
 def _write_vrt(source, out: Path, what: str) -> None:
@@ -384,25 +445,64 @@ def read_window(scene: SceneInfo, window: Window, src: rasterio.DatasetReader | 
             return read_window(scene, window, opened)
     try:
         arr = src.read(list(scene.bands), window=window, boundless=True, fill_value=0)
-        invalid = _nodata_pixels(src, scene, window, arr)
+        invalid = invalid_pixels(src, scene.bands, window, arr)
     except READ_ERRORS as exc:
         raise unreadable(scene, window, exc) from exc
     if invalid is not None:
-        arr[invalid] = 0  # no data reads like the zero fill past the edge, whatever the nodata value
+        arr[:, invalid] = 0  # no data reads like the zero fill past the edge, whatever the nodata value
     return to_uint8(arr, scene)
 
 
-def _nodata_pixels(src: rasterio.DatasetReader, scene: SceneInfo, window: Window,
-                   arr: np.ndarray) -> np.ndarray | None:
-    """Boolean (C, H, W) of the pixels of ``arr`` each band's mask calls no data (its nodata value,
-    an alpha band or a mask band), or None when the scene has no mask. Nodata values are compared
-    on the values just read; alpha and mask bands are read."""
-    flags = [src.mask_flag_enums[b - 1] for b in scene.bands]
-    if all(rasterio.enums.MaskFlags.all_valid in f for f in flags):
-        return None
-    if src.nodata is not None and all(f == [rasterio.enums.MaskFlags.nodata] for f in flags):
-        return np.isnan(arr) if np.isnan(src.nodata) else arr == src.nodata
-    return src.read_masks(list(scene.bands), window=window, boundless=True) == 0
+def invalid_pixels(src: rasterio.DatasetReader, bands: Sequence[int], window: Window,
+                   values: np.ndarray | None = None) -> np.ndarray | None:
+    """Boolean (H, W): the pixels of ``window`` that hold no data in the bands read, or None when
+    the scene has no mask.
+
+    A pixel is no data only where every band read is no data (as GDAL's dataset mask: a valid red
+    of 255 with nodata 255 is a saturated roof, not a hole), or where a band tagged alpha that is
+    not read as data is 0. A band tagged alpha that *is* read (NIR of a 4-band file GDAL tagged
+    RGBA) is data, never a mask. Nodata values are compared on ``values`` (the bands read, as
+    ``src.read(bands, window, boundless=True)`` gives them) when given; masks are read boundless.
+
+    Args:
+        src: The open scene.
+        bands: 1-based bands read as data.
+        window: Window in scene pixels; may extend past the edges.
+        values: The bands' values in ``window``, if already read.
+    """
+    alpha = alpha_bands(src)
+    invalid = None
+    for i, b in enumerate(bands):
+        flags = src.mask_flag_enums[b - 1]
+        if rasterio.enums.MaskFlags.all_valid in flags or (rasterio.enums.MaskFlags.alpha in flags
+                                                          and any(a in bands for a in alpha)):
+            invalid = None  # this band holds data everywhere, so every pixel does
+            break
+        nodata = src.nodatavals[b - 1]
+        if flags == [rasterio.enums.MaskFlags.nodata] and nodata is not None:
+            v = values[i] if values is not None else src.read(b, window=window, boundless=True, fill_value=0)
+            band = np.isnan(v) if np.isnan(nodata) else v == nodata
+        else:  # an internal or .msk mask, or an alpha band not read
+            band = src.read_masks(b, window=window, boundless=True) == 0
+        invalid = band if invalid is None else invalid & band
+    extra = [a for a in alpha if a not in bands]
+    if extra:  # an alpha band beyond the bands read (GDAL itself honours alpha only in 2- and 4-band files)
+        transparent = src.read(extra[0], window=window, boundless=True, fill_value=0) == 0
+        invalid = transparent if invalid is None else invalid | transparent
+    return invalid
+
+
+def valid_pixels(src: rasterio.DatasetReader, window: Window, bands: Sequence[int] = (1, 2, 3, 4)) -> np.ndarray:
+    """Valid-data mask (height, width) of a window: False past the scene's edges and where every
+    band read is no data (:func:`invalid_pixels`)."""
+    invalid = invalid_pixels(src, bands, window)
+    valid = ~invalid if invalid is not None else np.ones((int(window.height), int(window.width)), dtype=bool)
+    row, col = int(window.row_off), int(window.col_off)
+    valid[: max(-row, 0)] = False
+    valid[max(src.height - row, 0):] = False
+    valid[:, : max(-col, 0)] = False
+    valid[:, max(src.width - col, 0):] = False
+    return valid
 
 
 READ_ERRORS = (RasterioIOError, CPLE_BaseError)  # pixels GDAL could not decode
@@ -426,7 +526,8 @@ def read_valid(scene: SceneInfo, window: Window, src: rasterio.DatasetReader) ->
         return valid
     r0, c0 = int(inter.row_off - window.row_off), int(inter.col_off - window.col_off)
     try:
-        m = src.dataset_mask(window=inter) > 0
+        invalid = invalid_pixels(src, scene.bands, inter)
+        m = ~invalid if invalid is not None else np.ones((int(inter.height), int(inter.width)), dtype=bool)
     except READ_ERRORS as exc:
         raise unreadable(scene, inter, exc) from exc
     valid[r0 : r0 + m.shape[0], c0 : c0 + m.shape[1]] = m

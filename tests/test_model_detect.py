@@ -463,3 +463,55 @@ def _dark_scene_with_two_roofs(path):
     arr = np.zeros((4, 128, 128), np.uint8)
     arr[:, 5:40, 5:40] = arr[:, 70:120, 70:120] = 200
     return write_geotiff(path, arr, UTM18N, scene_transform(), nodata=0)
+
+
+def _copy_on_grid(path, out, pixels, transform):
+    """``path``'s profile with other ``pixels`` under another ``transform``."""
+    with rasterio.open(path) as src:
+        profile = src.profile
+    with rasterio.open(out, "w", **(profile | {"transform": transform, "width": pixels.shape[2],
+                                               "height": pixels.shape[1]})) as dst:
+        dst.write(np.ascontiguousarray(pixels))
+    return out
+
+
+def test_south_up_and_rotated_grids_are_detected_north_up(tmp_path):
+    # the same ground stored north-up, south-up (rows flipped, positive y pixel size) and turned a
+    # quarter (rows are columns): a model that is not flip-invariant must see the same north-up image
+    path, _ = make_scene(tmp_path / "n.tif", (96, 128), [(20, 30, 70, 90)], seed=6)
+    with rasterio.open(path) as src:
+        img, t = src.read(), src.transform
+    south = _copy_on_grid(path, tmp_path / "s.tif", img[:, ::-1], rasterio.Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * 96))
+    # column j of the turned grid is row j of the north-up one: x = c + 0.6 * row, y = f - 0.6 * col
+    turned = _copy_on_grid(path, tmp_path / "t.tif", img.transpose(0, 2, 1), rasterio.Affine(0, t.a, t.c, t.e, 0, t.f))
+    ckpt, cfg = _random_checkpoint(), DetectConfig(tile_size=64, overlap=16, threshold=0.5, min_area=4, simplify=0.0)
+    outs, probs = {}, {}
+    for name, scene in (("n", path), ("s", south), ("t", turned)):
+        outs[name] = detect_scene(ckpt, scene, cfg, output_prob=tmp_path / f"p{name}.tif",
+                                  output_mask=tmp_path / f"m{name}.tif").geometry.union_all()
+        with rasterio.open(tmp_path / f"p{name}.tif") as p, rasterio.open(tmp_path / f"m{name}.tif") as m:
+            assert p.transform == m.transform == rasterio.open(scene).transform  # on the scene's own grid
+            probs[name] = p.read(1)
+    assert not outs["n"].is_empty
+    assert outs["s"].symmetric_difference(outs["n"]).area == pytest.approx(0, abs=1e-6)  # a flip is exact
+    np.testing.assert_array_equal(probs["s"][::-1], probs["n"])
+    assert outs["t"].symmetric_difference(outs["n"]).area < 0.01 * outs["n"].area
+    assert np.abs(probs["t"].T.astype(int) - probs["n"]).max() <= 1
+
+
+def test_saturated_red_is_not_nodata_in_detection_outputs(tmp_path):
+    path, _ = make_scene(tmp_path / "s.tif", (64, 64), seed=2)
+    with rasterio.open(path) as src:
+        img, profile = src.read(), src.profile
+    img[img == 255] = 254
+    img[0, 30:40, 30:40] = 255  # a saturated red roof, valid in green, blue and NIR
+    img[:, :8] = 255  # a no-data strip
+    with rasterio.open(tmp_path / "nd.tif", "w", **(profile | {"nodata": 255, "photometric": "minisblack"})) as dst:
+        dst.write(img)
+    detect_scene(constant_checkpoint(0.8), tmp_path / "nd.tif", DetectConfig(tile_size=64, overlap=0),
+                 output_mask=tmp_path / "m.tif", output_prob=tmp_path / "p.tif")
+    for out in ("m.tif", "p.tif"):
+        with rasterio.open(tmp_path / out) as o:
+            valid = o.read_masks(1) > 0
+            assert not valid[:8].any() and valid[8:].all(), out
+            assert (o.read(1)[30:40, 30:40] > 0).all(), out

@@ -263,3 +263,66 @@ def test_a_tiff_cut_before_its_directory_is_called_truncated(tmp_path):
     with pytest.raises(SceneError) as info:
         open_scene(tmp_path / "notes.tif")
     assert "truncated" not in str(info.value)
+
+
+RAW_TRANSFORM = Affine(0.6, 0, 5e5, 0, -0.6, 4e6)
+
+
+def _raw_geotiff(path, img, transform=RAW_TRANSFORM, colorinterp=None, **profile):
+    """``img`` written as GDAL writes it by default (4 uint8 bands: RGB + alpha), or tagged ``colorinterp``."""
+    with rasterio.open(path, "w", driver="GTiff", width=img.shape[2], height=img.shape[1], count=img.shape[0],
+                       dtype=img.dtype, crs="EPSG:32618", transform=transform, **profile) as dst:
+        if colorinterp is not None:
+            dst.colorinterp = colorinterp
+        dst.write(img)
+    return path
+
+
+def test_nir_tagged_alpha_is_read_as_data_with_a_warning_but_a_fifth_alpha_band_masks(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    img = np.random.default_rng(7).integers(1, 256, (5, 40, 50), dtype=np.uint8)
+    img[3, 5:15, 5:25] = 0  # dark NIR (water, a dropout): R, G, B there are real pixels
+    path = _raw_geotiff(tmp_path / "rgba.tif", img[:4])
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha  # GDAL's default tagging
+    with pytest.warns(UserWarning, match=r"rgba\.tif: band 4 \(read as nir\) is tagged alpha.*image data"):
+        scene = open_scene(path)
+    np.testing.assert_array_equal(read_window(scene, Window(0, 0, 50, 40)), img[:4])
+    # a true alpha band beyond the four read stays a mask (GDAL itself ignores it in a 5-band file)
+    img[4] = 255
+    img[4, 30:, :] = 0
+    ci = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined, ColorInterp.alpha]
+    five = _raw_geotiff(tmp_path / "rgbna.tif", img, colorinterp=ci, photometric="minisblack")
+    got = read_window(open_scene(five, bands=(1, 2, 3, 4)), Window(0, 0, 50, 40))
+    assert (got[:, 30:] == 0).all()
+    np.testing.assert_array_equal(got[:, :30], img[:4, :30])
+
+
+def test_nodata_is_a_pixel_where_every_band_read_is_nodata(tmp_path):
+    img = np.random.default_rng(8).integers(0, 255, (4, 32, 32), dtype=np.uint8)  # no 255 by chance
+    img[0, 4:8, 4:8] = 255  # a saturated red roof: valid
+    img[:, 20:, :] = 255  # no data in every band
+    path = _raw_geotiff(tmp_path / "nd.tif", img, nodata=255, photometric="minisblack")
+    got = read_window(open_scene(path), Window(0, 0, 32, 32))
+    np.testing.assert_array_equal(got[:, :20], img[:, :20])
+    assert (got[:, 20:] == 0).all()
+
+
+def test_bands_must_differ_and_a_real_alpha_band_is_not_read_as_nir(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    from model.cli import parse_bands
+
+    path, _ = make_scene(tmp_path / "s.tif", (32, 32))
+    with pytest.raises(SceneError, match=r"s\.tif: --bands 1,1,1,1 reads one band as two"):
+        open_scene(path, bands=(1, 1, 1, 1))
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="4 different bands"):
+        parse_bands("1,2,3,3")
+    img = np.full((5, 32, 32), 90, np.uint8)
+    ci = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined, ColorInterp.alpha]
+    five = _raw_geotiff(tmp_path / "rgbna.tif", img, colorinterp=ci, photometric="minisblack")
+    with pytest.raises(SceneError, match=r"rgbna\.tif: band 5 \(read as nir\) is tagged alpha.*--bands 1,2,3,4"):
+        open_scene(five, bands=(1, 2, 3, 5))

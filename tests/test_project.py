@@ -424,3 +424,13 @@ def test_a_chip_with_a_footprint_of_unknown_class_is_not_trained_as_background(t
     with pytest.warns(UserWarning, match=rf"1 reviewed chip\(s\) left out of training.*fid {fid} \('building'\)"):
         chips = reviewed_training_chips(reopened)
     assert [(int(c.window.col_off), int(c.window.row_off)) for c in chips] == [(32, 0)]
+
+
+def test_adding_a_scene_with_more_than_four_bands_warns_like_detect(tmp_path, recwarn):
+    five, _, _ = make_scene(tmp_path / "five.tif", bands=5)
+    with pytest.warns(UserWarning, match=r"five\.tif: the file has 5 bands; reading bands 1-4.*--bands"):
+        project = Project.create(tmp_path / "p", images=[five])
+    assert project.scenes[0].bands == (1, 2, 3, 4)
+    recwarn.clear()
+    Project.create(tmp_path / "p2", images=[five], bands=(1, 2, 3, 4))  # said explicitly: no warning
+    assert not [w for w in recwarn if "bands" in str(w.message)]
