@@ -344,7 +344,8 @@ def export_geojson(store: LabelStore, path: str | os.PathLike, scene_id: str | N
     suffix = path.suffix.lower()
     if suffix not in (".geojson", ".json", ".gpkg"):
         raise ConfigError(f"{path}: expected a .geojson (or .gpkg) output, found {suffix or 'no suffix'}.")
-    check_outputs({"labels export": path}, {"label store": store.path})  # folder, under a file, unwritable
+    # folder, under a file, unwritable, another GeoPackage's layers (only an earlier export is replaced)
+    check_outputs({"labels export": path}, {"label store": store.path}, gpkg_layer="footprints")
     gdf = store.footprints(scene_id)
     unknown = ~gdf["class"].isin(CLASSES)
     if unknown.any():

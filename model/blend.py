@@ -19,7 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from model.atomic import atomic_path
+from model.atomic import atomic_path, check_raster
 from model.scene import READ_ERRORS, SceneInfo, alpha_bands, read_window, unreadable, valid_pixels
 from model.tiling import PROB_SCALE, blend_weights, tile_starts
 
@@ -174,5 +174,7 @@ def probability_raster(scene: SceneInfo, prob_path: str | os.PathLike) -> Iterat
         "crs": scene.crs, "transform": scene.transform, "compress": "deflate", "tiled": True,
         "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
     }
-    with atomic_path(prob_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    # check_raster: a full disk leaves a file GDAL closed without an error (atomic_path then
+    # raises OutputError, nothing is left at prob_path)
+    with atomic_path(prob_path, check=check_raster) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         yield dst

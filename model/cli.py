@@ -265,7 +265,18 @@ def _detect(a: argparse.Namespace) -> int:
     outputs = [a.output_geojson, a.output_gpkg, a.output_csv, a.output_mask, a.output_prob]
     if not any(outputs):
         raise ConfigError("no output asked for: give at least one of --output-geojson/-gpkg/-csv/-mask/-prob")
+    from model.atomic import check_outputs
     from model.detect import detect_scene
+    from model.export import check_suffixes
+
+    # before any work: an output that is an input (or a label store) first, as detect_scene says it,
+    # then a name whose extension is another format's
+    check_outputs({"GeoJSON output": a.output_geojson, "GeoPackage output": a.output_gpkg, "CSV output": a.output_csv,
+                   "mask output": a.output_mask, "probability output": a.output_prob},
+                  {"input scene": a.image, "checkpoint": a.checkpoint})
+    check_suffixes({"--output-geojson": (a.output_geojson, "geojson"), "--output-gpkg": (a.output_gpkg, "gpkg"),
+                    "--output-csv": (a.output_csv, "csv"), "--output-mask": (a.output_mask, "mask"),
+                    "--output-prob": (a.output_prob, "prob")})
 
     bar = TqdmProgress("detect", "tile")
     try:

@@ -33,3 +33,7 @@ class ConfigError(DclabelError, ValueError):
 
 class Cancelled(DclabelError):
     """A long job was cancelled by its caller; nothing was replaced."""
+
+
+class OutputError(DclabelError, OSError):
+    """An output could not be written completely (disk full, a file size limit); nothing was left behind."""

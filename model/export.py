@@ -6,6 +6,7 @@ Every file is written under a temporary name in its folder and renamed when comp
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
@@ -19,9 +20,11 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from model.atomic import all_or_none, atomic_path
+from model.atomic import all_or_none, atomic_path, check_features, check_raster
+from model.errors import ConfigError
 from model.scene import areal_scale, lonlat, valid_pixels
 from model.tiling import PROB_SCALE
+from model.vectorize import valid_at_precision
 
 COLUMNS = ["id", "area_m2", "centroid_lat", "centroid_lon", "mean_confidence", "model_version"]
 
@@ -52,8 +55,45 @@ def detection_table(gdf: gpd.GeoDataFrame, model_version: str, scene_id: str | N
     return out[cols + ["geometry"]]
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
-    with atomic_path(path) as tmp:
+#: File name endings each output format is written with (the first is the usual one).
+SUFFIXES = {"geojson": (".geojson", ".json"), "gpkg": (".gpkg",), "csv": (".csv", ".txt"),
+            "mask": (".tif", ".tiff"), "prob": (".tif", ".tiff")}
+#: What each format is, for messages.
+FORMAT_NAMES = {"geojson": "GeoJSON", "gpkg": "GeoPackage", "csv": "CSV", "mask": "GeoTIFF", "prob": "GeoTIFF"}
+#: Decimal places of coordinates in the GeoJSON (RFC 7946's 7: about 1 cm); polygons are made
+#: valid at this precision, since the writer rounds to it.
+GEOJSON_DECIMALS = 7
+
+
+def check_suffixes(outputs: Mapping[str, tuple[str | os.PathLike | None, str]]) -> None:
+    """Refuse, before any work, an output whose name ends in another format's extension.
+
+    Each format is written whatever the name says, so ``--output-gpkg dets.geojson`` would leave
+    a GeoPackage that every tool opens as broken GeoJSON.
+
+    Args:
+        outputs: ``{"--output-gpkg": (path or None, "gpkg"), ...}``; formats are keys of :data:`SUFFIXES`.
+
+    Raises:
+        ConfigError: A path's extension (case aside) is not one of its format's.
+    """
+    for flag, (path, fmt) in outputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        allowed = SUFFIXES[fmt]
+        if path.suffix.lower() not in allowed:
+            found = f"'{path.suffix}'" if path.suffix else "no extension"
+            other = next((FORMAT_NAMES[f] for f, ends in SUFFIXES.items() if path.suffix.lower() in ends), None)
+            said = f" (a {other} name)" if other else ""
+            raise ConfigError(f"{flag} {path}: expected a name ending in {' or '.join(allowed)}, found {found}{said}; "
+                              f"{flag} always writes {FORMAT_NAMES[fmt]}, so give it a {allowed[0]} name, e.g. "
+                              f"{path.with_suffix(allowed[0]) if path.suffix else path.with_name(path.name + allowed[0])}"
+                              ". Nothing was written.")
+
+
+def _atomic(path: str | os.PathLike, write, check=None) -> Path:
+    with atomic_path(path, check=check) as tmp:
         write(str(tmp))
     return Path(path)
 
@@ -78,16 +118,26 @@ def write_detections(
 ) -> list[Path]:
     """Write a :func:`detection_table` to the requested formats; returns the paths written.
 
-    All or none: if one format fails, the others written by this call are removed.
+    All or none: if one format fails, the others written by this call are removed. Polygons are
+    valid as written: in EPSG:4326 at the GeoJSON's 7 decimals, in the table's CRS in the
+    GeoPackage (:func:`model.vectorize.valid_at_precision`).
+
+    Raises:
+        OutputError: A file could not be written completely (e.g. the disk is full).
     """
     with all_or_none() as written:
         if geojson is not None:
             wgs = table.to_crs("EPSG:4326")
+            wgs = wgs.set_geometry(valid_at_precision(wgs.geometry, 10.0 ** -GEOJSON_DECIMALS), crs=wgs.crs)
             name = Path(geojson).stem
-            written.append(_atomic(geojson, lambda p: wgs.to_file(p, driver="GeoJSON", engine="pyogrio", layer=name,
-                                                                   layer_options={"RFC7946": "YES"})))
+            written.append(_atomic(geojson, lambda p: wgs.to_file(
+                p, driver="GeoJSON", engine="pyogrio", layer=name,
+                layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": str(GEOJSON_DECIMALS)}),
+                check=lambda p: check_features(p, len(wgs))))
         if gpkg is not None:
-            written.append(_atomic(gpkg, lambda p: table.to_file(p, driver="GPKG", layer=layer, engine="pyogrio")))
+            valid = table.set_geometry(valid_at_precision(table.geometry), crs=table.crs)
+            written.append(_atomic(gpkg, lambda p: valid.to_file(p, driver="GPKG", layer=layer, engine="pyogrio"),
+                                   check=lambda p: check_features(p, len(valid), layer)))
         if csv is not None:
             frame = table.drop(columns="geometry")
             written.append(_atomic(csv, lambda p: frame.to_csv(p, index=False)))
@@ -159,7 +209,7 @@ def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, bloc
                         dst.write_mask(valid_pixels(scene, win).astype(np.uint8) * 255, window=win)
                 dst.update_tags(**tags, **({"source": str(source)} if source is not None else {}))
 
-    return _atomic(out_path, write)
+    return _atomic(out_path, write, check=check_raster)
 
 
 def _on_grid(src: rasterio.DatasetReader, grid: Grid | None):

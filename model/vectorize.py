@@ -117,6 +117,56 @@ def clean(geom, min_area: float, simplify: float) -> Polygon | MultiPolygon | No
     return g if not g.is_empty and g.area >= min_area else None
 
 
+def polygonal(geom) -> Polygon | MultiPolygon:
+    """The areas of a geometry (``make_valid`` can return a collection with lines and points)."""
+    if geom.geom_type in ("Polygon", "MultiPolygon"):
+        return geom
+    parts = [p for p in getattr(geom, "geoms", []) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else Polygon()
+
+
+def valid_at_precision(geoms: Sequence, grid_size: float = 0.0) -> np.ndarray:
+    """Footprints made valid as they will be stored: coordinates rounded to ``grid_size`` (a
+    writer's precision, e.g. 1e-7 degrees in RFC 7946 GeoJSON; 0 keeps full precision), and
+    repaired where the rounding or a reprojection made parts overlap or rings cross.
+
+    Parts of a footprint that touch at a pixel corner are valid in the scene's grid, but a corner
+    lying on the other part's edge moves off it by a reprojection (edges curve, vertices do not
+    follow them) or by rounding, and the parts then overlap. A footprint still valid once rounded
+    keeps its vertices (rounded); the others are snap-rounded (``shapely.set_precision``, valid at
+    that precision) or mended by ``make_valid``. Only polygonal parts are kept.
+
+    Args:
+        geoms: Polygons and multipolygons (None and empty ones pass through).
+        grid_size: The precision the coordinates are written at (CRS units); 0: as they are.
+
+    Returns:
+        An object array of valid geometries, one per input.
+    """
+    arr = np.asarray(list(geoms), dtype=object)
+    present = np.array([g is not None and not g.is_empty for g in arr], dtype=bool)
+    if not present.any():
+        return arr
+    original = arr[present]
+    out = original.copy()
+    if grid_size > 0:  # as the writer rounds (writing the rounded values again changes nothing)
+        out = shapely.transform(out, lambda xy: np.round(xy / grid_size) * grid_size)
+    bad = ~shapely.is_valid(out)
+    if bad.any():
+        fixed = original[bad]
+        for _ in range(3):
+            if grid_size > 0:  # snap rounding: valid at that precision
+                fixed = shapely.set_precision(fixed, grid_size)
+            invalid = ~shapely.is_valid(fixed)
+            if not invalid.any():
+                break
+            # make_valid can add vertices off the grid (where rings cross): snapped on the next turn
+            fixed[invalid] = [polygonal(g) for g in shapely.make_valid(fixed[invalid])]
+        out[bad] = fixed
+    arr[present] = [polygonal(g) for g in out]
+    return arr
+
+
 def mean_probability(src: rasterio.DatasetReader, geom) -> float:
     """Mean probability (0..1) of a probability raster inside a polygon."""
     # the window of the polygon's pixels whatever the grid's orientation (from_bounds refuses a
