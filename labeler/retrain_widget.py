@@ -57,6 +57,9 @@ class RetrainWidget(QWidget):
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 500)
         self.epochs.setValue(5)
+        self.epochs.setToolTip("At least this many epochs; with few reviewed chips a round trains more, "
+                               "to reach its minimum of chip passes (dclabel retrain --min-passes)")
+        self.round_epochs = self.epochs.value()  # epochs of the running round (its "started" event says)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(5)
         self.lr.setRange(1e-5, 1.0)
@@ -184,16 +187,19 @@ class RetrainWidget(QWidget):
         kind = e.get("type")
         if kind == "started":  # a round (a queued follow-up too) draws its own curves
             self.history, self.steps = [], []
+            # with few reviewed chips the round trains more epochs than asked (its minimum of chip passes)
+            self.round_epochs = int(e.get("epochs") or self.epochs.value())
             self._draw()
             how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
             rate = f" at lr {e['lr']:.2g}" if e.get("lr") is not None else ""
-            self.status.setText(f"{how}{rate} on {e.get('n_train')} chips, validating on {e.get('n_val')}")
+            self.status.setText(f"{how}{rate} on {e.get('n_train')} chips for {self.round_epochs} epochs, "
+                                f"validating on {e.get('n_val')}")
         elif kind == "step":
             total = int(e.get("total") or 0)
             self.progress.setRange(0, max(total, 1))
             self.progress.setValue(int(e.get("done") or 0))
             if e.get("loss") is not None and total:
-                epochs = max(self.epochs.value(), 1)
+                epochs = max(self.round_epochs, 1)
                 self.steps.append((int(e["done"]) * epochs / total, float(e["loss"])))
                 if len(self.steps) % 5 == 0:
                     self._draw()
@@ -268,7 +274,7 @@ class RetrainWidget(QWidget):
         # x: epochs 0..the round's count (or further, if a longer round is drawn); y: the loss data.
         # The two axes share x (twinx); setting it on one sets both, autoscaling would not.
         xs = [x for x in list(steps[0]) + ep if x == x]
-        self.ax_loss.set_xlim(0, max([float(self.epochs.value()), 1.0, *xs]))
+        self.ax_loss.set_xlim(0, max([float(self.round_epochs), 1.0, *xs]))
         self.ax_loss.relim()
         self.ax_loss.autoscale_view(scalex=False)
         self.canvas.draw_idle()

@@ -12,6 +12,10 @@ from pathlib import Path
 from loop.ranking_scores import STRATEGIES
 from model.cli import parse_bands
 
+#: ``retrain --min-passes`` default, as :data:`loop.retrain_worker.MIN_PASSES` (not imported here:
+#: that module loads torch, and the CLI's help must stay quick; a test keeps the two equal).
+MIN_PASSES_DEFAULT = 256
+
 
 def _strategies(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
@@ -42,6 +46,16 @@ def _tolerance(text: str) -> float:
     value = _number(text)
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"is an allowed drop of val IoU, between -1 and 1; got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -146,7 +160,8 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     unet = UNetConfig(base_channels=args.base_channels, depth=args.depth, dropout=args.dropout)
     job = RetrainJob(args.project, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, unet=unet,
-                     tolerance=args.tolerance, seed=args.seed, max_time_s=args.max_time, threads=args.threads)
+                     tolerance=args.tolerance, seed=args.seed, max_time_s=args.max_time, threads=args.threads,
+                     min_passes=args.min_passes)
     job.start()
     previous = signal.getsignal(signal.SIGINT)
     interrupted = []
@@ -261,7 +276,10 @@ def register(subparsers) -> None:
                               description="Train a new model version in a background process (warm start from "
                               "the current model), publish it, and promote it unless it validates worse. Ctrl+C cancels.")
     p.add_argument("project", type=Path, help="project folder")
-    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs (at least; see --min-passes)")
+    p.add_argument("--min-passes", type=_non_negative_int, default=None,
+                   help="fewest chip passes of the round: with few reviewed chips epochs are raised to reach it "
+                        f"(default {MIN_PASSES_DEFAULT}; 0: exactly --epochs; the simulation trains 512)")
     p.add_argument("--lr", type=_positive_number, default=1e-3,
                    help="learning rate of a first model; later rounds fine-tune the current one at a quarter of it")
     p.add_argument("--batch-size", type=positive_int, default=8)

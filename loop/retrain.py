@@ -34,7 +34,7 @@ from pathlib import Path
 from loop import background
 from loop.errors import LoopError, NoTrainingDataError
 from loop.registry import CheckpointRegistry, RetrainLock
-from loop.retrain_worker import RetrainSettings, child_main, log_event, with_threads
+from loop.retrain_worker import MIN_PASSES, RetrainSettings, child_main, log_event, with_threads
 from model.runtime import lower_priority
 from model.unet import UNetConfig
 
@@ -72,7 +72,7 @@ class RetrainJob:
 
     Args:
         project_root: Project folder.
-        epochs: Training epochs per round.
+        epochs: Training epochs per round (at least; see ``min_passes``).
         lr: Learning rate.
         batch_size: Chips per batch.
         val_fraction: Share of reviewed chips held out (chosen by window hash, stable across rounds).
@@ -81,6 +81,8 @@ class RetrainJob:
         seed: Training seed.
         max_time_s: Stop training after this many seconds (best-so-far weights are published).
         threads: Torch threads of the child; default half the CPUs.
+        min_passes: Fewest chip passes per round; epochs are raised to reach it with few reviewed
+            chips (default :data:`loop.retrain_worker.MIN_PASSES`; 0 trains exactly ``epochs``).
     """
 
     def __init__(
@@ -95,10 +97,12 @@ class RetrainJob:
         seed: int = 0,
         max_time_s: float | None = None,
         threads: int | None = None,
+        min_passes: int | None = None,
     ) -> None:
         self.project_root = Path(project_root)
         self.settings = with_threads(
-            RetrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, unet=unet,
+            RetrainSettings(epochs=epochs, min_passes=MIN_PASSES if min_passes is None else min_passes,
+                            lr=lr, batch_size=batch_size, val_fraction=val_fraction, unet=unet,
                             tolerance=tolerance, seed=seed, max_time_s=max_time_s),
             threads,
         )

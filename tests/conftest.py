@@ -81,7 +81,7 @@ def app(make_napari_viewer, tiny_project: Path):
     from labeler.app import open_project
 
     viewer = make_napari_viewer()
-    opened = open_project(viewer, tiny_project, retrain_options={"epochs": 1, "threads": 1})
+    opened = open_project(viewer, tiny_project, retrain_options={"epochs": 1, "threads": 1, "min_passes": 0})
     yield opened
     opened.close()
 

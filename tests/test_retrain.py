@@ -56,7 +56,7 @@ def make_project(tmp_path, positives=True, review=True, rects=((4, 4, 20, 16), (
 
 
 def tiny_job(project, **kw):
-    kw = {"epochs": 1, "batch_size": 4, "unet": TINY, "threads": 1, "val_fraction": 0.3, **kw}
+    kw = {"epochs": 1, "min_passes": 0, "batch_size": 4, "unet": TINY, "threads": 1, "val_fraction": 0.3, **kw}
     return RetrainJob(project.root, **kw)
 
 
@@ -181,7 +181,7 @@ def test_run_round_in_process_rejects_a_regression(tmp_path):
     publish_stand_in(project)
     events: list[dict] = []
     # a negative tolerance demands beating the re-evaluated current model by 2 IoU: impossible
-    final = run_round(project.root, RetrainSettings(epochs=1, batch_size=4, unet=TINY, tolerance=-2.0),
+    final = run_round(project.root, RetrainSettings(min_passes=0, epochs=1, batch_size=4, unet=TINY, tolerance=-2.0),
                       events.append)
     assert final["type"] == "rejected" and not final["promoted"]
     assert "< current" in final["reason"]
@@ -196,7 +196,7 @@ def test_a_round_warm_starts_from_a_model_trained_outside_the_loop(tmp_path):
     ckpt = Checkpoint(UNet(TINY).state_dict(), TINY, Normalization((60.0,) * 4, (40.0,) * 4), metrics={"iou": 0.2},
                       train={"train_chips": 12, "val_chips": 3})
     project.registry.publish(ckpt)
-    final = run_round(project.root, RetrainSettings(epochs=1, batch_size=4, unet=TINY), lambda e: None)
+    final = run_round(project.root, RetrainSettings(min_passes=0, epochs=1, batch_size=4, unet=TINY), lambda e: None)
     assert final["type"] in ("published", "rejected") and final["version"] == "v2"
     keys = load_checkpoint(project.registry.get("v2").path).train["train_chip_keys"]
     assert keys and all(isinstance(k, str) for k in keys)
@@ -275,7 +275,7 @@ def test_split_does_not_validate_on_what_the_current_model_trained_on():
 def test_round_without_data_center_pixels_in_validation_says_so(tmp_path):
     """One data-center chip: it trains, validation holds none, so IoU says nothing; the guard says so."""
     project = make_project(tmp_path, rects=((4, 4, 20, 16),))
-    settings = RetrainSettings(epochs=1, batch_size=4, unet=TINY, val_fraction=0.3)
+    settings = RetrainSettings(min_passes=0, epochs=1, batch_size=4, unet=TINY, val_fraction=0.3)
     first = run_round(project.root, settings, lambda e: None)
     assert first["type"] == "published" and first["reason"].startswith("first model (val IoU not measured: ")
     assert "hold no data-center pixel" in first["reason"] and first["val_iou"] is None
@@ -290,7 +290,7 @@ def test_published_metrics_are_measured_together(tmp_path):
     from model.metrics import counts_to_metrics
 
     project = make_project(tmp_path)
-    final = run_round(project.root, RetrainSettings(epochs=2, batch_size=4, unet=TINY, val_fraction=0.3),
+    final = run_round(project.root, RetrainSettings(min_passes=0, epochs=2, batch_size=4, unet=TINY, val_fraction=0.3),
                       lambda e: None)
     mv = project.registry.get(final["version"])
     iou = mv.metrics["iou"]
@@ -330,7 +330,7 @@ def test_second_round_on_the_same_project_is_refused_at_once(tmp_path):
         with pytest.raises(RetrainBusyError, match=f"pid {os.getpid()}"):
             tiny_job(project).request()
         with pytest.raises(RetrainBusyError, match=f"pid {os.getpid()}"):
-            run_round(project.root, RetrainSettings(epochs=1, unet=TINY), lambda e: None)
+            run_round(project.root, RetrainSettings(min_passes=0, epochs=1, unet=TINY), lambda e: None)
         proc = subprocess.run([sys.executable, "-m", "labeler.cli", "retrain", str(project.root), "--epochs", "1"],
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -349,7 +349,7 @@ def test_malformed_registry_is_refused_before_training(tmp_path):
         tiny_job(project).start()
     events: list[dict] = []
     with pytest.raises(ProjectError, match="expected 'path'"):
-        run_round(project.root, RetrainSettings(epochs=1, unet=TINY), events.append)
+        run_round(project.root, RetrainSettings(min_passes=0, epochs=1, unet=TINY), events.append)
     assert events == []  # nothing started
 
 
@@ -468,3 +468,20 @@ def test_a_bug_in_the_round_is_reported_as_one_and_points_at_the_log():
     assert bug.startswith("internal error: TypeError") and "logs/retrain.jsonl" in bug and "unchanged" in bug
     user = format_event({"type": "error", "message": "no reviewed chips in P: review some chips first."})
     assert user == "error: no reviewed chips in P: review some chips first."
+
+
+def test_a_round_on_few_chips_trains_its_minimum_of_chip_passes(tmp_path):
+    from loop.cli_project import MIN_PASSES_DEFAULT
+    from loop.retrain_worker import MIN_PASSES, round_epochs
+
+    assert MIN_PASSES_DEFAULT == MIN_PASSES  # the CLI's help names the worker's default
+    assert round_epochs(5, 256, 12) == 22 and round_epochs(5, 256, 100) == 5 and round_epochs(5, 0, 3) == 5
+    project = make_project(tmp_path)
+    events: list[dict] = []
+    final = run_round(project.root, RetrainSettings(epochs=1, min_passes=20, batch_size=4, unet=TINY), events.append)
+    started = next(e for e in events if e["type"] == "started")
+    expected = max(1, -(-20 // started["n_train"]))
+    assert expected > 1 and started["epochs"] == expected
+    assert sum(e["type"] == "epoch" for e in events) == expected  # it trained them all
+    ckpt = load_checkpoint(project.registry.get(final["version"]).path)
+    assert ckpt.train["epochs"] == expected and ckpt.train["min_passes"] == 20
