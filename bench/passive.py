@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loop.simulate import SimulationConfig, _pool_windows, evaluate, split_scene  # noqa: E402
-from model.masks import load_footprints, rasterize_footprints  # noqa: E402
-from model.scene import open_scene, read_chip  # noqa: E402
+from loop.simulate import SimulationConfig, evaluate, pool_pairs, split_scene  # noqa: E402
+from model.masks import load_footprints  # noqa: E402
+from model.scene import open_scene  # noqa: E402
 from model.synth import SynthConfig, generate_scene  # noqa: E402
 from model.train import TrainConfig, fit  # noqa: E402
 
@@ -66,13 +65,7 @@ def main() -> int:
     gt = load_footprints(truth).to_crs(scene.crs)
     pool_tif, holdout = split_scene(scene, gt, out, sim.holdout_fraction, sim.chip_size)
     pool = open_scene(pool_tif)
-    positives = [g for g, c in zip(gt.geometry, gt["class"], strict=True) if c == "datacenter"]
-    pairs = []
-    with rasterio.open(pool.path) as src:
-        for w in _pool_windows(pool, sim.chip_size):
-            chip = read_chip(pool, w, src)
-            shape = (int(w.height), int(w.width))
-            pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
+    pairs = pool_pairs(pool, gt, sim.chip_size)
     n_pool = len(pairs)
     passes = n_pool * args.full_epochs
     pos_px = np.array([int(m.sum()) for _, m in pairs])

@@ -346,19 +346,26 @@ def _initial_pick(pool: SceneInfo, config: SimulationConfig, seed: int) -> list[
     return [windows[i] for i in sorted(idx)]
 
 
-def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig, cancel) -> dict:
-    """Train on every pool chip with its true mask: the reference the strategies chase."""
+def pool_pairs(pool: SceneInfo, gt, chip_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every pool chip with its true data-center mask: ``(image, mask)`` pairs in grid order."""
     from model.masks import rasterize_footprints
     from model.scene import read_chip
-    from model.train import TrainConfig, fit
 
     positives = [g for g, c in zip(gt.geometry, gt["class"], strict=True) if c == "datacenter"]
     pairs = []
     with rasterio.open(pool.path) as src:
-        for w in _pool_windows(pool, config.chip_size):
+        for w in _pool_windows(pool, chip_size):
             chip = read_chip(pool, w, src)
             shape = (int(w.height), int(w.width))
             pairs.append((chip.image, rasterize_footprints(positives, None, pool.crs, chip.transform, shape)))
+    return pairs
+
+
+def _full_label(pool: SceneInfo, gt, holdout: Holdout, config: SimulationConfig, cancel) -> dict:
+    """Train on every pool chip with its true mask: the reference the strategies chase."""
+    from model.train import TrainConfig, fit
+
+    pairs = pool_pairs(pool, gt, config.chip_size)
     t0 = time.perf_counter()
     tc = TrainConfig(epochs=config.full_epochs or max(3 * config.epochs, -(-10 * config.train_passes // len(pairs))),
                      batch_size=config.batch_size, lr=config.lr, pos_weight=config.pos_weight,

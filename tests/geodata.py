@@ -9,7 +9,9 @@ from affine import Affine
 from rasterio.crs import CRS
 from shapely.geometry import box
 
+from model.checkpoint import Checkpoint, Normalization
 from model.scene import write_geotiff
+from model.unet import UNet, UNetConfig
 
 UTM18N = CRS.from_epsg(32618)
 ORIGIN = (285_000.0, 4_320_000.0)  # Ashburn, Virginia, in UTM 18N
@@ -55,3 +57,16 @@ def make_scene(
         return path, polys
     write_geotiff(path, arr, crs, t)
     return path, polys
+
+
+def constant_checkpoint(p: float) -> Checkpoint:
+    """A U-Net whose output is ``p`` everywhere (all weights zero, head bias = logit(p))."""
+    import torch
+
+    cfg = UNetConfig(base_channels=4, depth=2)
+    net = UNet(cfg)
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+        net.head.bias.fill_(float(np.log(p / (1 - p))))
+    return Checkpoint(net.state_dict(), cfg, Normalization((0,) * 4, (1,) * 4))

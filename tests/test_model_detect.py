@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from geodata import UTM18N, make_scene, scene_transform
+from geodata import UTM18N, constant_checkpoint, make_scene, scene_transform
 from shapely.geometry import box, shape
 
 from loop.cli import main as cli_main
@@ -27,17 +27,6 @@ from model.unet import UNet, UNetConfig
 from model.vectorize import merge_nearby, vectorize_probability
 
 torch.set_num_threads(1)
-
-
-def constant_checkpoint(p: float) -> Checkpoint:
-    """A U-Net whose output is ``p`` everywhere (all weights zero, head bias = logit(p))."""
-    cfg = UNetConfig(base_channels=4, depth=2)
-    net = UNet(cfg)
-    with torch.no_grad():
-        for prm in net.parameters():
-            prm.zero_()
-        net.head.bias.fill_(float(np.log(p / (1 - p))))
-    return Checkpoint(net.state_dict(), cfg, Normalization((0,) * 4, (1,) * 4))
 
 
 def test_tile_starts_cover_and_snap():

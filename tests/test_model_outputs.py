@@ -17,7 +17,7 @@ import pyogrio
 import pytest
 import rasterio
 import torch
-from geodata import UTM18N, make_scene
+from geodata import UTM18N, constant_checkpoint, make_scene
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.validation import explain_validity
 
@@ -28,17 +28,6 @@ from model.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def constant_checkpoint(p: float) -> Checkpoint:
-    """A U-Net whose output is ``p`` everywhere."""
-    cfg = UNetConfig(base_channels=4, depth=2)
-    net = UNet(cfg)
-    with torch.no_grad():
-        for prm in net.parameters():
-            prm.zero_()
-        net.head.bias.fill_(float(np.log(p / (1 - p))))
-    return Checkpoint(net.state_dict(), cfg, Normalization((0,) * 4, (1,) * 4))
 
 
 def noisy_checkpoint() -> Checkpoint:
