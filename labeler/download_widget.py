@@ -120,7 +120,7 @@ class DownloadWidget(QWidget):
         self.bar.setValue(p.done)
 
     def _on_done(self, path) -> None:
-        before = {s.scene_id for s in self.session.project.scenes}
+        before = set(self.session.project.scene_ids)  # ids only: .scenes would raise on an unreadable scene
         try:
             with warnings.catch_warnings():  # "already a scene" is said below, in the panel
                 warnings.simplefilter("ignore", UserWarning)
