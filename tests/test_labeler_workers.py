@@ -44,8 +44,10 @@ def test_stop_at_close_does_not_raise_when_a_job_outlasts_the_wait(qtbot):
     from labeler.workers import ProgressJob
 
     release = threading.Event()
+    entered = threading.Event()
 
     def stubborn(progress, cancel):  # a long batch that checks cancel only after it
+        entered.set()
         progress(0, 1)
         release.wait(30)
         return "late"
@@ -54,7 +56,9 @@ def test_stop_at_close_does_not_raise_when_a_job_outlasts_the_wait(qtbot):
     results = []
     job.worker.returned.connect(results.append)
     job.start()
-    qtbot.waitUntil(lambda: job.worker.is_running, timeout=10_000)
+    # is_running turns True before the worker's first abort check: quitting then would end it
+    # before the function starts, so wait for the function itself.
+    qtbot.waitUntil(entered.is_set, timeout=10_000)
     assert job.stop(wait_ms=100) is False  # superqt would raise RuntimeError here
     assert job.cancel_event.is_set()
     release.set()
