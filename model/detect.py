@@ -149,7 +149,7 @@ def detect_scene(
             if output_prob:
                 written.append(Path(output_prob))
                 if prob != Path(output_prob):
-                    write_probability(prob, output_prob, grid, valid=grid.path)
+                    write_probability(prob, output_prob, grid, valid=grid)
             return export_scene(prob, scene, ckpt.version, with_threshold(config, ckpt), output_geojson,
                                 output_gpkg, output_csv, output_mask, grid, output_prob)
 
@@ -192,7 +192,7 @@ def export_scene(
         written += write_detections(table, geojson=output_geojson, gpkg=output_gpkg, csv=output_csv)
         if output_mask:
             written.append(write_mask(prob_path, output_mask, config.threshold, grid=grid, source=prob_output,
-                                      valid=(grid or scene).path))
+                                      valid=grid or scene))
     return table
 
 

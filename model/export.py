@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from model.atomic import all_or_none, atomic_path, check_features, check_raster
 from model.errors import ConfigError
-from model.scene import areal_scale, lonlat, valid_pixels
+from model.scene import SceneInfo, areal_scale, lonlat, valid_pixels
 from model.tiling import PROB_SCALE
 from model.vectorize import valid_at_precision
 
@@ -146,7 +146,7 @@ def write_detections(
 
 def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, threshold: float = 0.5,
                block_rows: int = 2048, grid: Grid | None = None, source: str | os.PathLike | None = None,
-               valid: str | os.PathLike | None = None) -> Path:
+               valid: SceneInfo | None = None) -> Path:
     """Threshold a probability GeoTIFF into a 0/1 uint8 mask GeoTIFF, block by block.
 
     ``grid`` (anything with ``crs``, ``transform``, ``width``, ``height``, e.g. a SceneInfo): write
@@ -154,7 +154,8 @@ def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, thres
     threshold (detection on a resampled scene gives its mask on the scene's own pixels).
     ``source``: the probability GeoTIFF the user keeps, named in the ``source`` tag (no tag when
     the probabilities were a temporary file). ``valid``: the scene (on the output's grid); where
-    it has no data the mask stays 0 and its GDAL mask band says "no data" (see :func:`_write_blocks`).
+    its bands read (``valid.bands``, as detection read them) have no data the mask stays 0 and its
+    GDAL mask band says "no data" (see :func:`_write_blocks`).
     """
     cut = max(int(np.ceil(threshold * PROB_SCALE - 1e-9)), 1)
     return _write_blocks(prob_path, mask_path, lambda p: (p >= cut).astype(np.uint8), {"nodata": None},
@@ -162,7 +163,7 @@ def write_mask(prob_path: str | os.PathLike, mask_path: str | os.PathLike, thres
 
 
 def write_probability(prob_path: str | os.PathLike, out_path: str | os.PathLike, grid: Grid | None = None,
-                      block_rows: int = 2048, valid: str | os.PathLike | None = None) -> Path:
+                      block_rows: int = 2048, valid: SceneInfo | None = None) -> Path:
     """Copy a probability GeoTIFF (uint8, p * 255), resampled bilinearly onto ``grid`` when given;
     ``valid`` as in :func:`write_mask`."""
     return _write_blocks(prob_path, out_path, lambda p: p, {"nodata": None}, {}, block_rows, grid, None, valid)
@@ -183,21 +184,22 @@ class Grid(Protocol):
 
 def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, block_rows: int,
                   grid: Grid | None, source: str | os.PathLike | None = None,
-                  valid: str | os.PathLike | None = None) -> Path:
+                  valid: SceneInfo | None = None) -> Path:
     """Write ``fn`` of the probabilities block by block (atomically).
 
-    Where the scene ``valid`` has no data (every band read is no data there, as the probabilities are
-    zeroed there), the output gets a GDAL mask band (an internal per-dataset mask, 0 = no data) rather than a
+    Where the scene ``valid`` has no data (every band detection read, ``valid.bands``, is no data
+    there, as the probabilities are zeroed there; a band not read plays no part), the output gets a
+    GDAL mask band (an internal per-dataset mask, 0 = no data) rather than a
     nodata value: every uint8 value is taken (probabilities use 0..255, and a 0/1 mask with a
     nodata value of, say, 255 would no longer be a 0/1 mask), so the pixel values stay 0 there
     and readers that honour GDAL masks (QGIS, ``rasterio``'s ``masked=True``) show no data.
     """
     def write(tmp: str) -> None:
         with rasterio.open(prob_path) as prob, _on_grid(prob, grid) as src, \
-                (rasterio.open(valid) if valid is not None else nullcontext()) as scene:
+                (rasterio.open(valid.path) if valid is not None else nullcontext()) as scene:
             masked = scene is not None and any(MaskFlags.all_valid not in f for f in scene.mask_flag_enums)
             if masked and (scene.width, scene.height) != (src.width, src.height):
-                raise ValueError(f"{valid} is not on the grid of {out_path}")
+                raise ValueError(f"{valid.path} is not on the grid of {out_path}")
             profile = prob.profile | {"dtype": "uint8", "compress": "deflate", "crs": src.crs,
                                       "transform": src.transform, "width": src.width, "height": src.height,
                                       **profile_extra}
@@ -206,7 +208,7 @@ def _write_blocks(prob_path, out_path, fn, profile_extra: dict, tags: dict, bloc
                     win = Window(0, r, src.width, min(block_rows, src.height - r))
                     dst.write(fn(src.read(1, window=win))[None], window=win)
                     if masked:
-                        dst.write_mask(valid_pixels(scene, win).astype(np.uint8) * 255, window=win)
+                        dst.write_mask(valid_pixels(scene, win, valid.bands).astype(np.uint8) * 255, window=win)
                 dst.update_tags(**tags, **({"source": str(source)} if source is not None else {}))
 
     return _atomic(out_path, write, check=check_raster)

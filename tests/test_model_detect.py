@@ -504,3 +504,32 @@ def test_saturated_red_is_not_nodata_in_detection_outputs(tmp_path):
             valid = o.read_masks(1) > 0
             assert not valid[:8].any() and valid[8:].all(), out
             assert (o.read(1)[30:40, 30:40] > 0).all(), out
+
+
+@pytest.mark.parametrize("band1", ["no data", "data"])
+def test_output_no_data_mask_is_taken_over_the_bands_read(tmp_path, band1):
+    """``--bands 2,3,4,5`` on a 5-band file: band 1 (not read) decides nothing in the outputs' no-data
+    mask. Top 8 rows: only NIR (band 5) has data when band 1 is no data everywhere (valid, as
+    detection read them), or bands 2-5 are all no data under a band 1 of data (no data)."""
+    path, _ = make_scene(tmp_path / "s.tif", (64, 64), bands=5, seed=3)
+    with rasterio.open(path) as src:
+        img, profile = src.read(), src.profile
+    img[img == 0] = 1
+    if band1 == "no data":
+        img[0] = 0
+        img[1:4, :8] = 0
+    else:
+        img[1:, :8] = 0
+    with rasterio.open(tmp_path / "nd.tif", "w", **(profile | {"nodata": 0})) as dst:
+        dst.write(img)
+    save_checkpoint(constant_checkpoint(0.8), tmp_path / "m.pt")
+    rc = cli_main(["detect", "--checkpoint", str(tmp_path / "m.pt"), "--image", str(tmp_path / "nd.tif"),
+                   "--bands", "2,3,4,5", "--tile-size", "64", "--overlap", "0", "--output-mask",
+                   str(tmp_path / "m.tif"), "--output-prob", str(tmp_path / "p.tif")])
+    assert rc == 0
+    top_valid = band1 == "no data"
+    for out in ("m.tif", "p.tif"):
+        with rasterio.open(tmp_path / out) as o:
+            valid, values = o.read_masks(1) > 0, o.read(1)
+            assert (valid[:8] == top_valid).all() and valid[8:].all(), out
+            assert ((values[:8] > 0) == top_valid).all(), out  # the mask agrees with what detection saw
