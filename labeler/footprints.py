@@ -7,7 +7,9 @@ to the layer's data events and writes each change to the store at once:
 * ``added``: shapes with ``fid == -1`` are stored (source ``manual``) and get their fid;
 * ``changed``: the footprints of the changed shapes are rebuilt from all their parts and updated
   (holes of the stored polygon move with an outline moved, scaled or rotated as a whole; after a
-  vertex edit those still inside the outline are kept, and each one dropped is reported);
+  vertex edit those still inside the outline are kept, and each one dropped is reported); an edit
+  that breaks the rules for a drawn shape (:func:`check_footprint`: wholly off the scene, under
+  1 m², open) is refused with a notice and the stored footprint is shown again;
 * ``removing``/``removed``: the fids of removed shapes are deleted (or, for a multi-part
   footprint with parts left, updated).
 
@@ -430,6 +432,11 @@ class FootprintEditor:
         A part's holes follow its outline when the outline was moved, scaled or rotated as a
         whole; after a vertex edit the holes still inside the outline are kept and the user is
         told about each one dropped.
+
+        Raises:
+            ValueError: The footprint as edited breaks a rule for drawn shapes (a part made a line
+                or path, wholly off the scene, under :data:`MIN_FOOTPRINT_M2`; see
+                :func:`check_footprint`): it is not to be stored.
         """
         idx = self.indices_of([fid])
         if not idx:
@@ -440,17 +447,21 @@ class FootprintEditor:
         parts, dropped = [], 0
         for i in idx:
             k = int(feats["part"].iloc[i])
-            vertices = self._vertices(i)
+            vertices = drawn_outline(self._vertices(i), self._shape_type(i))
             if k >= len(old_parts):
                 parts.append(napari_to_geometry(vertices, transform))
                 continue
             part, lost = reshape_part(vertices, old_parts[k], transform)
             dropped += lost
             parts.append(part)
+        geom = join_parts(parts)
+        stored = self._geoms.get(fid)
+        if stored is None or not geom.equals_exact(stored, 1e-9):  # an unchanged footprint is not judged
+            check_footprint(geom, self.scene)
         if dropped:
             self._notify(f"{dropped} hole(s) of footprint {fid} no longer inside its edited outline "
                          "were dropped (Ctrl+Z brings them back).")
-        return join_parts(parts)
+        return geom
 
     def _store_changed(self, indices: Iterable[int]) -> None:
         feats = self.layer.features
@@ -459,11 +470,16 @@ class FootprintEditor:
             return
         col = self._fids()
         fids = {int(col[i]) for i in indices if 0 <= i < len(col)}
-        split = 0
-        for fid in fids:
+        split, refused = 0, []
+        for fid in sorted(fids):
             if fid < 0:
                 continue
-            geom = self._footprint_from_layer(fid)
+            try:
+                geom = self._footprint_from_layer(fid)
+            except ValueError as exc:  # the store keeps the footprint as it was
+                refused.append(fid)
+                self._refuse_edit(fid, exc)
+                continue
             if geom is not None:
                 split += len(polygon_parts(geom)) > len(self.indices_of([fid]))
                 self.store.update_footprint(fid, geometry=geom)
@@ -472,6 +488,8 @@ class FootprintEditor:
             self._changed()
         if split:
             self._show_repaired(split)
+        elif refused:
+            self._show_as_stored(refused)
 
     def _store_removed(self, fids: Iterable[int]) -> None:
         with self.store.transaction():  # deleting several shapes at once is one undo step
@@ -504,13 +522,26 @@ class FootprintEditor:
         for fid in set(self._geoms) - present:
             self.store.delete_footprint(fid)
             self._geoms.pop(fid)
+        refused = []
         for fid in present:
-            geom = self._footprint_from_layer(fid)
+            try:
+                geom = self._footprint_from_layer(fid)
+            except ValueError as exc:
+                refused.append(fid)
+                self._refuse_edit(fid, exc)
+                continue
             if geom is not None and not geom.equals_exact(self._geoms.get(fid), 1e-9):
                 self.store.update_footprint(fid, geometry=geom)
                 self._geoms[fid] = geom
         self._store_new_shapes()
         self._changed()
+        if refused:
+            self._show_as_stored(refused)
+
+    def _refuse_edit(self, fid: int, reason: Exception) -> None:
+        """Tell the user an edit of footprint ``fid`` was not stored, and why."""
+        self._notify(f"Edit of footprint {fid} not saved: {reason}. The footprint is kept as it was "
+                     "and shown again; to remove it, select it and press Delete.")
 
     # ----- class, undo/redo ----------------------------------------------------------------------
     def set_class(self, cls: str) -> None:
@@ -634,6 +665,21 @@ def drawn_footprint(vertices: np.ndarray, shape_type: str, scene: SceneInfo) -> 
             outside the scene, or one under :data:`MIN_FOOTPRINT_M2`; the message says which.
     """
     geom = napari_to_geometry(drawn_outline(vertices, shape_type), scene.transform)
+    check_footprint(geom, scene)
+    return geom
+
+
+def check_footprint(geom: BaseGeometry, scene: SceneInfo) -> None:
+    """Refuse a footprint drawn or edited wholly off the scene or under :data:`MIN_FOOTPRINT_M2`.
+
+    Args:
+        geom: The footprint in the scene CRS.
+        scene: The scene it is drawn on.
+
+    Raises:
+        ValueError: It lies wholly outside the scene, or its area is under
+            :data:`MIN_FOOTPRINT_M2`; the message says which.
+    """
     extent = Polygon(napari_to_crs(window_to_napari(Window(0, 0, scene.width, scene.height)), scene.transform))
     if geom.intersection(extent).area <= 0:
         raise ValueError(f"it lies wholly outside the scene ({scene.width}×{scene.height} px)")
@@ -641,7 +687,7 @@ def drawn_footprint(vertices: np.ndarray, shape_type: str, scene: SceneInfo) -> 
     if area < MIN_FOOTPRINT_M2:
         raise ValueError(f"its area is {area:.2g} m², under the {MIN_FOOTPRINT_M2:g} m² of the smallest "
                          "footprint stored (a slip of the mouse?)")
-    return geom
+
 
 def _warn(message: str) -> None:
     from napari.utils.notifications import show_warning

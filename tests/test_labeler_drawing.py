@@ -128,3 +128,59 @@ def test_a_path_drawn_with_the_mouse_is_refused_and_drawing_goes_on(app, qtbot) 
     _click(layer, corners[-1], double=True)
     qtbot.wait(50)
     assert layer.nshapes == 1 and len(store.footprints(sid)) == 1
+
+
+def test_edits_that_take_a_footprint_off_the_scene_shrink_or_open_it_are_refused(app, qtbot) -> None:
+    """The rules for a new shape hold for an edit: refused with a notice, the stored footprint kept
+    and shown again."""
+    from napari.layers.base._base_constants import ActionType
+
+    editor, store = app.session.editor, app.session.project.labels
+    layer, sid = editor.layer, app.session.scene.scene_id
+    notices: list[str] = []
+    editor._notify = notices.append
+    square = np.array([[100.0, 100.0], [100.0, 200.0], [200.0, 200.0], [200.0, 100.0]])
+    layer.add([square, square + 200.0], shape_type="polygon")
+    fids = store.footprints(sid).set_index("fid").geometry
+    fid, other = (int(f) for f in fids.index)
+    stored = fids.loc[fid]
+
+    def shown(f) -> np.ndarray:
+        [i] = editor.indices_of([f])
+        return np.asarray(layer.data[i])
+
+    def refused(edit, why) -> None:
+        notices.clear()
+        edit()
+        qtbot.waitUntil(lambda: shown(fid).shape == square.shape and np.allclose(shown(fid), square, atol=1e-3),
+                        timeout=5_000)  # shown as stored again
+        now = store.footprints(sid).set_index("fid").geometry
+        assert now.loc[fid].equals_exact(stored, 0.0) and len(now) == 2  # the store kept it as it was
+        np.testing.assert_allclose(shown(other), square + 200.0, atol=1e-3)
+        assert len(notices) == 1 and why in notices[0] and "not saved" in notices[0], notices
+        assert f"footprint {fid}" in notices[0], notices
+
+    def through_data(vertices, shape_type="polygon"):
+        def edit():
+            data = [(np.asarray(d), str(t)) for d, t in zip(layer.data, layer.shape_type, strict=True)]
+            data[editor.indices_of([fid])[0]] = (np.asarray(vertices, dtype=float), shape_type)
+            layer.data = data
+        return edit
+
+    def with_vertex_tool():  # every vertex dragged off, the way napari's vertex tools report it
+        [i] = editor.indices_of([fid])
+        layer.events.data(value=layer.data, action=ActionType.CHANGING, data_indices=(i,), vertex_indices=((0,),))
+        layer._data_view.edit(i, square + (-2000.0, 5000.0))
+        layer.events.data(value=layer.data, action=ActionType.CHANGED, data_indices=(i,), vertex_indices=((0,),))
+
+    refused(through_data(square - 400.0), "wholly outside the scene")
+    refused(with_vertex_tool, "wholly outside the scene")
+    refused(through_data([[150, 150], [150, 150.2], [150.2, 150.2], [150.2, 150]]), "m²")
+    refused(through_data([[100, 100], [150, 200], [200, 100]], "path"), "path is open")
+
+    # an edit that keeps part of it on the scene is stored, as a drawn shape at the edge would be
+    notices.clear()
+    through_data(square - 150.0)()
+    assert not notices
+    assert store.footprints(sid).set_index("fid").geometry.loc[fid].area == pytest.approx(100 * 100 * PX_M2)
+    assert not store.footprints(sid).set_index("fid").geometry.loc[fid].equals(stored)
