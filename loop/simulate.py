@@ -68,8 +68,6 @@ class SimulationConfig:
         pos_weight: BCE weight of data-center pixels (as the retraining job's default).
         batch_size: Chips per training step.
         warm_start: Start each round from the previous round's model.
-        warm_shrink: Shrink of that warm start (``model.config.TrainConfig.warm_shrink``).
-        warm_perturb: Perturbation of that warm start (``TrainConfig.warm_perturb``).
         full_label: Also train on every pool chip for the reference line.
         min_object_px: Predicted objects under this size are ignored by object F1.
         threads: Torch CPU threads.
@@ -98,8 +96,6 @@ class SimulationConfig:
     batch_size: int = 4
     val_fraction: float = 0.0
     warm_start: bool = True
-    warm_shrink: float = 1.0
-    warm_perturb: float = 0.0
     full_label: bool = True
     min_object_px: int = 100
     threads: int = 1
@@ -228,8 +224,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
                      pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
-                     accelerator="cpu", gate_seconds=0,  # the simulation never runs the fast path
-                     warm_shrink=config.warm_shrink, warm_perturb=config.warm_perturb)
+                     accelerator="cpu", gate_seconds=0)  # the simulation never runs the fast path
     return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc, init=warm, cancel=cancel)
 
 

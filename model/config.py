@@ -54,14 +54,6 @@ class TrainConfig:
             the U-Net on the training chips' imagery, training it for at most this many seconds
             (plus one U-Net pass over up to 512 chips for its targets); 0 = no gate. A gate cut
             short scores flatly and keeps most tiles: safe, but little faster.
-        warm_shrink: With a warm start (``fit(init=...)``), scale the starting weights by this
-            before training; 1 (default) starts from them as they are.
-        warm_perturb: With a warm start, add this times a fresh random initialisation to the
-            (shrunk) starting weights. Together "shrink and perturb" (Ash & Adams 2020, "On
-            warm-starting neural network training"): a model fine-tuned round after round on a
-            growing label set keeps the habits of its first few chips (a first model that found
-            little stays cautious); shrinking and perturbing keeps what it learnt but lets the
-            new round move it as far as a fresh start would.
         resolution_m: Pixel size of the training imagery in metres, stored in the checkpoint so
             detection can resample scenes of another resolution to it (None: not known; the
             checkpoint then stands for NAIP's 0.6 m).
@@ -93,13 +85,8 @@ class TrainConfig:
     precise_bn: bool = True
     gate_seconds: float = 60.0
     resolution_m: float | None = None
-    warm_shrink: float = 1.0
-    warm_perturb: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.warm_shrink <= 1.0 or not 0.0 <= self.warm_perturb <= 1.0:
-            raise ConfigError(f"warm_shrink must be in (0, 1] and warm_perturb in [0, 1], got {self.warm_shrink} "
-                              f"and {self.warm_perturb}")
         if self.gate_seconds < 0:
             raise ConfigError(f"gate_seconds must be >= 0, got {self.gate_seconds}")
         if self.resolution_m is not None and not 0.01 <= self.resolution_m <= 100:

@@ -129,8 +129,6 @@ def fit(
     )
     if init is not None:
         task.model.load_state_dict(init.state_dict)
-        if config.warm_shrink < 1.0 or config.warm_perturb > 0.0:
-            shrink_perturb(task.model, config.warm_shrink, config.warm_perturb, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     train_dl = DataLoader(
         ChipDataset(train, augment=config.augment, seed=config.seed,
@@ -231,26 +229,6 @@ def train_gate(ckpt: Checkpoint, train: Sequence[ChipPair], config: TrainConfig,
                    device=device, cancel=cancel,
                    progress=None if progress is None else lambda e, n: progress(e, n, {"event": "gate"}))
     return None if fit is None else fit.payload
-
-
-def shrink_perturb(model: torch.nn.Module, shrink: float, perturb: float, seed: int = 0) -> None:
-    """Shrink and perturb a warm start in place: ``w = shrink * w + perturb * w_fresh``.
-
-    ``w_fresh`` are the weights of a freshly initialised copy of ``model`` (seeded), so the noise
-    has each layer's initialisation scale (Ash & Adams 2020). Only learnable parameters change;
-    batch-norm running statistics are left to training (and :func:`precise_bn`).
-    """
-    import copy
-
-    fresh = copy.deepcopy(model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in fresh.modules():
-            if m is not fresh and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    with torch.no_grad():
-        for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
-            p.mul_(shrink).add_(q, alpha=perturb)
 
 
 def precise_bn(task: SegmentationTask, state: dict, train: Sequence[ChipPair], config: TrainConfig,
