@@ -47,11 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from loop.ranking import rank_chips, save_queue
 
     project = _open_project(args.project)
+    # the version read once, before ranking: one promoted or published meanwhile (the app, another
+    # `retrain`, `models --promote`) must not be recorded as the model that scored this queue
+    current = None if args.checkpoint else project.registry.current()
     items = rank_chips(
         project,
         strategy=args.strategy,
         top=args.top,
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint or (current.path if current is not None else None),
         batch_size=args.batch_size,
         diversity=not args.no_diversity,
         seed=args.seed,
@@ -61,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.quiet:
         print(file=sys.stderr)
-    current = project.registry.current()
     scored_by = f"file:{args.checkpoint}" if args.checkpoint else (current.version if current is not None else None)
     path = save_queue(project, items, strategy=args.strategy, model_version=scored_by)
     print(format_queue(items))

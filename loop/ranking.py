@@ -73,7 +73,8 @@ def rank_project(
 
     project = Project.open(root)
     current = project.registry.current()
-    items = rank_chips(project, strategy=strategy, progress=progress, cancel=cancel)
+    items = rank_chips(project, strategy=strategy, checkpoint=current.path if current is not None else None,
+                       progress=progress, cancel=cancel)
     save_queue(project, items, strategy, model_version=current.version if current is not None else None)
     return items
 

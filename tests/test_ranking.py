@@ -327,6 +327,29 @@ def test_cli_rank_prints_and_stores_the_queue(project, capsys):
         rank_chips(project, "nonsense")
 
 
+def test_cli_rank_records_the_model_it_scored_with_not_one_promoted_meanwhile(project, monkeypatch):
+    """Another process promoting a model while ``rank`` runs (``models --promote``, a retraining
+    round) leaves the queue named after the model that scored it, so the app sees it is stale."""
+    from loop import cli_rank
+    from loop.cli import main
+    from loop.ranking import queue_is_stale
+
+    project.registry.publish(_checkpoint())
+    project.registry.publish(_checkpoint(head_bias=2.0))
+    project.registry.promote("v2")
+    promoted = []
+
+    def promote_meanwhile(done, total, info):
+        if not promoted:
+            promoted.append(Project.open(project.root).registry.promote("v1").version)
+
+    monkeypatch.setattr(cli_rank, "_progress", promote_meanwhile)
+    assert main(["rank", str(project.root), "--strategy", "entropy"]) == 0
+    assert promoted == ["v1"]
+    assert queue_model_version(project) == (True, "v2")
+    assert queue_is_stale(project)
+
+
 def test_one_pass_mc_shortcut_draws_the_same_samples_as_full_passes():
     torch.manual_seed(0)
     model = UNet(UNetConfig(base_channels=4, depth=2, dropout=0.3)).eval()
