@@ -132,6 +132,18 @@ def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _reads(vrt: Path, source: Path) -> bool:
+    """Whether a VRT the project made reads ``source``, directly or through another VRT of it (GDAL
+    lists only the source files that exist)."""
+    try:
+        with rasterio.open(vrt) as src:
+            files = [Path(f).resolve() for f in src.files[1:]]
+    except rasterio.errors.RasterioIOError:
+        return True  # not ours to remake: opening the scene reports it
+    return any(f == source or (f.suffix.lower() == ".vrt" and f != vrt.resolve() and _reads(f, source))
+               for f in files)
+
+
 def _chip_side(info: SceneInfo) -> int:
     """The largest multiple of 32 that fits the scene (a chip side the U-Net takes)."""
     return max(32, min(info.width, info.height) // 32 * 32)
@@ -565,6 +577,8 @@ class Project:
                         f"{path}: no such file. It is scene {scene_id} of {self.root}; put the file back, or "
                         f"point the project at it: `dclabel init {self.root} --relink {scene_id} NEW_PATH` (its "
                         "labels stay attached to the scene id).")
+                if source is not None and not _reads(path, source):  # the project moved: a view of its own
+                    self._remake_view(entry, source)  # imagery still named the old place
                 info = replace(open_scene(path, entry["bands"]), scene_id=scene_id)
                 self._check_grid(scene_id, "grid", path)
                 if source is not None:
@@ -585,6 +599,23 @@ class Project:
             f"{self.root / PROJECT_FILE}: no scene with id {scene_id!r}; the project has "
             f"{len(self._entries)} scene(s) ({known or 'none'}). Add it with `dclabel init {self.root} --image FILE`."
         )
+
+    def _remake_view(self, entry: dict, source: Path) -> None:
+        """Write the VRT of a resampled or north-up scene again from its source file, as
+        :meth:`add_scene` wrote it. GDAL names a source outside the VRT's folder by its absolute
+        path, so imagery kept inside the project (``PROJECT/imagery/``) was read from where the
+        project used to be once the folder moved; :meth:`scene` checks the result's grid."""
+        with warnings.catch_warnings():  # what opening the source warns about was said when it was added
+            warnings.simplefilter("ignore", UserWarning)
+            info = open_scene(source, entry["bands"])
+            want, here = self.settings.resolution_m, pixel_size_m(info)
+            try:
+                if want is not None and (here is None or not same_resolution(here, want)):
+                    info = resampled_scene(info, want, self.root / "scenes")
+                if not is_north_up(info.transform):
+                    info = north_up_scene(info, self.root / "scenes")
+            except SceneError:
+                return  # e.g. a read-only folder: the scene reports its unreadable source as before
 
     def recorded_transform(self, scene_id: str):
         """The pixel-to-CRS transform recorded for a scene when it was added (None for scenes added

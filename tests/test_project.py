@@ -94,6 +94,21 @@ def test_project_reads_every_scene_at_its_resolution(tmp_path, capsys):
         mixed.add_scene(fine)
 
 
+def test_a_moved_project_reads_resampled_imagery_kept_inside_it(tmp_path):
+    # imagery beside scenes/ (PROJECT/imagery): GDAL wrote its absolute path into the VRT, so after
+    # a move the scene read from where the project used to be (read errors, or an old copy's pixels)
+    from model.scene import read_window
+
+    root = tmp_path / "proj"
+    fine, img, _ = make_scene(root / "imagery" / "fine ü.tif", width=192, height=160, res=0.3)
+    sid = Project.create(root, images=[fine], resolution_m=0.6).scene_ids[0]
+    moved = root.rename(tmp_path / "moved away")
+    scene = Project.open(moved).scene(sid)
+    got = read_window(scene, Window(0, 0, 96, 80)).astype(float)
+    assert np.abs(got - img.reshape(4, 80, 2, 96, 2).mean(axis=(2, 4))).max() <= 1.0
+    assert str(root) not in "".join(p.read_text() for p in (moved / "scenes").glob("*.vrt"))
+
+
 def test_chip_folder_becomes_one_scene_per_tif(tmp_path):
     chips = tmp_path / "data" / "chips"
     for i in range(3):
