@@ -82,8 +82,14 @@ def estimate_s(config: SimulationConfig, n_pool: int, n_hold: int, fwd: float, s
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=2048, help="scene side in pixels")
+    ap.add_argument("--size", type=int, default=2048, help="scene height (and default width) in pixels")
+    ap.add_argument("--width", type=int, default=None, help="scene width in pixels (default: --size)")
+    ap.add_argument("--holdout", type=float, default=0.25,
+                    help="right-hand share of the scene kept for scoring (as simulate --holdout)")
     ap.add_argument("--scene-seed", type=int, default=1)
+    ap.add_argument("--holdout-scene-seed", type=int, default=None,
+                    help="also score every model on a whole second scene drawn with this seed (same size, "
+                         "difficulty and density), held out with the strip")
     ap.add_argument("--difficulty", type=float, default=0.25, help="generator difficulty (as bench/train.py)")
     ap.add_argument("--density", type=float, default=3.0, help="building density (3: ~18 data centers in 2048 px)")
     ap.add_argument("--strategies", default="random,entropy",
@@ -115,15 +121,18 @@ def main() -> int:
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    chips_side = args.size // 256
-    n_hold = chips_side * chips_side - round(chips_side * 0.75) * chips_side
-    n_pool = chips_side * chips_side - n_hold
-    print(f"scene {args.size} px: {n_pool} pool chips, {n_hold} held-out chips; 10% budget = {0.1 * n_pool:.1f} chips")
+    width = args.width or args.size
+    cols, rows = width // 256, args.size // 256
+    pool_cols = min(max(round(cols * (1 - args.holdout)), 1), cols - 1)  # as loop.simulate.split_scene
+    n_pool, n_hold = pool_cols * rows, (cols - pool_cols) * rows
+    n_hold += cols * rows if args.holdout_scene_seed is not None else 0  # the whole second scene
+    print(f"scene {width} x {args.size} px: {n_pool} pool chips, {n_hold} held-out chips; "
+          f"10% budget = {0.1 * n_pool:.1f} chips")
     for base in [args.base_channels] if args.base_channels else [16, 12, 8]:
         config = SimulationConfig(
             strategies=tuple(args.strategies.split(",")), rounds=args.rounds, batch=args.batch, seeds=args.seeds,
             epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, pos_weight=args.pos_weight,
-            finetune_lr_factor=args.finetune_lr_factor,
+            finetune_lr_factor=args.finetune_lr_factor, holdout_fraction=args.holdout,
             base_channels=base, depth=args.depth,
             threads=args.threads, first_pick=args.first_pick,
         )
@@ -140,18 +149,27 @@ def main() -> int:
     if args.estimate_only:
         return 0
 
-    tif = out / f"scene_{args.size}_s{args.scene_seed}_diff{args.difficulty:g}_dens{args.density:g}.tif"
+    shape = f"{args.size}" if width == args.size else f"{width}x{args.size}"
+    tif = out / f"scene_{shape}_s{args.scene_seed}_diff{args.difficulty:g}_dens{args.density:g}.tif"
     truth = tif.with_suffix(".geojson")
     if not (tif.exists() and truth.exists()):
-        generate_scene(tif, truth, SynthConfig(width=args.size, height=args.size, seed=args.scene_seed,
+        generate_scene(tif, truth, SynthConfig(width=width, height=args.size, seed=args.scene_seed,
                                                difficulty=args.difficulty, density=args.density))
+    holdout_scenes = []
+    if args.holdout_scene_seed is not None:
+        extra = out / f"holdout_{shape}_s{args.holdout_scene_seed}_diff{args.difficulty:g}_dens{args.density:g}.tif"
+        if not (extra.exists() and extra.with_suffix(".geojson").exists()):
+            generate_scene(extra, extra.with_suffix(".geojson"),
+                           SynthConfig(width=width, height=args.size, seed=args.holdout_scene_seed,
+                                       difficulty=args.difficulty, density=args.density))
+        holdout_scenes.append((extra, extra.with_suffix(".geojson")))
     t0 = time.perf_counter()
 
     def progress(done: int, total: int, info: dict) -> None:
         what = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         print(f"  [{done}/{total}] {time.perf_counter() - t0:7.0f} s  {what}", flush=True)
 
-    result = run_simulation(tif, truth, out / "run", config, progress=progress)
+    result = run_simulation(tif, truth, out / "run", config, progress=progress, holdout_scenes=holdout_scenes)
     elapsed = time.perf_counter() - t0
     print_summary(result.summary)
     print(f"elapsed: {elapsed / 60:.1f} min (estimated {est / 60:.1f} min)")

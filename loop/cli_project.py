@@ -212,7 +212,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         what = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         print(f"  {_bar(done, total)} {what}", file=sys.stderr, flush=True)
 
-    result = run_simulation(args.image, args.truth, args.output_dir, config, progress=progress)
+    result = run_simulation(args.image, args.truth, args.output_dir, config, progress=progress,
+                            holdout_scenes=[tuple(pair) for pair in args.holdout_scene or ()])
     print_summary(result.summary)
     print(f"wrote {result.csv_path} and {result.png_path}")
     return 0
@@ -304,6 +305,9 @@ def register(subparsers) -> None:
     p.add_argument("--output-dir", type=Path, required=True)
     p.add_argument("--chip-size", type=int, default=256)
     p.add_argument("--holdout", type=float, default=0.25, help="right-hand share of the scene kept for evaluation")
+    p.add_argument("--holdout-scene", nargs=2, action="append", type=Path, metavar=("SCENE.tif", "TRUTH.geojson"),
+                   help="a further scene and its truth held out whole: models are scored over it and the strip "
+                        "together (repeatable; more data centers to score on make the curves less noisy)")
     p.add_argument("--epochs", type=int, default=3, help="minimum epochs per round")
     p.add_argument("--train-passes", type=int, default=96, help="minimum chip passes per round")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-label model (default 3x)")

@@ -143,3 +143,49 @@ def test_simulate_refuses_a_truth_that_misses_the_image_before_writing(tmp_path)
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="--rounds must be at least 1"):
         SimulationConfig(rounds=0)
+
+
+def test_scores_pool_the_counts_of_every_held_out_region(tmp_path, monkeypatch):
+    """Two regions are scored as one: pixel and object counts summed, not the two scores averaged."""
+    import loop.simulate as sim
+    from model.checkpoint import Checkpoint, Normalization
+    from model.metrics import object_f1, pixel_metrics
+    from model.unet import UNet, UNetConfig
+
+    tif, truth, _ = make_scene(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_tif, other_truth, _ = make_scene(other_dir, width=64, height=96, seed=1)
+    strip = sim.read_holdout_scene(tif, truth)
+    other = sim.read_holdout_scene(other_tif, other_truth)
+    assert strip.labels.max() == 3 and other.labels.max() == 2  # the data centers inside each, not the warehouse
+
+    def bright_shifted(model, ckpt, image, chip_size):  # a "model": bright roofs, 4 px off to the right,
+        pred = np.roll(image[0] > 200, 4, axis=1)
+        if image.shape[2] > 100:  # and a false alarm in the wide scene only, so the regions score apart
+            pred[:10, -10:] = True
+        return pred.astype(np.float32)
+
+    monkeypatch.setattr(sim, "_predict", bright_shifted)
+    unet = UNetConfig(base_channels=4, depth=2, dropout=0.0)
+    ckpt = Checkpoint(state_dict=UNet(unet).state_dict(), unet=unet, normalization=Normalization((0.0,) * 4, (1.0,) * 4))
+    both = sim.evaluate(ckpt, [strip, other], chip_size=32, min_object_px=0)
+
+    pred = np.concatenate([bright_shifted(None, None, r.image, 32) >= 0.5 for r in (strip, other)], axis=1)
+    labels = np.concatenate([strip.labels, np.where(other.labels > 0, other.labels + 3, 0)], axis=1)
+    expected = pixel_metrics(pred, labels > 0)
+    assert {k: both[k] for k in expected} == pytest.approx(expected)
+    assert both["object_f1"] == pytest.approx(object_f1(pred, labels)["f1"])
+    one, two = sim.evaluate(ckpt, strip, 32, 0), sim.evaluate(ckpt, other, 32, 0)
+    assert both["iou"] != pytest.approx((one["iou"] + two["iou"]) / 2)  # pooled, not averaged
+
+
+def test_a_held_out_scene_must_hold_data_centers(tmp_path):
+    from loop.simulate import read_holdout_scene
+    from model.errors import LabelError
+
+    tif, _, _ = make_scene(tmp_path)
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[box(-120.0, 36.0, -119.999, 36.001)], crs=4326).to_file(far)
+    with pytest.raises(LabelError, match="far.geojson: no data-center footprint lies inside the held-out scene"):
+        read_holdout_scene(tif, far)
