@@ -17,6 +17,7 @@ other's POSIX locks (sqlite.org/howtocorrupt.html, 2.2.1). Use :meth:`LabelStore
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import warnings
@@ -84,6 +85,12 @@ class LabelStore:
             self._conn.execute("PRAGMA synchronous = FULL")
             self._init_schema()
         except sqlite3.DatabaseError as exc:
+            if not all(os.access(f, os.W_OK) for f in (self.path.parent, self.path) if f.exists()):
+                raise StoreError(
+                    f"{self.path}: cannot open the label store ({exc}): the file or its folder is read-only, and "
+                    "SQLite writes beside the store even to read it. Make the project folder writable (e.g. "
+                    f"`chmod -R u+w {self.path.parent}`), or copy the project to a folder you can write to."
+                ) from exc
             raise StoreError(
                 f"{self.path}: cannot open as a label store ({exc}). Expected a GeoPackage written by "
                 "dclabel; move the file away to start a new store."

@@ -132,6 +132,20 @@ def _expand_images(images: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+def _check_writable(root: Path) -> None:
+    """Refuse, before any work, a project folder (or the folder it would be made in) that cannot be
+    written: a read-only folder or disk."""
+    folder = root
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ProjectError(
+            f"{folder}: cannot be written (a read-only folder or disk); dclabel keeps project.json, labels.gpkg, "
+            f"checkpoints and logs in {root}. Make it writable (e.g. `chmod -R u+w {folder}`), or copy the project "
+            "to a folder you can write to."
+        )
+
+
 def _reads(vrt: Path, source: Path) -> bool:
     """Whether a VRT the project made reads ``source``, directly or through another VRT of it (GDAL
     lists only the source files that exist)."""
@@ -220,6 +234,7 @@ class Project:
             SceneError: A scene cannot be used (no CRS, too few bands, ...).
         """
         root = Path(root)
+        _check_writable(root)
         if (root / PROJECT_FILE).exists():
             project = cls.open(root)
             project._record_missing_grids()

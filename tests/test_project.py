@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,43 @@ def test_a_moved_project_reads_resampled_imagery_kept_inside_it(tmp_path):
     got = read_window(scene, Window(0, 0, 96, 80)).astype(float)
     assert np.abs(got - img.reshape(4, 80, 2, 96, 2).mean(axis=(2, 4))).max() <= 1.0
     assert str(root) not in "".join(p.read_text() for p in (moved / "scenes").glob("*.vrt"))
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A folder mounted read-only (a bind mount; root only: skipped elsewhere), unmounted afterwards."""
+    source, mount = tmp_path / "rw", tmp_path / "ro"
+    source.mkdir()
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to bind-mount a folder read-only")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield source, mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_read_only_project_folder_is_named_not_a_traceback(tmp_path, read_only_mount, capsys):
+    from loop.cli import main as cli_main
+
+    source, mount = read_only_mount
+    scene, _, _ = make_scene(tmp_path / "a.tif")
+    other, _, _ = make_scene(tmp_path / "b.tif", seed=1, origin=(501_000.0, 4_300_000.0))
+    Project.create(source / "proj", images=[scene]).labels.close()
+    before = sorted(p.name for p in (source / "proj").iterdir())
+    assert cli_main(["init", str(mount / "proj"), "--image", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"{mount / 'proj'}: cannot be written (a read-only folder or disk)" in err and "Traceback" not in err
+    assert cli_main(["init", str(mount / "new"), "--image", str(other)]) == 2
+    assert f"{mount}: cannot be written" in capsys.readouterr().err
+    assert cli_main(["labels", "info", str(mount / "proj")]) == 2
+    err = capsys.readouterr().err
+    assert "labels.gpkg: cannot open the label store" in err and "is read-only" in err
+    assert "move the file away" not in err  # the store is fine: moving it away would lose the labels
+    assert sorted(p.name for p in (source / "proj").iterdir()) == before
 
 
 def test_chip_folder_becomes_one_scene_per_tif(tmp_path):
