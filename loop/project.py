@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import rasterio
 import rasterio.errors
+from filelock import FileLock
 from rasterio.windows import Window
 
 from loop.errors import ProjectError
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # imported lazily at run time: the store and registry land in
 CLASSES: tuple[str, ...] = ("datacenter", "warehouse", "retail", "other")
 POSITIVE_CLASS = "datacenter"
 PROJECT_FILE = "project.json"
+LOCK_FILE = ".project.lock"  # held while a scene is added: project.json is read, changed and written
 FORMAT = "dclabel-project/1"
 TIF_SUFFIXES = (".tif", ".tiff")
 MASK_FOLDERS = ("mask", "masks", "label", "labels")
@@ -325,7 +327,12 @@ class Project:
         Raises:
             SceneNotFoundError, SceneError: The file is missing or cannot be used.
         """
-        path = Path(path)
+        with FileLock(str(self.root / LOCK_FILE)):  # one process adds scenes at a time
+            if (self.root / PROJECT_FILE).exists():  # keep (and know) the scenes others added meanwhile
+                self._entries = type(self).open(self.root)._entries
+            return self._add_scene(Path(path), bands)
+
+    def _add_scene(self, path: Path, bands: Sequence[int] | None) -> SceneInfo:
         if bands is None and tuple(self.settings.bands) != (1, 2, 3, 4):
             bands = self.settings.bands
         info = open_scene(path, bands)  # no bands: 1-4, with open_scene's warning for a file with more

@@ -148,6 +148,20 @@ def test_a_read_only_project_folder_is_named_not_a_traceback(tmp_path, read_only
     assert sorted(p.name for p in (source / "proj").iterdir()) == before
 
 
+def test_scenes_added_by_two_processes_at_once_are_all_kept(tmp_path):
+    # two `dclabel init PROJECT --image` (or the app's download) at once: each read project.json
+    # before the other wrote it, and the last write dropped the other's scene
+    a, _, _ = make_scene(tmp_path / "a.tif")
+    b, _, _ = make_scene(tmp_path / "b.tif", seed=1, origin=(501_000.0, 4_300_000.0))
+    root = tmp_path / "proj"
+    Project.create(root)
+    first, second = Project.open(root), Project.open(root)
+    sid = first.add_scene(a).scene_id
+    second.add_scene(b)
+    assert len(Project.open(root).scene_ids) == 2
+    assert second.add_scene(a).scene_id == sid and len(Project.open(root).scene_ids) == 2  # known: not twice
+
+
 def test_chip_folder_becomes_one_scene_per_tif(tmp_path):
     chips = tmp_path / "data" / "chips"
     for i in range(3):
