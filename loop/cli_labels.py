@@ -22,7 +22,7 @@ def _open_project(root: str):
 
 def run_import(args: argparse.Namespace) -> int:
     """Import a GeoJSON into one scene, or into every scene of the project it overlaps."""
-    from loop.labelstore_io import read_label_file
+    from loop.labelstore_io import outside_scenes, read_label_file
 
     labels = read_label_file(args.geojson, args.layer)  # read and checked once: file errors are said once
     project = _open_project(args.project)
@@ -65,6 +65,14 @@ def run_import(args: argparse.Namespace) -> int:
             raise errors[0]
         detail = "\n  ".join(str(e) for e in errors)
         raise LabelError(f"{args.geojson}: nothing imported into any of the {len(scenes)} scenes:\n  {detail}")
+    outside = outside_scenes(labels, scenes)
+    if outside.any():  # each scene's own count is normal in a project of several; none at all is a loss
+        where = f"scene {args.scene}" if args.scene else f"any scene of {args.project}"
+        lon0, lat0, lon1, lat1 = labels.frame[outside].to_crs("EPSG:4326").total_bounds
+        warnings.warn(f"{args.geojson}: not imported: {int(outside.sum())} of its {len(outside)} polygon(s) lie "
+                      f"outside {where} (lon {lon0:.4f}..{lon1:.4f}, lat {lat0:.4f}..{lat1:.4f}); add the scene they "
+                      f"are on (`dclabel init {args.project} --image FILE`) and import the file again.",
+                      UserWarning, stacklevel=1)
     print(f"{total} footprint(s) imported into {args.project} (label store version {store.version})")
     return 0
 

@@ -193,6 +193,15 @@ def read_label_file(path: str | os.PathLike, layer: str | None = None) -> LabelF
     return LabelFile(path, gdf, tuple(classes), dropped)
 
 
+def outside_scenes(labels: LabelFile, scenes: list[SceneInfo]) -> np.ndarray:
+    """Which polygons of a file overlap none of ``scenes`` (boolean per row of ``labels.frame``):
+    :func:`import_labels` leaves them out of every scene."""
+    outside = np.ones(len(labels.frame), dtype=bool)
+    for scene in scenes:
+        outside &= ~labels.frame.to_crs(scene.crs).intersects(shapely.box(*scene.bounds)).to_numpy()
+    return outside
+
+
 def import_geojson(
     store: LabelStore, path: str | os.PathLike, scene: SceneInfo, reviewed: bool = True, chip_size: int = 256
 ) -> int:

@@ -97,6 +97,24 @@ def test_labels_import_nothing_overlaps_exits_2(project, tmp_path, capsys):
     assert "far.geojson" in err and "overlaps" in err and "lon -120.1000..-120.0000" in err
 
 
+def test_labels_import_names_polygons_outside_every_scene(project, tmp_path, capsys):
+    # one of three lies beyond the scene: it used to be left out without a word
+    src = _geojson(tmp_path / "part.geojson", [
+        (_ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), {"class": "datacenter"}),
+        (_ll(X0 + 100, Y0 - 90, X0 + 150, Y0 - 60), {"class": "warehouse"}),
+        (shapely.box(-120.1, 36.0, -120.0, 36.1), {"class": "datacenter"}),
+    ])
+    with pytest.warns(UserWarning, match=r"part\.geojson: not imported: 1 of its 3 polygon\(s\) lie outside any scene "
+                      r"of .*lon -120\.1000\.\.-120\.0000, lat 36\.0000\.\.36\.1000.*--image FILE"):
+        assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 0
+    assert "2 footprint(s) imported into" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # all inside: no warning
+        assert main(["labels", "import", str(project.root), "--geojson",
+                     str(_geojson(tmp_path / "in.geojson", [(_ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10),
+                                                             {"class": "datacenter"})]))]) == 0
+
+
 def test_labels_import_counts_layer_and_unknown_classes(project, tmp_path, capsys):
     import sqlite3
     from contextlib import closing
