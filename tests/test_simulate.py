@@ -189,3 +189,23 @@ def test_a_held_out_scene_must_hold_data_centers(tmp_path):
     gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[box(-120.0, 36.0, -119.999, 36.001)], crs=4326).to_file(far)
     with pytest.raises(LabelError, match="far.geojson: no data-center footprint lies inside the held-out scene"):
         read_holdout_scene(tif, far)
+
+
+def test_cli_scores_over_a_held_out_scene_and_refuses_one_without_data_centers(tmp_path, capsys):
+    from loop.cli import main as cli_main
+
+    tif, truth, _ = make_scene(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_tif, other_truth, _ = make_scene(other_dir, width=64, height=96, seed=1)
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame({"class": ["datacenter"]}, geometry=[box(-120.0, 36.0, -119.999, 36.001)], crs=4326).to_file(far)
+    tiny = ["--strategies", "random", "--rounds", "1", "--batch", "2", "--seeds", "1", "--chip-size", "32",
+            "--epochs", "1", "--train-passes", "2", "--base-channels", "4", "--depth", "2", "--no-full-label"]
+    argv = ["simulate", "--image", str(tif), "--truth", str(truth), "--output-dir", str(tmp_path / "out"), *tiny]
+    assert cli_main([*argv, "--holdout-scene", str(other_tif), str(far)]) == 2
+    err = capsys.readouterr().err
+    assert "far.geojson: no data-center footprint lies inside the held-out scene" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert cli_main([*argv, "--holdout-scene", str(other_tif), str(other_truth)]) == 0
+    assert (tmp_path / "out" / "simulation.csv").exists()
