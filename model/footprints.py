@@ -13,6 +13,9 @@ Class rules (:func:`footprint_classes`), per row:
 * no class: a true/false ``label`` (``datacenter`` or ``other``);
 * neither: a data center, with a warning.
 
+Column names are read in any case (``Class``, ``CLASS``, ``Label``: shapefile and GIS exports often
+capitalise them) when no lower-case ``class``/``label`` column is there.
+
 A file without a CRS is taken as lon/lat (GeoJSON's own rule); if its coordinates cannot be
 lon/lat, it is refused with the ``ogr2ogr -a_srs`` command that sets its CRS. A file with several
 layers with geometry needs ``layer``.
@@ -174,9 +177,29 @@ def read_vector_layer(path: str | os.PathLike, layer: str | None = None):
     elif layer not in names:
         raise LabelError(f"{path}: no layer {layer!r}; its layers are {listing}.")
     try:
-        return geopandas.read_file(path, layer=layer) if layer is not None else geopandas.read_file(path)
+        gdf = geopandas.read_file(path, layer=layer) if layer is not None else geopandas.read_file(path)
     except Exception as exc:  # GDAL/pyogrio raise several types for unreadable files
         raise LabelError(f"{path}: not a vector file GDAL can read ({exc}). Expected GeoJSON polygons.") from exc
+    return _lower_case_class_columns(gdf, path)
+
+
+def _lower_case_class_columns(gdf, path: Path):
+    """``Class``/``CLASS`` (``Label``/``LABEL``) renamed ``class`` (``label``) when there is no lower-case one.
+
+    Raises:
+        LabelError: Several columns that differ only in case could be the one meant.
+    """
+    renames = {}
+    for name in ("class", "label"):
+        if name in gdf.columns:
+            continue
+        found = [c for c in gdf.columns if isinstance(c, str) and c.strip().lower() == name]
+        if len(found) > 1:
+            raise LabelError(f"{path}: columns {', '.join(map(repr, found))} could each be the {name!r} column; "
+                             f"rename the one to read to {name!r} (e.g. in QGIS) and run again.")
+        if found:
+            renames[found[0]] = name
+    return gdf.rename(columns=renames) if renames else gdf
 
 
 def with_lonlat_default(gdf, path: str | os.PathLike):

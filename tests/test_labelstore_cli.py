@@ -115,6 +115,23 @@ def test_labels_import_names_polygons_outside_every_scene(project, tmp_path, cap
                                                              {"class": "datacenter"})]))]) == 0
 
 
+def test_labels_import_reads_a_capitalised_class_column(project, tmp_path, capsys):
+    # shapefile and GIS exports often write CLASS or Class: its warehouses used to become data centers
+    import geopandas as gpd
+
+    a, b = _ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), _ll(X0 + 100, Y0 - 90, X0 + 150, Y0 - 60)
+    gpkg = tmp_path / "caps.gpkg"
+    gpd.GeoDataFrame({"CLASS": ["Warehouse", "Data Center"]}, geometry=[a, b], crs=4326).to_file(gpkg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # not "no 'class' or 'label' property"
+        assert main(["labels", "import", str(project.root), "--geojson", str(gpkg)]) == 0
+    fp = Project.open(project.root).labels.footprints(project.scene_ids[0])
+    assert sorted(fp["class"]) == ["datacenter", "warehouse"]
+    both = _geojson(tmp_path / "both.geojson", [(a, {"Class": "retail", "CLASS": "other"})])
+    assert main(["labels", "import", str(project.root), "--geojson", str(both)]) == 2
+    assert "'Class', 'CLASS' could each be the 'class' column" in capsys.readouterr().err
+
+
 def test_labels_import_counts_layer_and_unknown_classes(project, tmp_path, capsys):
     import sqlite3
     from contextlib import closing
