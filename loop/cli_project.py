@@ -91,6 +91,11 @@ def run_init(args: argparse.Namespace) -> int:
                 print(f"dclabel init: warning: {args.project} exists, so {flag} {asked:g} is ignored (it applies "
                       f"to a new project; this one keeps {keeps}); create a new project folder to use it",
                       file=sys.stderr)
+        if args.bands is not None and not args.image:  # bands are each scene's own, set as it is added
+            print(f"dclabel init: warning: {args.project} exists and no --image is given, so --bands "
+                  f"{','.join(map(str, args.bands))} changes nothing: its scenes keep the bands they were added with. "
+                  "--bands applies to the scenes added with --image; to read a scene's bands in another order, "
+                  "add its file to a new project with --bands", file=sys.stderr)
     for scene_id, path in args.relink or ():
         info = project.relink_scene(scene_id, path)
         print(f"{scene_id}: now reads {info.path}")

@@ -238,6 +238,8 @@ def test_cli_init_creates_project_and_reports_errors(tmp_path, capsys):
     assert "--chip-size 64 is ignored" in err and "keeps 32" in err
     assert "--res 0.3 is ignored" in err and "each scene's own pixel size" in err
     assert Project.open(tmp_path / "proj").settings.chip_size == 32
+    assert main(["init", str(tmp_path / "proj"), "--bands", "3,2,1,4"]) == 0  # it used to say nothing
+    assert "--bands 3,2,1,4 changes nothing: its scenes keep the bands they were added with" in capsys.readouterr().err
     assert main(["init", str(tmp_path / "proj"), "--chip-size", "32"]) == 0
     assert "ignored" not in capsys.readouterr().err  # the same value is no change
     assert main(["init", str(tmp_path / "p2"), "--image", str(tmp_path / "missing.tif")]) == 2
