@@ -33,8 +33,9 @@ from labeler.chip_layers import (
     show_heatmap,
     show_proposals,
 )
+from labeler.drawn_shapes import drawn_footprint
 from labeler.export_widget import DETECTIONS_LAYER
-from labeler.footprints import HOLES_LAYER, LAYER_NAME, class_colour, drawn_footprint
+from labeler.footprints import HOLES_LAYER, LAYER_NAME, class_colour
 from labeler.geo import (
     geometry_to_napari,
     join_parts,

@@ -13,7 +13,7 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 from rasterio.windows import Window
 
-from labeler.footprints import FootprintEditor
+from labeler.footprint_editor import FootprintEditor
 from labeler.scene_layers import add_chip_grid, add_scene_layer, set_composite, update_chip_grid
 from model.scene import SceneInfo
 
