@@ -392,7 +392,7 @@ def test_accept_selected_edit_then_accept_and_skip(app, qtbot) -> None:
 
     chip = review.current
     rows = review.table.rowCount()
-    after = review._rows[review._rows.index(chip) + 1]
+    after = review.queue.rows[review.queue.rows.index(chip) + 1]
     review.edit_then_accept()
     fp = store.footprints(sid)
     assert len(fp) == 2 and fp["source"].iloc[-1] == "proposal-edited"

@@ -180,11 +180,11 @@ def test_two_scene_project_switches_scene_and_queue_rows(make_napari_viewer, qtb
         qtbot.waitUntil(lambda: review.rank_job is None, timeout=30_000)
         first, second = (s.scene_id for s in project.scenes)
         assert len(review.items) == 8 and review.table.rowCount() == 4
-        assert {it.scene_id for it in review._rows} == {first}
+        assert {it.scene_id for it in review.queue.rows} == {first}
         assert "+4 in other scenes" in review.counts.text()
         opened.labels.scene.setCurrentIndex(1)
         assert session.scene.scene_id == second and session.editor.scene.scene_id == second
-        assert {it.scene_id for it in review._rows} == {second} and review.current.scene_id == second
+        assert {it.scene_id for it in review.queue.rows} == {second} and review.current.scene_id == second
         review.accept_all()
         assert set(project.labels.footprints()["scene_id"]) == {second}
     finally:
