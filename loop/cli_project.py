@@ -210,7 +210,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         base_channels=args.base_channels, depth=args.depth, dropout=args.dropout, lr=args.lr, pos_weight=args.pos_weight,
         finetune_lr_factor=args.finetune_lr_factor,
         batch_size=args.batch_size, val_fraction=args.val_fraction, warm_start=not args.cold, full_label=not args.no_full_label,
-        threads=args.threads, first_pick=args.first_pick.replace("-", "_"),
+        threads=args.threads, jobs=args.jobs, first_pick=args.first_pick.replace("-", "_"),
     )
 
     def progress(done: int, total: int, info: dict) -> None:
@@ -328,7 +328,10 @@ def register(subparsers) -> None:
                    help="reviewed chips held out to pick the best epoch (0: train on all, keep the last)")
     p.add_argument("--cold", action="store_true", help="train each round from scratch instead of warm starting")
     p.add_argument("--no-full-label", action="store_true", help="skip the full-label reference model")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads of each run")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="runs (full-label reference, each strategy and seed) trained at once in worker processes; "
+                        "with N cores, --jobs N --threads 1 is fastest for small U-Nets (results are the same)")
     p.add_argument("--first-pick", choices=("cold-start", "random"), default="cold-start",
                    help="first round: uncertainty strategies take the cold-start queue the app uses without a "
                         "model, random takes random chips (cold-start, default); or all start from the same "

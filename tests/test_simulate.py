@@ -106,6 +106,47 @@ def test_tiny_simulation_writes_csv_and_png(tmp_path):
     assert len(r0) == len(e0) == 4
 
 
+def test_parallel_jobs_give_the_same_rows_as_one_job(tmp_path):
+    tif, truth, _ = make_scene(tmp_path)
+    kw = dict(strategies=("random", "entropy"), rounds=2, batch=2, seeds=1, chip_size=32, epochs=1, train_passes=4,
+              full_epochs=1, base_channels=4, depth=2, batch_size=4, threads=1)
+    # the same output folder: the pool's scene id (and so random's chip order) hangs on its path
+    serial = run_simulation(tif, truth, tmp_path / "out", SimulationConfig(**kw, jobs=1))
+    seen = []
+    parallel = run_simulation(tif, truth, tmp_path / "out", SimulationConfig(**kw, jobs=2),
+                              progress=lambda d, t, i: seen.append((d, t, i.get("strategy"))))
+    assert sorted(seen)[-1][:2] == (5, 5) and sorted(i for _, _, i in seen) == sorted(
+        ["full", "random", "random", "entropy", "entropy"])
+    drop = ("train_s", "rank_s")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in parallel.rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in serial.rows]
+    assert parallel.summary == serial.summary
+    e0 = Project.open(tmp_path / "out" / "runs" / "entropy-s0").labels.reviewed_chips()
+    assert len(e0) == 4
+
+
+def test_a_failing_parallel_run_is_raised_and_stops_the_others(tmp_path):
+    import time
+
+    from model.errors import CheckpointError
+
+    tif, truth, _ = make_scene(tmp_path)
+    # bald fails when it ranks after round 1 (no dropout); the full-label run would train for many minutes
+    config = SimulationConfig(strategies=("bald",), rounds=2, batch=2, seeds=1, chip_size=32, epochs=1,
+                              train_passes=2, full_epochs=20_000, base_channels=4, depth=2, batch_size=4, dropout=0.0,
+                              jobs=2)
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError, match="BALD"):
+        run_simulation(tif, truth, tmp_path / "out", config)
+    assert time.monotonic() - t0 < 120  # the full-label run was stopped, not waited for
+    assert not (tmp_path / "out" / "simulation.csv").exists()
+
+
+def test_unknown_strategy_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="nosuch"):
+        SimulationConfig(strategies=("random", "nosuch"))
+
+
 @pytest.mark.parametrize("first_pick", ["cold_start", "random"])
 def test_first_round_is_the_cold_start_queue_or_shared_random_chips(tmp_path, first_pick):
     from loop.ranking import rank_chips
