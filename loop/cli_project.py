@@ -227,7 +227,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 def print_summary(summary: dict) -> None:
     """The label-efficiency table and headline figures."""
     full = summary.get("full_iou")
-    print(f"pool chips: {summary['n_pool']}; full-label IoU: {full:.3f}" if full is not None else
+    seeds = summary.get("full_iou_per_seed") or []
+    per_seed = f" (mean of {len(seeds)} seeds: {', '.join(f'{v:.3f}' for v in seeds)})" if len(seeds) > 1 else ""
+    print(f"pool chips: {summary['n_pool']}; full-label IoU: {full:.3f}{per_seed}" if full is not None else
           f"pool chips: {summary['n_pool']}")
     budget = summary["budget"]
     print(f"{'strategy':<10} {'chips to 95%':>13} {'IoU @' + format(budget, '.0%'):>9} {'final IoU':>10}")

@@ -125,6 +125,21 @@ def test_parallel_jobs_give_the_same_rows_as_one_job(tmp_path):
     assert len(e0) == 4
 
 
+def test_the_full_label_line_is_the_mean_of_one_model_per_seed(tmp_path):
+    tif, truth, _ = make_scene(tmp_path)
+    config = SimulationConfig(strategies=("random",), rounds=1, batch=2, seeds=2, chip_size=32, epochs=1,
+                              train_passes=4, full_epochs=2, base_channels=4, depth=2, batch_size=4, jobs=2)
+    result = run_simulation(tif, truth, tmp_path / "out", config)
+    full = [r for r in result.rows if r["strategy"] == "full"]
+    assert [r["seed"] for r in full] == [0, 1]
+    ious = [r["iou"] for r in full]
+    assert ious[0] != ious[1]  # trained with different seeds
+    assert result.full_label["iou"] == pytest.approx(np.mean(ious))
+    assert result.full_label["iou_std"] == pytest.approx(np.std(ious))
+    assert result.summary["full_iou"] == pytest.approx(np.mean(ious))
+    assert result.summary["full_iou_per_seed"] == pytest.approx(ious)
+
+
 def test_a_failing_parallel_run_is_raised_and_stops_the_others(tmp_path):
     import time
 
