@@ -78,7 +78,7 @@ def _dropout(text: str) -> float:
 def run_init(args: argparse.Namespace) -> int:
     """Create (or extend) a project with the given scenes."""
     from loop.project import PROJECT_FILE, Project
-    from model.scene import pixel_size_m
+    from model.ground import pixel_size_m
 
     existed = (args.project / PROJECT_FILE).exists()
     project = Project.create(args.project, images=args.image or (), bands=args.bands,

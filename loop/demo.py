@@ -15,7 +15,8 @@ from loop.demo_config import DemoConfig, default_demo_dir
 from loop.errors import ProjectError
 from loop.project import Project
 from loop.training_chips import reviewed_training_chips
-from model.scene import NAIP_RES_M, median_pixel_size_m
+from model.ground import median_pixel_size_m
+from model.scene import NAIP_RES_M
 from model.synth import SynthConfig, generate_scene
 from model.train import TrainConfig, fit
 

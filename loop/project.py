@@ -34,17 +34,9 @@ from loop.errors import ProjectError
 from loop.scene_grid import SceneGrid
 from model.atomic import write_json_atomic
 from model.errors import ConfigError, SceneError, SceneNotFoundError
-from model.scene import (
-    SceneInfo,
-    chip_windows,
-    is_north_up,
-    north_up_scene,
-    open_scene,
-    pixel_size_m,
-    resampled_scene,
-    same_resolution,
-    scene_id_for,
-)
+from model.ground import pixel_size_m, same_resolution
+from model.scene import SceneInfo, chip_windows, open_scene, scene_id_for
+from model.scene_vrt import is_north_up, north_up_scene, resampled_scene
 
 if TYPE_CHECKING:  # imported lazily at run time: the store and registry land in their own modules
     from loop.labelstore import LabelStore

@@ -25,7 +25,7 @@ from scipy import ndimage
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from model.scene import ground_metres_per_unit, lonlat
+from model.ground import ground_metres_per_unit, lonlat
 
 _EPS = 1e-7
 # 4-connectivity: rasterio.features.shapes with connectivity=4 then yields one valid polygon per

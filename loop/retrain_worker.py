@@ -33,7 +33,8 @@ import numpy as np
 from loop.registry import RetrainLock
 from model.checkpoint import Checkpoint
 from model.errors import Cancelled, ConfigError, DclabelError
-from model.scene import Chip, median_pixel_size_m
+from model.ground import median_pixel_size_m
+from model.scene import Chip
 from model.unet import UNetConfig
 
 Emit = Callable[[dict], None]

@@ -15,15 +15,9 @@ import rasterio.errors
 from tqdm import tqdm
 
 from model.errors import ConfigError, LabelError, SceneError
+from model.ground import ground_metres_per_unit, lonlat
 from model.masks import load_footprints, rasterize_footprints
-from model.scene import (
-    SceneInfo,
-    chip_windows,
-    ground_metres_per_unit,
-    lonlat,
-    read_chip,
-    write_geotiff,
-)
+from model.scene import SceneInfo, chip_windows, read_chip, write_geotiff
 
 
 def _tifs(folder: Path) -> list[Path]:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from model.checkpoint import Normalization
 from model.errors import LabelError, SceneError
-from model.scene import ground_metres_per_unit, lonlat
+from model.ground import ground_metres_per_unit, lonlat
 
 ChipPair = tuple[np.ndarray, np.ndarray]  # (image uint8 (C,H,W), mask uint8 (H,W))
 

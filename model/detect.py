@@ -24,18 +24,10 @@ from model.export import (
     write_mask,
     write_probability,
 )
+from model.ground import ground_metres_per_unit, pixel_size_m, same_resolution, scene_centre_lonlat
 from model.predict_scene import predict_scene
-from model.scene import (
-    SceneInfo,
-    ground_metres_per_unit,
-    is_north_up,
-    north_up_scene,
-    open_scene,
-    pixel_size_m,
-    resampled_scene,
-    same_resolution,
-    scene_centre_lonlat,
-)
+from model.scene import SceneInfo, open_scene
+from model.scene_vrt import is_north_up, north_up_scene, resampled_scene
 from model.vectorize import vectorize_probability
 
 
@@ -58,7 +50,7 @@ def scene_for_model(scene: SceneInfo, ckpt: Checkpoint, config: DetectConfig, fo
     sees buildings at the scale it learned them and ``min_area`` counts the model's pixels.
 
     A grid that is not north-up (stored south-up, mirrored, rotated or sheared) is first read
-    through a north-up VRT (:func:`model.scene.north_up_scene`, a flip pixel for pixel), as a
+    through a north-up VRT (:func:`model.scene_vrt.north_up_scene`, a flip pixel for pixel), as a
     project adds it: the model learned buildings with north at the top."""
     if not is_north_up(scene.transform):
         scene = north_up_scene(scene, folder)

@@ -22,7 +22,8 @@ from rasterio.windows import Window
 
 from model.atomic import all_or_none, atomic_path, check_features, check_raster
 from model.errors import ConfigError
-from model.scene import SceneInfo, areal_scale, lonlat, valid_pixels
+from model.ground import areal_scale, lonlat
+from model.scene import SceneInfo, valid_pixels
 from model.tiling import PROB_SCALE
 from model.vectorize import valid_at_precision
 

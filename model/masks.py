@@ -22,7 +22,7 @@ from model.footprints import (
     resolve_classes,
     with_lonlat_default,
 )
-from model.scene import ground_metres_per_unit, lonlat
+from model.ground import ground_metres_per_unit, lonlat
 
 __all__ = ["CLASS_ALIASES", "buffer_ground", "footprint_classes", "load_footprints", "polygonal", "rasterize_footprints"]
 

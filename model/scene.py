@@ -1,26 +1,24 @@
-"""Scene IO: the only module that opens rasters for reading, and the atomic GeoTIFF writer.
+"""Scene IO: opening and checking scenes, reading their pixels, and the atomic GeoTIFF writer.
 
 A scene is a multi-band GeoTIFF (NAIP: red, green, blue, NIR at ~0.6 m). Pixels never leave this
 module without their georeference: a :class:`Chip` carries scene id, window, CRS and transform.
+Ground units of a scene's CRS (metres on the ground, pixel sizes) are in :mod:`model.ground`;
+scenes seen through GDAL VRTs (resampled, warped, north-up) in :mod:`model.scene_vrt`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import rasterio.enums
-import rasterio.shutil
 from affine import Affine
-from pyproj import Proj, Transformer
 from rasterio._err import CPLE_BaseError  # GDAL's errors as raised through a boundless read's VRT
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
@@ -31,7 +29,6 @@ from model.errors import SceneError, SceneNotFoundError
 
 BANDS: tuple[str, ...] = ("red", "green", "blue", "nir")
 NAIP_RES_M = 0.6  # the pixel size of the seed study's NAIP imagery, and the default a model assumes
-RES_TOLERANCE = 0.2  # pixel sizes within this relative difference count as the same resolution
 
 
 @dataclass(frozen=True)
@@ -239,184 +236,6 @@ def value_scale_for(src: rasterio.DatasetReader, bands: Sequence[int], side: int
         if peak <= 2**bits - 1:
             return 255.0 / (2**bits - 1)
     return 255.0 / peak
-
-
-@lru_cache(maxsize=32)
-def _proj(wkt: str) -> Proj:
-    return Proj(CRS.from_wkt(wkt))
-
-
-@lru_cache(maxsize=32)
-def _to_lonlat(wkt: str) -> Transformer:
-    return Transformer.from_crs(CRS.from_wkt(wkt), "EPSG:4326", always_xy=True)
-
-
-def lonlat(crs: CRS, x: float, y: float) -> tuple[float, float]:
-    """Longitude and latitude of a point in ``crs`` (transformers cached per CRS)."""
-    lon, lat = _to_lonlat(crs.to_wkt()).transform(x, y)
-    return float(lon), float(lat)
-
-
-def areal_scale(crs: CRS, lon: float, lat: float) -> float | None:
-    """The projection's areal scale at (lon, lat) (1 = true areas), None when pyproj cannot tell."""
-    try:
-        scale = float(_proj(crs.to_wkt()).get_factors(lon, lat).areal_scale)
-    except Exception:  # noqa: BLE001 - pyproj raises several types for CRSs it cannot factor
-        return None
-    return scale if scale > 0 and math.isfinite(scale) else None
-
-
-def ground_metres_per_unit(crs: CRS, lon: float, lat: float) -> float:
-    """Ground metres per CRS unit at (lon, lat): the unit's length in metres divided by the
-    projection's linear scale there when that is off by more than 1 % (1.29 for Web Mercator at
-    39 N, whose "metres" are that much shorter on the ground). UTM (0.9996-1.001), state plane
-    and Albers count as true, so their grids keep whole-metre pixel sizes."""
-    factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-    areal = areal_scale(crs, lon, lat)
-    scale = math.sqrt(areal) if areal is not None else 1.0
-    if abs(scale - 1.0) <= 0.01:
-        return float(factor)
-    return float(factor / scale)
-
-
-def scene_centre_lonlat(scene: SceneInfo) -> tuple[float, float]:
-    """Longitude and latitude of the scene's centre."""
-    return lonlat(scene.crs, *(scene.transform @ (scene.width / 2, scene.height / 2)))
-
-
-def pixel_size_m(scene: SceneInfo) -> float | None:
-    """Mean pixel side on the ground in metres at the scene's centre, or None when the CRS is
-    geographic (degrees). Projection scale counts: 0.77 "m" Web Mercator pixels at 39 N are 0.6 m."""
-    if scene.crs.is_geographic:
-        return None
-    return float((scene.res[0] + scene.res[1]) / 2 * ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene)))
-
-
-def median_pixel_size_m(scenes: Sequence[SceneInfo]) -> float | None:
-    """Median metric pixel size of some scenes (training imagery), None when none is metric."""
-    sizes = [m for m in map(pixel_size_m, scenes) if m is not None]
-    return float(np.median(sizes)) if sizes else None
-
-
-def same_resolution(a_m: float, b_m: float, tolerance: float = RES_TOLERANCE) -> bool:
-    """Whether two pixel sizes differ by at most ``tolerance`` of the larger."""
-    return abs(a_m - b_m) <= tolerance * max(a_m, b_m)
-
-
-def resampled_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> SceneInfo:
-    """The scene seen at ``res_m`` metres per pixel, through a GDAL VRT written into ``folder``.
-
-    Nothing is copied: the VRT refers to the source and GDAL resamples while reading (``average``
-    when the pixels grow, ``bilinear`` when they shrink). The grid keeps the scene's origin and
-    CRS; its extent is rounded to whole pixels. A scene in geographic coordinates (degrees) is
-    warped instead, to the UTM zone of its centre (:func:`warped_scene`). Band selection
-    (``scene.bands``) carries over.
-
-    Raises:
-        SceneError: GDAL cannot build the VRT.
-    """
-    here = pixel_size_m(scene)
-    if here is None:
-        return warped_scene(scene, res_m, folder)
-    units = res_m / ground_metres_per_unit(scene.crs, *scene_centre_lonlat(scene))
-    method = "average" if res_m > here else "bilinear"
-    out = Path(folder) / f"{scene.path.stem}_{res_m:g}m.vrt"
-    source = f"vrt://{_as_data(scene, folder)}?tr={units!r},{units!r}&r={method}"
-    _write_vrt(source, out, f"{scene.path}: could not resample to {res_m} m through a VRT")
-    return _open_derived(out, scene.bands)
-
-
-def warped_scene(scene: SceneInfo, res_m: float, folder: str | os.PathLike) -> SceneInfo:
-    """The scene warped to the UTM zone of its centre at ``res_m`` metres per pixel, through a
-    GDAL warped VRT in ``folder`` (bilinear; pixels outside the source are masked by an alpha
-    band, so they count as nodata)."""
-    from rasterio.vrt import WarpedVRT
-    from rasterio.warp import calculate_default_transform
-
-    lon, lat = scene_centre_lonlat(scene)
-    utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + min(60, int((lon + 180) // 6) + 1))
-    out = Path(folder) / f"{scene.path.stem}_{utm.to_epsg()}_{res_m:g}m.vrt"
-    with rasterio.open(_as_data(scene, folder)) as src:
-        transform, width, height = calculate_default_transform(src.crs, utm, src.width, src.height, *src.bounds,
-                                                               resolution=res_m)
-        # outside the source: nodata if it has one; else an alpha band, unless the source has one
-        # beyond the bands read (then it is the warper's source alpha, and is warped into an alpha)
-        has_alpha = rasterio.enums.ColorInterp.alpha in src.colorinterp
-        with WarpedVRT(src, crs=utm, transform=transform, width=width, height=height,
-                       resampling=rasterio.enums.Resampling.bilinear,
-                       add_alpha=src.nodata is None and not has_alpha) as vrt:
-            _write_vrt(vrt, out, f"{scene.path}: could not warp to {utm.to_string()} at {res_m} m through a VRT")
-    return _open_derived(out, scene.bands)
-
-
-def is_north_up(transform: Affine) -> bool:
-    """Whether a grid's rows run north to south with no rotation (how scenes are shown)."""
-    return transform.b == 0 and transform.d == 0 and transform.e < 0 < transform.a
-
-
-def north_up_scene(scene: SceneInfo, folder: str | os.PathLike) -> SceneInfo:
-    """The scene on a north-up grid, through a GDAL warped VRT in ``folder``: a grid stored
-    south-up (positive y pixel size) is flipped pixel for pixel (nearest: every output pixel
-    centre is a source pixel centre), a rotated one resampled bilinearly onto a north-up grid of
-    the same pixel size. Same CRS; band selection carries over."""
-    from rasterio.vrt import WarpedVRT
-    from rasterio.warp import calculate_default_transform
-
-    t = scene.transform
-    out = Path(folder) / f"{scene.path.stem}_north_up.vrt"
-    with rasterio.open(_as_data(scene, folder)) as src:
-        if t.b == 0 and t.d == 0:  # a flip (and/or a mirror): exact
-            left, right = sorted((t.c, t.c + t.a * scene.width))
-            top = max(t.f, t.f + t.e * scene.height)
-            transform, width, height = Affine(abs(t.a), 0, left, 0, -abs(t.e), top), scene.width, scene.height
-            method = rasterio.enums.Resampling.nearest
-        else:
-            res = math.sqrt(abs(t.a * t.e - t.b * t.d))
-            transform, width, height = calculate_default_transform(src.crs, src.crs, src.width, src.height,
-                                                                   *src.bounds, resolution=res)
-            method = rasterio.enums.Resampling.bilinear
-        with WarpedVRT(src, crs=src.crs, transform=transform, width=width, height=height, resampling=method,
-                       tolerance=1e-6,  # near-exact transformer: the default approximation misses rows
-                       add_alpha=(t.b != 0 or t.d != 0) and src.nodata is None
-                       and rasterio.enums.ColorInterp.alpha not in src.colorinterp) as vrt:
-            _write_vrt(vrt, out, f"{scene.path}: could not turn the grid north-up through a VRT")
-    return _open_derived(out, scene.bands)
-
-
-def _as_data(scene: SceneInfo, folder: str | os.PathLike) -> Path:
-    """The scene's file for GDAL to resample or warp: the file itself, or, when a band read as data
-    is tagged alpha (NIR of a 4-band file GDAL tagged RGBA), a VRT of it in ``folder`` with that
-    band tagged undefined, since GDAL's warper and resampling take a band tagged alpha as the
-    opacity of the others (zeroing R, G, B where NIR is 0) rather than as data."""
-    with rasterio.open(scene.path) as src:
-        tagged = [b for b in alpha_bands(src) if b in scene.bands]
-    if not tagged:
-        return scene.path.resolve()
-    out = Path(folder) / f"{scene.path.stem}_bands.vrt"
-    with atomic_path(out) as tmp:
-        try:
-            rasterio.shutil.copy(str(scene.path.resolve()), tmp, driver="VRT")
-            with rasterio.open(tmp, "r+") as vrt:
-                vrt.colorinterp = [rasterio.enums.ColorInterp.undefined if b in tagged else c
-                                   for b, c in enumerate(vrt.colorinterp, 1)]
-        except rasterio.errors.RasterioError as exc:
-            raise SceneError(f"{scene.path}: could not retag band(s) {tagged} as data through a VRT ({exc}).") from exc
-    return out
-
-
-def _open_derived(out: Path, bands: Sequence[int]) -> SceneInfo:
-    """Open a VRT made from a scene: what :func:`open_scene` would warn about was said of the scene."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return open_scene(out, bands)
-
-
-def _write_vrt(source, out: Path, what: str) -> None:
-    try:
-        with atomic_path(out) as tmp:  # atomic: ranks of a distributed run may write the same file
-            rasterio.shutil.copy(source, tmp, driver="VRT")
-    except rasterio.errors.RasterioError as exc:
-        raise SceneError(f"{what} ({exc}).") from exc
 
 
 def to_uint8(arr: np.ndarray, scene: SceneInfo) -> np.ndarray:

@@ -16,7 +16,9 @@ from test_model_detect import _train_tiny
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.detect import DetectConfig, detect_scene
-from model.scene import open_scene, pixel_size_m, read_window, resampled_scene, write_geotiff
+from model.ground import pixel_size_m
+from model.scene import open_scene, read_window, write_geotiff
+from model.scene_vrt import resampled_scene
 
 torch.set_num_threads(1)
 
