@@ -11,7 +11,7 @@ and one training pass of the chosen U-Net to estimate the run time, runs
 The defaults (2048 px scene at difficulty 0.25 = 48 pool chips + 16 held-out chips, plus a whole
 second scene of seed 2 held out (64 chips; the strip alone holds 6 data centers, too few to tell
 strategies apart: one missed building moves a model's IoU by about 0.2), depth-4
-U-Net, at least 640 chip passes per round, 4 rounds of 3 chips (25% of the pool), strategies
+U-Net, at least 576 chip passes per round, 4 rounds of 3 chips (25% of the pool), strategies
 random and entropy, 3 seeds, a full-label reference of 3 seeds trained for 40 epochs, runs trained two at
 a time with one thread each) take the widest U-Net (base 16, 12 or 8 channels) whose
 measured-speed estimate fits ``--budget-min`` (60) on this CPU.
@@ -19,7 +19,7 @@ Until 2026-12-05 the defaults were 128 passes, 6 rounds and bald as a third stra
 short left 12-chip models far under what the same chips give when trained longer
 (``bench/passive.py``), so the passes went up and, to stay within the hour, bald and the
 rounds past 25% went. Later that day runs went parallel (2 jobs x 1 thread train ~40% more chips
-per second than 1 x 2 threads here) and the time saved went to more passes per round (640
+per second than 1 x 2 threads here) and the time saved went to more passes per round (576
 instead of 512) and to the full-label reference of one model per seed (one model's IoU moved
 from 0.557 to 0.419 with only its thread count changed).
 ``--estimate-only``
@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-passes", type=int, default=640, help="minimum chip passes per round")
+    ap.add_argument("--train-passes", type=int, default=576, help="minimum chip passes per round")
     ap.add_argument("--full-epochs", type=int, default=40,
                     help="epochs of the full-label reference (it should converge: it sets the 95%% line)")
     ap.add_argument("--finetune-lr-factor", type=float, default=0.25,
