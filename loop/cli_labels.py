@@ -11,7 +11,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from model.errors import LabelError
+from model.errors import LabelError, SceneError, SceneNotFoundError
 
 
 def _open_project(root: str):
@@ -26,9 +26,19 @@ def run_import(args: argparse.Namespace) -> int:
 
     labels = read_label_file(args.geojson, args.layer)  # read and checked once: file errors are said once
     project = _open_project(args.project)
+    # labels need no pixels: a scene whose file is missing is placed on its recorded grid; one that
+    # cannot be placed is named, and the polygons on no other scene are counted below
+    scenes, unplaced = ([project.scene_for_labels(args.scene)], []) if args.scene else _placeable_scenes(project)
+    for scene_id, exc in unplaced:
+        warnings.warn(f"{args.geojson}: not imported into scene {scene_id}: {exc}"
+                      f"{_NO_GRID if isinstance(exc, SceneNotFoundError) else ''} Once the scene opens, import "
+                      f"{args.geojson} again (polygons already imported are not added twice).", UserWarning,
+                      stacklevel=1)
     store = project.labels
-    scenes = [project.scene(args.scene)] if args.scene else project.scenes
     if not scenes:
+        if unplaced:
+            raise LabelError(f"{args.geojson}: nothing imported: no scene of {args.project} could be placed "
+                             f"({', '.join(sid for sid, _ in unplaced)}; see above).")
         raise LabelError(
             f"{args.project}: the project has no scenes to attach labels to; add one with "
             f"`dclabel init {args.project} --image FILE` first."
@@ -61,20 +71,41 @@ def run_import(args: argparse.Namespace) -> int:
             warnings.warn(f"{scene.scene_id}: {result.unreviewed_chips} chip(s) not marked reviewed: a polygon "
                           "there could not be imported; review them in the app.", UserWarning, stacklevel=1)
     if len(errors) == len(scenes):
-        if len(errors) == 1:
+        if len(errors) == 1 and not unplaced:
             raise errors[0]
         detail = "\n  ".join(str(e) for e in errors)
-        raise LabelError(f"{args.geojson}: nothing imported into any of the {len(scenes)} scenes:\n  {detail}")
+        also = f" (and {len(unplaced)} scene(s) that could not be placed, see above)" if unplaced else ""
+        raise LabelError(f"{args.geojson}: nothing imported into any of the {len(scenes)} scenes{also}:\n  {detail}")
     outside = outside_scenes(labels, scenes)
     if outside.any():  # each scene's own count is normal in a project of several; none at all is a loss
         where = f"scene {args.scene}" if args.scene else f"any scene of {args.project}"
+        todo = f"add the scene they are on (`dclabel init {args.project} --image FILE`)"
+        if unplaced:
+            ids = ", ".join(sid for sid, _ in unplaced)
+            where += f" whose grid is known, so they may lie on {ids} (see above)"
+            todo = f"make {ids} open again (see above) or {todo}"
         lon0, lat0, lon1, lat1 = labels.frame[outside].to_crs("EPSG:4326").total_bounds
         warnings.warn(f"{args.geojson}: not imported: {int(outside.sum())} of its {len(outside)} polygon(s) lie "
-                      f"outside {where} (lon {lon0:.4f}..{lon1:.4f}, lat {lat0:.4f}..{lat1:.4f}); add the scene they "
-                      f"are on (`dclabel init {args.project} --image FILE`) and import the file again.",
-                      UserWarning, stacklevel=1)
+                      f"outside {where} (lon {lon0:.4f}..{lon1:.4f}, lat {lat0:.4f}..{lat1:.4f}); {todo} and "
+                      "import the file again.", UserWarning, stacklevel=1)
     print(f"{total} footprint(s) imported into {args.project} (label store version {store.version})")
     return 0
+
+
+_NO_GRID = (" Its grid is not recorded in project.json (the scene was added by an older dclabel), so polygons "
+            "cannot be placed on it without the file.")
+
+
+def _placeable_scenes(project) -> tuple[list, list[tuple[str, SceneError]]]:
+    """The project's scenes labels can be placed on (:meth:`Project.scene_for_labels`), and the
+    (scene id, error) of those that cannot."""
+    scenes, unplaced = [], []
+    for scene_id in project.scene_ids:
+        try:
+            scenes.append(project.scene_for_labels(scene_id))
+        except SceneError as exc:
+            unplaced.append((scene_id, exc))
+    return scenes, unplaced
 
 
 def run_export(args: argparse.Namespace) -> int:

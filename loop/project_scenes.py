@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import rasterio
 import rasterio.errors
+from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from loop.errors import ProjectError
@@ -161,6 +162,33 @@ class ProjectScenes:
         before grids were recorded); known without its file, e.g. to place the chips of a missing scene."""
         grid = self._entry(scene_id).get("grid")
         return SceneGrid.from_json(grid).affine if grid else None
+
+    def scene_for_labels(self, scene_id: str) -> SceneInfo:
+        """A scene as placing labels on it needs it: :meth:`scene` when its file opens; when the file is
+        missing (moved, deleted), the grid recorded in project.json (size, CRS, transform), with a
+        warning (once) naming the file. Its pixels cannot be read then; its footprints and reviewed
+        chips are in the grid's coordinates, so importing or exporting labels needs none.
+
+        Raises:
+            ProjectError: No scene has this id.
+            SceneError: The file is unusable, or missing in a project made before grids were recorded.
+        """
+        try:
+            return self.scene(scene_id)
+        except SceneNotFoundError as exc:
+            entry = self._entry(scene_id)
+            if not entry.get("grid"):
+                raise
+            grid = SceneGrid.from_json(entry["grid"])
+            transform = grid.affine
+            info = SceneInfo(path=self._resolve(entry["path"]), scene_id=scene_id, width=grid.width,
+                             height=grid.height, crs=CRS.from_user_input(grid.crs), transform=transform,
+                             bands=tuple(entry["bands"]), nodata=None, res=(abs(transform.a), abs(transform.e)))
+            if scene_id not in self._unreadable:
+                self._unreadable.add(scene_id)
+                warnings.warn(f"{exc} Its labels are placed on the grid project.json records for it "
+                              f"({grid.describe()}); reviewing them needs the file.", UserWarning, stacklevel=2)
+            return info
 
     def chip_windows(self, scene_id: str) -> list[Window]:
         """Chip windows (``settings.chip_size``, edges covered) of a scene."""

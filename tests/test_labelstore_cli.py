@@ -216,3 +216,62 @@ def test_labels_import_reports_a_file_problem_once_not_per_scene(two_scene_proje
         assert main(["labels", "import", root, "--geojson", str(mixed)]) == 0
     said = [str(w.message) for w in caught if "1 Point" in str(w.message)]
     assert len(said) == 1 and "not imported: 1 Point" in said[0]
+
+
+def _two_scene_project(tmp_path):
+    """Scenes a and b side by side (b 1 km east of a); b's file is then moved away."""
+    rng = np.random.default_rng(1)
+    a = write_geotiff(tmp_path / "a.tif", rng.integers(0, 255, (4, 300, 400), dtype=np.uint8), UTM18,
+                      Affine(RES, 0, X0, 0, -RES, Y0))
+    b = write_geotiff(tmp_path / "b.tif", rng.integers(0, 255, (4, 300, 400), dtype=np.uint8), UTM18,
+                      Affine(RES, 0, X0 + 1000, 0, -RES, Y0))
+    project = Project.create(tmp_path / "proj", images=[a, b])
+    b.rename(tmp_path / "b_moved.tif")
+    src = _geojson(tmp_path / "in.geojson", [
+        (_ll(X0 + 10, Y0 - 50, X0 + 60, Y0 - 10), {"class": "datacenter"}),       # on a
+        (_ll(X0 + 1010, Y0 - 50, X0 + 1060, Y0 - 10), {"class": "warehouse"}),    # on b, whose file is gone
+    ])
+    return project, src
+
+
+def test_labels_import_places_polygons_of_a_scene_whose_file_is_missing(tmp_path, capsys):
+    # one scene's file moved away: the whole import used to fail on it, though project.json records its grid
+    project, src = _two_scene_project(tmp_path)
+    id_a, id_b = project.scene_ids
+    with pytest.warns(UserWarning, match=r"b\.tif: no such file.*--relink.*placed on the grid project\.json "
+                      r"records for it"):
+        assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert f"{id_a}: 1 footprint(s) imported" in out and f"{id_b}: 1 footprint(s) imported" in out
+    assert "2 footprint(s) imported into" in out
+    labels = Project.open(project.root).labels
+    assert list(labels.footprints(id_a)["class"]) == ["datacenter"]
+    fp_b = labels.footprints(id_b)
+    assert list(fp_b["class"]) == ["warehouse"]
+    x0, y0, x1, y1 = fp_b.total_bounds
+    assert abs(x0 - (X0 + 1010)) < 0.01 and abs(y1 - (Y0 - 10)) < 0.01  # where the polygon is, on b's grid
+    assert len(labels.reviewed_chips(id_b)) == len(labels.reviewed_chips(id_a)) == 2  # chips of the recorded grid
+    # --scene of the missing scene works the same way
+    with pytest.warns(UserWarning, match=r"b\.tif: no such file"):
+        assert main(["labels", "import", str(project.root), "--geojson", str(src), "--scene", id_b]) == 0
+    assert f"{id_b}: 0 footprint(s) imported, 1 already present" in capsys.readouterr().out
+
+
+def test_labels_import_names_a_missing_scene_without_a_recorded_grid(tmp_path, capsys):
+    # a project made before grids were recorded: b's polygons cannot be placed without its file
+    project, src = _two_scene_project(tmp_path)
+    id_a, id_b = project.scene_ids
+    doc = json.loads(project.file.read_text())
+    for entry in doc["scenes"]:
+        entry.pop("grid", None)
+    project.file.write_text(json.dumps(doc))
+    with pytest.warns(UserWarning) as record:
+        assert main(["labels", "import", str(project.root), "--geojson", str(src)]) == 0
+    text = "\n".join(str(w.message) for w in record)
+    assert f"not imported into scene {id_b}" in text and "b.tif: no such file" in text
+    assert "grid is not recorded" in text and f"Once the scene opens, import {src} again" in text
+    assert (f"1 of its 2 polygon(s) lie outside any scene of {project.root} whose grid is known, so they may lie "
+            f"on {id_b}") in text
+    out = capsys.readouterr().out
+    assert f"{id_a}: 1 footprint(s) imported" in out and "1 footprint(s) imported into" in out
+    assert list(Project.open(project.root).labels.footprints(id_a)["class"]) == ["datacenter"]
