@@ -285,7 +285,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=positive_int, default=5, help="epochs (at least; see --min-passes)")
     p.add_argument("--min-passes", type=_non_negative_int, default=None,
                    help="fewest chip passes of the round: with few reviewed chips epochs are raised to reach it "
-                        f"(default {MIN_PASSES_DEFAULT}; 0: exactly --epochs; the simulation trains 512)")
+                        f"(default {MIN_PASSES_DEFAULT}; 0: exactly --epochs; the simulation trains 576)")
     p.add_argument("--lr", type=_positive_number, default=1e-3,
                    help="learning rate of a first model; later rounds fine-tune the current one at a quarter of it")
     p.add_argument("--batch-size", type=positive_int, default=8)

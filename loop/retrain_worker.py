@@ -52,7 +52,7 @@ FINETUNE_LR_FACTOR = 0.25
 #: few reviewed chips are a few dozen optimizer steps: in ``simulate`` (README, Active learning),
 #: entropy-ranked rounds reached holdout IoU 0.45 after 18 chips at 128 passes a round, and 0.60
 #: (the full-label model's) after 12 chips at 512. 256 keeps a 50-chip round on one thread within
-#: the 120 s target; ``--min-passes 512`` trains as the simulation does.
+#: the 120 s target; ``--min-passes 576`` trains as the simulation does.
 MIN_PASSES = 256
 
 
