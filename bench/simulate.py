@@ -8,12 +8,12 @@ and one training pass of the chosen U-Net to estimate the run time, runs
   holdout IoU, and
 * its holdout IoU minus random's at a 10% labelling budget (mean over seeds).
 
-The defaults (2048 px scene at difficulty 0.25 = 48 pool chips + 16 held-out chips, plus a whole
-second scene of seed 2 held out (64 chips; the strip alone holds 6 data centers, too few to tell
-strategies apart: one missed building moves a model's IoU by about 0.2), depth-4
-U-Net, at least 576 chip passes per round, 4 rounds of 3 chips (25% of the pool), strategies
-random and entropy, 3 seeds, a full-label reference of 3 seeds trained for 40 epochs, runs trained two at
-a time with one thread each) take the widest U-Net (base 16, 12 or 8 channels) whose
+The defaults (4096 x 2048 px scene at difficulty 0.25 = 96 pool chips + 32 held-out chips, plus
+a whole second scene of seed 2 held out (128 chips; the strip alone holds too few data centers to
+tell strategies apart: one missed building moves a model's IoU by about 0.2), depth-4 U-Net, at
+least 576 chip passes per round, 4 rounds of 6 chips (25% of the pool), strategies random and
+entropy, 3 seeds, a full-label reference of 3 seeds trained for 20 epochs, runs trained two at a
+time with one thread each) take the widest U-Net (base 16, 12 or 8 channels) whose
 measured-speed estimate fits ``--budget-min`` (60) on this CPU.
 Until 2026-12-05 the defaults were 128 passes, 6 rounds and bald as a third strategy: rounds that
 short left 12-chip models far under what the same chips give when trained longer
@@ -21,7 +21,10 @@ short left 12-chip models far under what the same chips give when trained longer
 rounds past 25% went. Later that day runs went parallel (2 jobs x 1 thread train ~40% more chips
 per second than 1 x 2 threads here) and the time saved went to more passes per round (576
 instead of 512) and to the full-label reference of one model per seed (one model's IoU moved
-from 0.557 to 0.419 with only its thread count changed).
+from 0.557 to 0.419 with only its thread count changed). On 2026-12-06 the pool doubled
+(2048 -> 4096 px wide, 3 -> 6 chips per round): with 48 chips the 10% budget was 4.8 chips,
+between the cold-start round and the first model-ranked one, and one seed whose random draw held
+a single positive chip decided the figure.
 ``--estimate-only``
 prints the estimates without running, ``--quick`` runs a reduced version in a few minutes.
 
@@ -95,7 +98,8 @@ def estimate_s(config: SimulationConfig, n_pool: int, n_hold: int, fwd: float, s
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048, help="scene height (and default width) in pixels")
-    ap.add_argument("--width", type=int, default=None, help="scene width in pixels (default: --size)")
+    ap.add_argument("--width", type=int, default=4096,
+                    help="scene width in pixels (0: --size; 4096 x 2048 gives a 96-chip pool, 2048 before 2026-12-06)")
     ap.add_argument("--holdout", type=float, default=0.25,
                     help="right-hand share of the scene kept for scoring (as simulate --holdout)")
     ap.add_argument("--scene-seed", type=int, default=1)
@@ -107,12 +111,13 @@ def main() -> int:
     ap.add_argument("--strategies", default="random,entropy",
                     help="tta works too but ranks at 8 forward passes per chip, too slow for the 60-minute run")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=6, help="chips reviewed per round (3 with the 48-chip pool before 2026-12-06)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train-passes", type=int, default=576, help="minimum chip passes per round")
-    ap.add_argument("--full-epochs", type=int, default=40,
-                    help="epochs of the full-label reference (it should converge: it sets the 95%% line)")
+    ap.add_argument("--full-epochs", type=int, default=20,
+                    help="epochs of the full-label reference (it should converge: it sets the 95%% line); "
+                         "20 over 96 chips = the 1,920 chip passes of 40 over the earlier 48")
     ap.add_argument("--finetune-lr-factor", type=float, default=0.25,
                     help="warm-started rounds train at the learning rate times this")
     ap.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
@@ -131,7 +136,7 @@ def main() -> int:
                     help="first round of the uncertainty strategies: the cold-start queue, or the random chips")
     args = ap.parse_args()
     if args.quick:
-        args.size, args.strategies, args.seeds, args.rounds, args.batch = 1024, "random,entropy", 1, 3, 2
+        args.size, args.width, args.strategies, args.seeds, args.rounds, args.batch = 1024, 0, "random,entropy", 1, 3, 2
         args.epochs, args.base_channels, args.train_passes = 2, args.base_channels or 8, 48
 
     out = args.output_dir
