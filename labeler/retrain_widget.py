@@ -190,7 +190,10 @@ class RetrainWidget(QWidget):
             # with few reviewed chips the round trains more epochs than asked (its minimum of chip passes)
             self.round_epochs = int(e.get("epochs") or self.epochs.value())
             self._draw()
-            how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
+            if e.get("restart"):  # the current model finds nothing on the new chips: nothing to fine-tune
+                how = f"training a new model from scratch ({e['parent']} found nothing on the new chips)"
+            else:
+                how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
             rate = f" at lr {e['lr']:.2g}" if e.get("lr") is not None else ""
             self.status.setText(f"{how}{rate} on {e.get('n_train')} chips for {self.round_epochs} epochs, "
                                 f"validating on {e.get('n_val')}")

@@ -124,7 +124,8 @@ def format_event(event: dict) -> str | None:
     """One terminal line for a retraining event (None for ``done``)."""
     t = event["type"]
     if t == "started":
-        return f"training on {event['n_train']} chips, validating on {event['n_val']} (from {event['parent'] or 'scratch'})"
+        source = f"from scratch: {event['restart']}" if event.get("restart") else f"from {event['parent'] or 'scratch'}"
+        return f"training on {event['n_train']} chips, validating on {event['n_val']} ({source})"
     if t == "step":
         return f"\r  {_bar(event.get('done', 0), event.get('total', 0))} loss {event.get('loss', float('nan')):.3f}"
     if t == "epoch":  # Lightning's figures during training; the published ones are measured afterwards

@@ -57,7 +57,8 @@ class ModelVersion:
     Attributes:
         version: ``v1``, ``v2``, ...
         path: Checkpoint file.
-        parent: Version it was warm-started from (the current one when published), or None.
+        parent: The current version it was trained against (warm-started from, unless the round
+            started over from a blind model: ``train["restart"]`` of its checkpoint), or None.
         metrics: Validation metrics of the checkpoint (``iou``, ...), plus ``baseline_<metric>``
             when the current model was re-evaluated on the same chips.
         data_version: Label-store version it was trained on.

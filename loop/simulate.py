@@ -39,7 +39,7 @@ from model.scene import SceneInfo, open_scene, read_window, write_geotiff
 
 Progress = Callable[[int, int, dict], None]
 CSV_FIELDS = ("strategy", "seed", "round", "n_reviewed", "fraction", "n_positive", "iou", "dice", "precision",
-              "recall", "object_f1", "train_s", "rank_s")
+              "recall", "object_f1", "train_s", "rank_s", "restarted")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,9 @@ class SimulationConfig:
         pos_weight: BCE weight of data-center pixels (as the retraining job's default).
         batch_size: Chips per training step.
         warm_start: Start each round from the previous round's model.
+        blind_restart: Except when that model finds (almost) nothing on the chips reviewed since
+            it was trained (:func:`loop.retrain_worker.blind_parent`, as the retraining job): then
+            the round trains from scratch at the full learning rate.
         full_label: Also train on every pool chip for the reference line: one model per seed,
             the line at their mean (a single model's holdout IoU moved from 0.557 to 0.419 with
             nothing but the torch thread count changed; the strategies' curves are means too).
@@ -104,6 +107,7 @@ class SimulationConfig:
     batch_size: int = 4
     val_fraction: float = 0.0
     warm_start: bool = True
+    blind_restart: bool = True
     full_label: bool = True
     min_object_px: int = 100
     threads: int = 1
@@ -265,19 +269,25 @@ class Oracle:
 
 def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None,
            cancel: Callable[[], bool] | None) -> Checkpoint:
-    from loop.retrain_worker import split_train_val
+    from loop.retrain_worker import blind_parent, chip_key, split_train_val
     from loop.training_chips import reviewed_training_chips
     from model.train import TrainConfig, fit
 
     chips = reviewed_training_chips(project)
     train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
-    warm = init if config.warm_start else None
+    warm, restart = (init if config.warm_start else None), None
+    if warm is not None and config.blind_restart:  # as the retraining job: a blind model is not fine-tuned
+        trained = set(warm.train.get("train_chip_keys", ()))
+        restart = blind_parent(warm, [c for c in chips if chip_key(c) not in trained])
+        warm = None if restart else warm
     lr = round_lr(config.lr, config.finetune_lr_factor, warm_start=warm is not None)
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
                      pos_weight=config.pos_weight,
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu", gate_seconds=0)  # the simulation never runs the fast path
-    return fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc, init=warm, cancel=cancel)
+    ckpt = fit([(c.image, c.mask) for c in train], [(c.image, c.mask) for c in val], tc, init=warm, cancel=cancel)
+    ckpt.train = {**ckpt.train, "train_chip_keys": sorted(chip_key(c) for c in train), "restarted": bool(restart)}
+    return ckpt
 
 
 def round_epochs(config: SimulationConfig, n_train: int) -> int:
@@ -418,7 +428,8 @@ def _run_one(setup: _Setup, key: tuple[str, int], out: Path, report: Callable[[d
             n_rev, n_pos = positive_reviewed_count(project)
             rows.append({"strategy": strategy, "seed": seed, "round": rnd, "n_reviewed": n_rev,
                          "fraction": n_rev / setup.n_pool, "n_positive": n_pos, **scores,
-                         "train_s": round(train_s, 2), "rank_s": round(rank_s, 2)})
+                         "train_s": round(train_s, 2), "rank_s": round(rank_s, 2),
+                         "restarted": int(ckpt.train.get("restarted", False))})
             report({"strategy": strategy, "seed": seed, "round": rnd, "iou": scores["iou"], "n_reviewed": n_rev})
             if rnd < config.rounds:
                 t0 = time.perf_counter()

@@ -485,3 +485,58 @@ def test_a_round_on_few_chips_trains_its_minimum_of_chip_passes(tmp_path):
     assert sum(e["type"] == "epoch" for e in events) == expected  # it trained them all
     ckpt = load_checkpoint(project.registry.get(final["version"]).path)
     assert ckpt.train["epochs"] == expected and ckpt.train["min_passes"] == 20
+
+
+def constant_stand_in(logit: float, **kw) -> Checkpoint:
+    """A model whose every pixel gets ``logit`` (head weights zeroed): -20 finds nothing, +20 everything."""
+    state = UNet(TINY).state_dict()
+    state["head.weight"].zero_()
+    state["head.bias"].fill_(logit)
+    return Checkpoint(state, TINY, Normalization((60.0,) * 4, (40.0,) * 4), metrics={"iou": 0.2}, **kw)
+
+
+def mask_chip(n_positive: int, size: int = 32) -> Chip:
+    mask = np.zeros((size, size), np.uint8)
+    mask.flat[:n_positive] = 1
+    image = np.full((4, size, size), 100, np.uint8)
+    return Chip("s", Window(0, 0, size, size), UTM, Affine(0.6, 0, 0, 0, -0.6, 0), image, mask)
+
+
+def test_a_model_that_finds_nothing_on_new_chips_is_judged_blind():
+    from loop.retrain_worker import BLIND_MIN_PX, blind_parent
+
+    nothing, everything = constant_stand_in(-20.0, version="v3"), constant_stand_in(20.0)
+    chips = [mask_chip(700), mask_chip(0)]  # 700 data-center pixels of 2048
+    reason = blind_parent(nothing, chips)
+    assert reason and "v3 finds 0 of the 700 data-center pixels (recall 0.000)" in reason and "2 chip(s)" in reason
+    assert blind_parent(everything, chips) is None  # finds them all (among false alarms): worth fine-tuning
+    assert blind_parent(nothing, [mask_chip(BLIND_MIN_PX - 1)]) is None  # too few pixels to judge
+    assert blind_parent(nothing, []) is None
+
+
+@pytest.mark.parametrize("trained_elsewhere", [True, False])
+def test_a_round_starts_over_from_a_blind_current_model(tmp_path, trained_elsewhere):
+    """A current model that finds nothing on chips it never saw is not fine-tuned: the round trains
+    from scratch at the full rate, says why, and still compares against (and descends from) it.
+    Chips it was trained on do not count: there the round fine-tunes it as usual."""
+    project = make_project(tmp_path, rects=((4, 4, 28, 28), (36, 60, 60, 84)))  # 1,152 data-center pixels
+    chips = [f"{project.scene_ids[0]}:{c}:{r}:32:32" for r in (0, 32) for c in (0, 32, 64)]
+    keys = ["elsewhere:0:0:32:32"] if trained_elsewhere else chips
+    project.registry.publish(constant_stand_in(-20.0, train={"train_chip_keys": keys}))
+    events: list[dict] = []
+    settings = RetrainSettings(min_passes=0, epochs=1, batch_size=4, unet=TINY, lr=1e-3)
+    final = run_round(project.root, settings, events.append)
+    started = next(e for e in events if e["type"] == "started")
+    assert started["parent"] == "v1" and final["version"] == "v2"
+    assert project.registry.get("v2").parent == "v1"
+    ckpt = load_checkpoint(project.registry.get("v2").path)
+    if trained_elsewhere:
+        assert "recall 0.000" in started["restart"] and "from scratch" in started["restart"]
+        assert started["lr"] == pytest.approx(1e-3) and ckpt.train["restart"] == started["restart"]
+        assert final["baseline_iou"] is not None  # judged against the blind model, on the same chips
+        from loop.cli_project import format_event
+
+        assert "(from scratch: the current model v1 finds 0 of the 1152 data-center pixels" in format_event(started)
+    else:
+        assert started["restart"] is None and started["lr"] == pytest.approx(1e-3 * FINETUNE_LR_FACTOR)
+        assert ckpt.train["restart"] is None

@@ -265,3 +265,30 @@ def test_cli_scores_over_a_held_out_scene_and_refuses_one_without_data_centers(t
     assert not (tmp_path / "out").exists()
     assert cli_main([*argv, "--holdout-scene", str(other_tif), str(other_truth)]) == 0
     assert (tmp_path / "out" / "simulation.csv").exists()
+
+
+@pytest.mark.parametrize("blind_restart", [True, False])
+def test_a_round_does_not_fine_tune_a_model_blind_on_its_new_chips(tmp_path, blind_restart):
+    """As the retraining job: a previous model that finds nothing on the chips reviewed since it
+    was trained is dropped, the round trains from scratch; the CSV says which rounds did."""
+    from loop.simulate import _train
+    from model.checkpoint import Checkpoint, Normalization
+    from model.unet import UNet, UNetConfig
+
+    tif, _, gt = make_scene(tmp_path)
+    pool_tif, _ = split_scene(open_scene(tif), gt, tmp_path, 0.25, 32)
+    project = Project.create(tmp_path / "p", images=[pool_tif], chip_size=32)
+    Oracle(project, gt).review([Window(0, 0, 32, 32), Window(32, 32, 32, 32), Window(64, 64, 32, 32)])  # 2 dcs
+    unet = UNetConfig(base_channels=4, depth=2)
+    state = UNet(unet).state_dict()
+    state["head.weight"].zero_()
+    state["head.bias"].fill_(-20.0)  # finds nothing
+    blind = Checkpoint(state, unet, Normalization((60.0,) * 4, (40.0,) * 4), train={"train_chip_keys": ["x:0:0:32:32"]})
+    config = SimulationConfig(strategies=("random",), chip_size=32, epochs=1, train_passes=1, base_channels=4,
+                              depth=2, batch_size=4, blind_restart=blind_restart)
+    ckpt = _train(project, config, 0, blind, None)
+    assert ckpt.train["restarted"] is blind_restart
+    assert ckpt.train["lr"] == pytest.approx(config.lr if blind_restart else config.lr * config.finetune_lr_factor)
+    assert len(ckpt.train["train_chip_keys"]) == 3
+    again = _train(project, config, 0, ckpt, None)  # every chip seen by now: nothing new to judge on
+    assert again.train["restarted"] is False
