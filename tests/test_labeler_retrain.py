@@ -40,6 +40,9 @@ def test_retrain_publishes_version_and_reranks_queue(app, qtbot) -> None:
     assert retrain.ax_iou.get_xlim() == (left, right)
     retrain._handle(started)  # as a queued follow-up round starts: its own curves, not joined on
     assert f"fine-tuning v1 at lr {started['lr']:.2g}" in retrain.status.text()
+    retrain._handle({**started, "lr": retrain.lr.value(), "restart": "the current model v1 finds 0 of 900 ..."})
+    assert "new model from scratch (v1 found nothing on the new chips)" in retrain.status.text()
+    retrain._handle(started)
     assert retrain.history == [] and len(retrain.loss_line.get_xdata()) == 0
     registry = app.session.project.registry
     assert [v.version for v in registry.versions()] == ["v1", "v2"]
