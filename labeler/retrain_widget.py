@@ -192,6 +192,7 @@ class RetrainWidget(QWidget):
             self._draw()
             if e.get("restart"):  # the current model finds nothing on the new chips: nothing to fine-tune
                 how = f"training a new model from scratch ({e['parent']} found nothing on the new chips)"
+                show_info(f"Not fine-tuning: {e['restart']}.")  # the status line moves on at the first epoch
             else:
                 how = f"fine-tuning {e['parent']}" if e.get("parent") else "training a first model"
             rate = f" at lr {e['lr']:.2g}" if e.get("lr") is not None else ""
