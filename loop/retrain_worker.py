@@ -74,6 +74,19 @@ BLIND_MAX_RECALL = 0.05
 BLIND_MIN_PX = 500
 
 
+def trained_keys(ckpt: Checkpoint | None) -> frozenset[str]:
+    """:func:`chip_key` of the chips a loop round trained ``ckpt`` on; empty for a model trained
+    elsewhere (``model.train.fit`` records only a count, ``"train_chips"``)."""
+    keys = ckpt.train.get("train_chip_keys", ()) if ckpt is not None else ()
+    return frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, (list, tuple)) else frozenset()
+
+
+def unseen_chips(ckpt: Checkpoint, chips: Sequence[Chip]) -> list[Chip]:
+    """The chips ``ckpt`` was not trained on; none when that is unknown (:func:`trained_keys` empty)."""
+    trained = trained_keys(ckpt)
+    return [c for c in chips if chip_key(c) not in trained] if trained else []
+
+
 def blind_parent(parent: Checkpoint, unseen: Sequence[Chip], max_recall: float = BLIND_MAX_RECALL,
                  min_px: int = BLIND_MIN_PX) -> str | None:
     """Why a round should not warm-start from ``parent``, or None when it should.
@@ -333,13 +346,10 @@ def _locked_round(project: Any, settings: RetrainSettings, emit: Emit, is_cancel
             "review some chips with a data center first."
         )
     init = load_checkpoint(current.path) if current is not None else None
-    # "train_chips" is fit's count of them; the keys are the retraining round's own record
-    keys = init.train.get("train_chip_keys", ()) if init is not None else ()
-    trained = frozenset(k for k in keys if isinstance(k, str)) if isinstance(keys, (list, tuple)) else frozenset()
-    train, val = split_train_val(chips, settings.val_fraction, trained)
+    train, val = split_train_val(chips, settings.val_fraction, trained_keys(init))
     unet = init.unet if init is not None else (settings.unet or COLD_START_UNET)
     parent = init  # the registry's comparison and lineage keep the current model even when training starts over
-    restart = blind_parent(init, [c for c in chips if chip_key(c) not in trained]) if init is not None and trained else None
+    restart = blind_parent(init, unseen_chips(init, chips)) if init is not None else None
     if restart:
         init = None
     data_version = str(project.labels.version)

@@ -269,7 +269,7 @@ class Oracle:
 
 def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None,
            cancel: Callable[[], bool] | None) -> Checkpoint:
-    from loop.retrain_worker import blind_parent, chip_key, split_train_val
+    from loop.retrain_worker import blind_parent, chip_key, split_train_val, unseen_chips
     from loop.training_chips import reviewed_training_chips
     from model.train import TrainConfig, fit
 
@@ -277,8 +277,7 @@ def _train(project, config: SimulationConfig, seed: int, init: Checkpoint | None
     train, val = split_train_val(chips, config.val_fraction) if config.val_fraction > 0 else (chips, [])
     warm, restart = (init if config.warm_start else None), None
     if warm is not None and config.blind_restart:  # as the retraining job: a blind model is not fine-tuned
-        trained = set(warm.train.get("train_chip_keys", ()))
-        restart = blind_parent(warm, [c for c in chips if chip_key(c) not in trained])
+        restart = blind_parent(warm, unseen_chips(warm, chips))
         warm = None if restart else warm
     lr = round_lr(config.lr, config.finetune_lr_factor, warm_start=warm is not None)
     tc = TrainConfig(epochs=round_epochs(config, len(train)), batch_size=config.batch_size, lr=lr,
