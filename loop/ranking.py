@@ -38,6 +38,7 @@ from loop.ranking_scores import (
     MIN_VALID_FRACTION,
     STRATEGIES,
     TOP_FRACTION,
+    built_up_share,
     chip_features,
     chip_score,
     cold_start_order,
@@ -257,6 +258,7 @@ def rank_chips(
     if spec.random:  # one fixed draw per chip: each round takes the next chips of one seeded shuffle
         scores = np.array([_random_key(seed, chip[0].scene_id, chip[1]) for chip in chips])
     features: dict[int, np.ndarray] = {}
+    built_up: dict[int, float] = {}  # cold start: each cluster's most built-up chip first
     valid_share = np.ones(len(chips))  # share of each chip's pixels that hold data
     proposals: list[tuple[Proposal, ...]] = [()] * len(chips)
     unreadable: set[int] = set()  # chips whose pixels cannot be read: left out of the queue
@@ -289,7 +291,8 @@ def rank_chips(
                     except SceneError as exc:  # a damaged block: the rest of the scene goes on
                         _skip_unreadable(scene, [k], exc, unreadable, warned)
                 if batch and model is None and not spec.random:
-                    features.update((k, chip_features(c.image)) for k, c in zip(index, batch, strict=True))
+                    for k, c in zip(index, batch, strict=True):
+                        features[k], built_up[k] = chip_features(c.image), built_up_share(c.image)
                 elif batch and model is not None:
                     images = np.stack([c.image for c in batch])
                     preds = predict_probabilities(
@@ -321,7 +324,8 @@ def rank_chips(
         ranked, sparse = readable, readable[:0]
     if spec.name == "cold_start":
         k = min(len(ranked), top or COLD_START_CLUSTERS)
-        order = ranked[cold_start_order(np.stack([features[i] for i in ranked]), k, seed)[0]]
+        feats, priority = np.stack([features[i] for i in ranked]), np.array([built_up[i] for i in ranked])
+        order = ranked[cold_start_order(feats, k, seed, priority)[0]]
         order = np.concatenate([order, sparse[np.argsort(-valid_share[sparse], kind="stable")]])
         scores = np.zeros(len(chips))
         scores[order] = 1.0 - np.arange(len(order)) / len(order)

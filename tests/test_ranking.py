@@ -21,6 +21,7 @@ from loop.ranking_predict import dihedral, dihedral_inverse, forward_probabiliti
 from loop.ranking_scores import (
     AREA_WEIGHT,
     STRATEGIES,
+    built_up_share,
     chip_features,
     chip_score,
     cold_start_order,
@@ -161,6 +162,47 @@ def test_cold_start_covers_distinct_clusters():
     assert sorted(order.tolist()) == list(range(len(kinds)))
     assert {kinds[i] for i in order[:3]} == {"forest", "water", "roofs"}
     assert len(set(labels.tolist())) == 3
+
+
+def _land(roof_share: float, rng, size: int = 32, water: bool = False) -> np.ndarray:
+    """A chip whose left ``roof_share`` of columns is bright roof, the rest forest (or water)."""
+    img = np.empty((4, size, size))
+    cover = [20, 30, 50, 10] if water else [40, 70, 40, 180]
+    img[:] = np.array(cover)[:, None, None]
+    img[:, :, : round(roof_share * size)] = np.array([170, 170, 165, 160])[:, None, None]
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_built_up_share_is_high_on_roofs_low_on_vegetation_and_on_water():
+    rng = np.random.default_rng(3)
+    roofs, forest, water = _land(1.0, rng), _land(0.0, rng), _land(0.0, rng, water=True)
+    half = _land(0.5, rng)
+    assert built_up_share(roofs) > 0.9
+    assert built_up_share(forest) < 0.5
+    assert built_up_share(water) == 0.0  # NDVI < 0 but dark in NIR: not mistaken for pavement
+    assert built_up_share(forest) < built_up_share(half) < built_up_share(roofs)
+    assert built_up_share(np.zeros((4, 8, 8), np.uint8)) == 0.0  # no data
+
+
+def test_cold_start_takes_each_clusters_most_built_up_chip_first():
+    rng = np.random.default_rng(5)
+    # one cluster of suburbs (30-50% roof; the typical one sits in the middle) and one of forest
+    shares = [0.4, 0.38, 0.42, 0.4, 0.3, 0.5, 0.41, 0.39]
+    chips = [_land(r, rng) for r in shares] + [_land(0.03 * i, rng) for i in range(6)]
+    feats = np.stack([chip_features(c) for c in chips])
+    built = np.array([built_up_share(c) for c in chips])
+    typical, labels = cold_start_order(feats, k=2, seed=0)
+    first, labels2 = cold_start_order(feats, k=2, seed=0, priority=built)
+    assert np.array_equal(labels, labels2)  # the priority changes the order, not the clusters
+    suburb = labels[0]
+    assert set(np.flatnonzero(labels == suburb)) == set(range(len(shares)))
+    picks = {labels[i]: i for i in first[:2]}
+    assert picks[suburb] == int(np.argmax(shares))  # the 50% chip, not a typical 40% one
+    assert typical[:2].tolist().count(5) == 0  # without priority the suburb pick is a typical one
+    assert first[:2].tolist().count(len(shares) + 5) == 1  # forest: its most cleared chip
+    assert sorted(first.tolist()) == list(range(len(chips)))
+    with pytest.raises(ValueError, match="priority has shape"):
+        cold_start_order(feats, k=2, priority=built[:3])
 
 
 # ----- prediction helpers -----------------------------------------------------------------------
