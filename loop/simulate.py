@@ -411,7 +411,8 @@ def _run_one(setup: _Setup, key: tuple[str, int], out: Path, report: Callable[[d
     try:
         oracle = Oracle(project, setup.gt)
         ckpt: Checkpoint | None = None
-        pick, rank_s = _initial_pick(pool, config, seed), 0.0
+        shuffled = _pool_shuffle(pool, config, seed)  # random's picks, round after round
+        pick, rank_s = shuffled[: config.batch], 0.0
         if config.first_pick == "cold_start" and not STRATEGIES[strategy].random:
             t0 = time.perf_counter()
             queue = rank_chips(project, "cold_start", top=config.batch, seed=seed, device="cpu", cancel=cancelled)
@@ -430,7 +431,12 @@ def _run_one(setup: _Setup, key: tuple[str, int], out: Path, report: Callable[[d
                          "train_s": round(train_s, 2), "rank_s": round(rank_s, 2),
                          "restarted": int(ckpt.train.get("restarted", False))})
             report({"strategy": strategy, "seed": seed, "round": rnd, "iou": scores["iou"], "n_reviewed": n_rev})
-            if rnd < config.rounds:
+            if rnd < config.rounds and STRATEGIES[strategy].random:
+                # the next chips of one seeded shuffle of the pool grid, as rank_chips' random does,
+                # but not keyed on the scene id: that hashes the pool's path, so random's picks (and
+                # the benchmark's baseline) changed with --output-dir
+                pick, rank_s = shuffled[rnd * config.batch : (rnd + 1) * config.batch], 0.0
+            elif rnd < config.rounds:
                 t0 = time.perf_counter()
                 queue = rank_chips(project, strategy, top=config.batch, checkpoint=ckpt, seed=seed,
                                    device="cpu", cancel=cancelled)
@@ -523,10 +529,14 @@ def _pool_windows(pool: SceneInfo, chip_size: int) -> list[Window]:
     return chip_windows(pool.width, pool.height, chip_size)
 
 
-def _initial_pick(pool: SceneInfo, config: SimulationConfig, seed: int) -> list[Window]:
+def _pool_shuffle(pool: SceneInfo, config: SimulationConfig, seed: int) -> list[Window]:
+    """Pool windows in one seeded order that depends on the seed and the grid only: each batch of
+    ``config.batch`` is in raster order (the first batch is every strategy's with ``first_pick``
+    random, and random's first round)."""
     windows = _pool_windows(pool, config.chip_size)
-    idx = np.random.default_rng(1000 + seed).permutation(len(windows))[: config.batch]
-    return [windows[i] for i in sorted(idx)]
+    idx = np.random.default_rng(1000 + seed).permutation(len(windows))
+    batches = [sorted(idx[i : i + config.batch]) for i in range(0, len(idx), config.batch)]
+    return [windows[i] for batch in batches for i in batch]
 
 
 def pool_pairs(pool: SceneInfo, gt, chip_size: int) -> list[tuple[np.ndarray, np.ndarray]]:

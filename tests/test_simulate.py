@@ -110,10 +110,10 @@ def test_parallel_jobs_give_the_same_rows_as_one_job(tmp_path):
     tif, truth, _ = make_scene(tmp_path)
     kw = dict(strategies=("random", "entropy"), rounds=2, batch=2, seeds=1, chip_size=32, epochs=1, train_passes=4,
               full_epochs=1, base_channels=4, depth=2, batch_size=4, threads=1)
-    # the same output folder: the pool's scene id (and so random's chip order) hangs on its path
+    # other output folders: the pool's scene id hashes its path, random's picks must not hang on it
     serial = run_simulation(tif, truth, tmp_path / "out", SimulationConfig(**kw, jobs=1))
     seen = []
-    parallel = run_simulation(tif, truth, tmp_path / "out", SimulationConfig(**kw, jobs=2),
+    parallel = run_simulation(tif, truth, tmp_path / "elsewhere" / "out2", SimulationConfig(**kw, jobs=2),
                               progress=lambda d, t, i: seen.append((d, t, i.get("strategy"))))
     assert sorted(seen)[-1][:2] == (5, 5) and sorted(i for _, _, i in seen) == sorted(
         ["full", "random", "random", "entropy", "entropy"])
@@ -123,6 +123,30 @@ def test_parallel_jobs_give_the_same_rows_as_one_job(tmp_path):
     assert parallel.summary == serial.summary
     e0 = Project.open(tmp_path / "out" / "runs" / "entropy-s0").labels.reviewed_chips()
     assert len(e0) == 4
+    picked = [
+        sorted((c.window.col_off, c.window.row_off) for c in Project.open(d / "runs" / "random-s0").labels.reviewed_chips())
+        for d in (tmp_path / "out", tmp_path / "elsewhere" / "out2")
+    ]
+    assert picked[0] == picked[1] and len(picked[0]) == 4
+
+
+def test_random_rounds_take_the_next_chips_of_one_seeded_shuffle(tmp_path):
+    from loop.simulate import _pool_shuffle, _pool_windows
+    from model.scene import open_scene
+
+    tif, _, _ = make_scene(tmp_path)
+    pool = open_scene(tif)
+    config = SimulationConfig(strategies=("random",), batch=2, chip_size=32)
+    order = _pool_shuffle(pool, config, seed=0)
+    grid = _pool_windows(pool, 32)
+    assert sorted(map(_key, order)) == sorted(map(_key, grid))  # every chip once
+    assert [_key(w) for w in order] != sorted(map(_key, grid), key=lambda k: (k[1], k[0]))  # shuffled
+    assert [_key(w) for w in _pool_shuffle(pool, config, seed=0)] == [_key(w) for w in order]
+    assert [_key(w) for w in _pool_shuffle(pool, config, seed=1)] != [_key(w) for w in order]
+
+
+def _key(window) -> tuple[int, int]:
+    return int(window.col_off), int(window.row_off)
 
 
 def test_the_full_label_line_is_the_mean_of_one_model_per_seed(tmp_path):
