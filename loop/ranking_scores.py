@@ -200,8 +200,7 @@ def chip_features(image: np.ndarray, edge_threshold: float = 20.0) -> np.ndarray
     x = np.asarray(image, dtype=np.float32) / 255.0
     means = x.reshape(x.shape[0], -1).mean(axis=1)
     stds = x.reshape(x.shape[0], -1).std(axis=1)
-    red, nir = x[0], x[3]
-    ndvi = float(((nir - red) / (nir + red + 1e-6)).mean())
+    ndvi = float(_ndvi(x).mean())
     gray = x[:3].mean(axis=0) * 255.0
     gy, gx = np.gradient(gray)
     edges = float((np.hypot(gx, gy) > edge_threshold).mean())
@@ -223,9 +222,13 @@ def built_up_share(image: np.ndarray, dark_nir: float = DARK_NIR) -> float:
         Share in 0..1.
     """
     x = np.asarray(image, dtype=np.float32) / 255.0
+    return float(np.where(x[3] > dark_nir, 1.0 - np.clip(_ndvi(x), 0.0, 1.0), 0.0).mean())
+
+
+def _ndvi(x: np.ndarray) -> np.ndarray:
+    """Per-pixel NDVI of a (4, H, W) red, green, blue, nir array."""
     red, nir = x[0], x[3]
-    ndvi = (nir - red) / (nir + red + 1e-6)
-    return float(np.where(nir > dark_nir, 1.0 - np.clip(ndvi, 0.0, 1.0), 0.0).mean())
+    return (nir - red) / (nir + red + 1e-6)
 
 
 def kmeans(
