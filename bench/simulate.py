@@ -11,7 +11,7 @@ and one training pass of the chosen U-Net to estimate the run time, runs
 The defaults (4096 x 2048 px scene at difficulty 0.25 = 96 pool chips + 32 held-out chips, plus
 a whole second scene of seed 2 held out (128 chips; the strip alone holds too few data centers to
 tell strategies apart: one missed building moves a model's IoU by about 0.2), depth-4 U-Net, at
-least 576 chip passes per round, 4 rounds of 6 chips (25% of the pool), strategies random and
+least 480 chip passes per round, 5 rounds of 5 chips (26% of the pool), strategies random and
 entropy, 3 seeds, a full-label reference of 3 seeds trained for 20 epochs, runs trained two at a
 time with one thread each) take the widest U-Net (base 16, 12 or 8 channels) whose
 measured-speed estimate fits ``--budget-min`` (60) on this CPU.
@@ -24,7 +24,10 @@ instead of 512) and to the full-label reference of one model per seed (one model
 from 0.557 to 0.419 with only its thread count changed). On 2026-12-06 the pool doubled
 (2048 -> 4096 px wide, 3 -> 6 chips per round): with 48 chips the 10% budget was 4.8 chips,
 between the cold-start round and the first model-ranked one, and one seed whose random draw held
-a single positive chip decided the figure.
+a single positive chip decided the figure. On 2026-12-08 the rounds went from 4 of 6 chips to 5 of 5
+(480 passes each, the same training per run): with rounds of 6 the 10% budget (9.6 chips) was
+interpolated 40% from the cold-start round, where no strategy but the cold start has acted yet;
+with rounds of 5 the second round (10 chips, the first model-ranked one) is at the budget.
 ``--estimate-only``
 prints the estimates without running, ``--quick`` runs a reduced version in a few minutes.
 
@@ -110,14 +113,20 @@ def main() -> int:
     ap.add_argument("--density", type=float, default=3.0, help="building density (3: ~18 data centers in 2048 px)")
     ap.add_argument("--strategies", default="random,entropy",
                     help="tta works too but ranks at 8 forward passes per chip, too slow for the 60-minute run")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=6, help="chips reviewed per round (3 with the 48-chip pool before 2026-12-06)")
+    ap.add_argument("--rounds", type=int, default=5, help="label-and-retrain rounds (4 of 6 chips before 2026-12-08)")
+    ap.add_argument("--batch", type=int, default=5,
+                    help="chips reviewed per round: 5 puts the second round (10 chips) at the 10%% budget of the "
+                         "96-chip pool (6 before 2026-12-08, 3 with the 48-chip pool before 2026-12-06)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-passes", type=int, default=576, help="minimum chip passes per round")
+    ap.add_argument("--train-passes", type=int, default=480,
+                    help="minimum chip passes per round (576 before 2026-12-08: 5 rounds x 480 train as much as 4 x 576)")
     ap.add_argument("--full-epochs", type=int, default=20,
                     help="epochs of the full-label reference (it should converge: it sets the 95%% line); "
                          "20 over 96 chips = the 1,920 chip passes of 40 over the earlier 48")
+    ap.add_argument("--no-full-label", action="store_true",
+                    help="skip the full-label reference (as simulate --no-full-label): no 95%% figure, the "
+                         "strategies' rounds only, e.g. more seeds of the first rounds")
     ap.add_argument("--finetune-lr-factor", type=float, default=0.25,
                     help="warm-started rounds train at the learning rate times this")
     ap.add_argument("--pos-weight", type=float, default=2.0, help="BCE weight of data-center pixels")
@@ -154,7 +163,7 @@ def main() -> int:
             epochs=args.epochs, train_passes=args.train_passes, full_epochs=args.full_epochs, pos_weight=args.pos_weight,
             finetune_lr_factor=args.finetune_lr_factor, holdout_fraction=args.holdout,
             base_channels=base, depth=args.depth,
-            threads=args.threads, jobs=args.jobs, first_pick=args.first_pick,
+            threads=args.threads, jobs=args.jobs, first_pick=args.first_pick, full_label=not args.no_full_label,
         )
         unet = UNetConfig(base_channels=base, depth=args.depth, dropout=config.dropout)
         fwd, step = time_passes(unet, 256, args.threads)
