@@ -33,7 +33,7 @@ from loop.ranking import rank_chips
 from loop.ranking_scores import STRATEGIES
 from loop.retrain_worker import FINETUNE_LR_FACTOR, round_lr
 from model.atomic import atomic_path
-from model.checkpoint import Checkpoint, build_model
+from model.checkpoint import Checkpoint, build_model, save_checkpoint
 from model.errors import Cancelled, ConfigError, LabelError
 from model.scene import SceneInfo, open_scene, read_window, write_geotiff
 
@@ -312,6 +312,10 @@ def run_simulation(
 ) -> SimulationResult:
     """Run every strategy for every seed; write ``simulation.csv``, ``learning_curve.png``.
 
+    Every row's model is kept: ``runs/<strategy>-s<seed>/rounds/round<N>.pt`` (in the run's
+    project folder) and ``runs/full-s<seed>.pt``, so a row can be scored again at another
+    threshold or on other imagery (``dclabel detect --checkpoint``).
+
     The full-label reference and each (strategy, seed) run are independent: with
     ``config.jobs`` > 1 they run in that many worker processes (``config.threads`` torch threads
     each); the rows are the same as with one job and come out in the same order.
@@ -397,7 +401,7 @@ def _run_one(setup: _Setup, key: tuple[str, int], out: Path, report: Callable[[d
     config = setup.config
     pool = open_scene(setup.pool_tif)
     if strategy == "full":
-        full = _full_label(pool, setup.gt, setup.holdout, config, seed, cancelled)
+        full = _full_label(pool, setup.gt, setup.holdout, config, seed, cancelled, out / "runs" / f"full-s{seed}.pt")
         report({"strategy": "full", "seed": seed, "iou": full["iou"]})
         return [{"strategy": "full", "seed": seed, "round": 0, "n_reviewed": setup.n_pool, "fraction": 1.0, **full}]
     from loop.project import Project
@@ -424,6 +428,7 @@ def _run_one(setup: _Setup, key: tuple[str, int], out: Path, report: Callable[[d
             t0 = time.perf_counter()
             ckpt = _train(project, config, seed, ckpt, cancelled)
             train_s = time.perf_counter() - t0
+            save_checkpoint(ckpt, run_dir / "rounds" / f"round{rnd}.pt")  # the model behind this row
             scores = evaluate(ckpt, setup.holdout, config.chip_size, config.min_object_px)
             n_rev, n_pos = positive_reviewed_count(project)
             rows.append({"strategy": strategy, "seed": seed, "round": rnd, "n_reviewed": n_rev,
@@ -565,8 +570,10 @@ def full_label_mean(rows: Sequence[dict]) -> dict:
 
 
 def _full_label(pool: SceneInfo, gt, holdout: Sequence[Holdout], config: SimulationConfig, seed: int,
-                cancel) -> dict:
-    """Train on every pool chip with its true mask (one seed): the reference the strategies chase."""
+                cancel, path: Path) -> dict:
+    """Train on every pool chip with its true mask (one seed): the reference the strategies chase.
+
+    The model is saved at ``path``."""
     from model.train import TrainConfig, fit
 
     pairs = pool_pairs(pool, gt, config.chip_size)
@@ -576,6 +583,7 @@ def _full_label(pool: SceneInfo, gt, holdout: Sequence[Holdout], config: Simulat
                      base_channels=config.base_channels, depth=config.depth, dropout=config.dropout, seed=seed,
                      accelerator="cpu", gate_seconds=0)
     ckpt = fit(pairs, [], tc, cancel=cancel)
+    save_checkpoint(ckpt, path)
     scores = evaluate(ckpt, holdout, config.chip_size, config.min_object_px)
     n_pos = sum(int(m.any()) for _, m in pairs)
     return {**scores, "n_positive": n_pos, "train_s": round(time.perf_counter() - t0, 2), "rank_s": 0.0}

@@ -14,7 +14,16 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from loop.project import Project
-from loop.simulate import Oracle, SimulationConfig, label_efficiency, run_simulation, split_scene
+from loop.simulate import (
+    Oracle,
+    SimulationConfig,
+    evaluate,
+    label_efficiency,
+    load_truth,
+    run_simulation,
+    split_scene,
+)
+from model.checkpoint import load_checkpoint
 from model.errors import ConfigError
 from model.scene import open_scene, write_geotiff
 
@@ -104,6 +113,23 @@ def test_tiny_simulation_writes_csv_and_png(tmp_path):
     r0 = Project.open(tmp_path / "out" / "runs" / "random-s0").labels.reviewed_chips()
     e0 = Project.open(tmp_path / "out" / "runs" / "entropy-s0").labels.reviewed_chips()
     assert len(r0) == len(e0) == 4
+
+
+def test_every_row_keeps_the_model_it_scored(tmp_path):
+    tif, truth, _ = make_scene(tmp_path)
+    config = SimulationConfig(strategies=("entropy",), rounds=2, batch=2, seeds=1, chip_size=32,
+                              epochs=1, train_passes=4, full_epochs=1, base_channels=4, depth=2, batch_size=4)
+    result = run_simulation(tif, truth, tmp_path / "out", config)
+    scene = open_scene(tif)
+    _, holdout = split_scene(scene, load_truth(truth, scene), tmp_path / "again", config.holdout_fraction, 32)
+    runs = tmp_path / "out" / "runs"
+    full, *rounds = result.rows
+    for row, path in [(full, runs / "full-s0.pt"), *((r, runs / "entropy-s0" / "rounds" / f"round{r['round']}.pt")
+                                                      for r in rounds)]:
+        ckpt = load_checkpoint(path)
+        trained = ckpt.train.get("train_chip_keys", ckpt.train["train_chips"])
+        assert (len(trained) if isinstance(trained, list) else trained) == row["n_reviewed"]
+        assert evaluate(ckpt, holdout, 32, config.min_object_px)["iou"] == pytest.approx(row["iou"], abs=1e-9)
 
 
 def test_parallel_jobs_give_the_same_rows_as_one_job(tmp_path):
