@@ -181,13 +181,41 @@ def evaluate(ckpt: Checkpoint, holdout: Holdout | Sequence[Holdout], chip_size: 
     """Pixel metrics and object F1 of a model over the held-out regions (tiled, edges covered).
 
     Several regions are pooled: pixel and object counts are summed before the ratios are taken.
+    The model's own decision threshold (``ckpt.threshold``) decides; see
+    :func:`score_probabilities` for others.
+    """
+    return score_probabilities(holdout_probabilities(ckpt, holdout, chip_size), holdout, ckpt.threshold,
+                               min_object_px)
+
+
+def _regions(holdout: Holdout | Sequence[Holdout]) -> list[Holdout]:
+    return [holdout] if isinstance(holdout, Holdout) else list(holdout)
+
+
+def holdout_probabilities(ckpt: Checkpoint, holdout: Holdout | Sequence[Holdout], chip_size: int) -> list[np.ndarray]:
+    """The model's data-center probability (H, W) of each held-out region, chip by chip on the CPU."""
+    model = build_model(ckpt, "cpu")
+    return [_predict(model, ckpt, region.image, chip_size) for region in _regions(holdout)]
+
+
+def score_probabilities(probabilities: Sequence[np.ndarray], holdout: Holdout | Sequence[Holdout],
+                        threshold: float, min_object_px: int = 100) -> dict[str, float]:
+    """Pooled pixel metrics and object F1 of probability maps thresholded at ``threshold``.
+
+    Args:
+        probabilities: One (H, W) map per region, as :func:`holdout_probabilities` gives.
+        holdout: The regions they belong to, in the same order.
+        threshold: Pixels with a probability at or above it are data center.
+        min_object_px: Predicted objects under this size are ignored by object F1.
+
+    Returns:
+        ``iou``, ``dice``, ``precision``, ``recall`` and ``object_f1``.
     """
     from model.metrics import counts_to_metrics, f1_from_counts, label_objects, match_objects
 
-    model = build_model(ckpt, "cpu")
     pix, obj = np.zeros(3), np.zeros(3, int)
-    for region in [holdout] if isinstance(holdout, Holdout) else holdout:
-        pred = _predict(model, ckpt, region.image, chip_size) >= ckpt.threshold
+    for prob, region in zip(probabilities, _regions(holdout), strict=True):
+        pred = prob >= threshold
         true = region.mask
         pix += (np.count_nonzero(pred & true), np.count_nonzero(pred & ~true), np.count_nonzero(~pred & true))
         m = match_objects(label_objects(pred, min_object_px)[0], region.labels)
